@@ -5,9 +5,16 @@ reachable with the token (header or query), refused without it (401) or
 with a wrong one (403); signed URLs work until they expire or are revoked;
 public sandboxes need no token; a port nobody listens on is a clear 502;
 a stopped sandbox a clear 409; a 100 MiB download streams with bounded
-server memory."""
+server memory.
+
+With `ATOLL_PREVIEW_DOMAIN` set, the host form `{port}-{sandboxId}.{domain}`
+works the same way (tested by connecting to the server with that Host
+header, so no DNS is needed), and signed URLs carry their token in place of
+the sandbox id, as Daytona's do."""
 import base64
 import hashlib
+import http.client
+import json
 import os
 import socket
 import time
@@ -17,6 +24,8 @@ import urllib.request
 
 import pytest
 from daytona import SessionExecuteRequest
+
+from conftest import AtollServer
 
 WS_ECHO = r'''
 import base64, hashlib, socket, struct
@@ -123,20 +132,19 @@ def test_public_sandbox_needs_no_token_and_errors_are_clear(server, web):
     web.start()
 
 
-def test_websocket_passes_through_the_preview(server, sandbox):
-    sandbox.fs.upload_file(WS_ECHO.encode(), "/home/daytona/ws_echo.py")
-    start(sandbox, "ws", "python3 /home/daytona/ws_echo.py")
-    wait_listening(sandbox, 8765)
-    link = sandbox.get_preview_link(8765)
-    u = urllib.parse.urlsplit(server.url)
-    s = socket.create_connection((u.hostname, u.port), timeout=10)
+def ws_echo_round_trip(server, path, host):
+    """Opens a WebSocket to `path` on the server with this Host header and
+    checks two messages come back from the echo server."""
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET /preview/{sandbox.id}/8765/?DAYTONA_SANDBOX_AUTH_KEY={link.token} HTTP/1.1\r\n"
-               f"Host: {u.hostname}:{u.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    s.sendall((f"GET {path} HTTP/1.1\r\n"
+               f"Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
     head = b""
     while b"\r\n\r\n" not in head:
-        head += s.recv(4096)
+        more = s.recv(4096)
+        assert more, f"closed before answering the upgrade: {head!r}"
+        head += more
     assert head.startswith(b"HTTP/1.1 101"), head
     want = base64.b64encode(hashlib.sha1(key.encode() + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     assert want in head
@@ -146,6 +154,20 @@ def test_websocket_passes_through_the_preview(server, sandbox):
         frame = s.recv(2 + len(msg))
         assert frame == bytes([0x81, len(msg)]) + msg
     s.close()
+
+
+def start_ws_echo(sb):
+    sb.fs.upload_file(WS_ECHO.encode(), "/home/daytona/ws_echo.py")
+    start(sb, "ws", "python3 /home/daytona/ws_echo.py")
+    wait_listening(sb, 8765)
+
+
+def test_websocket_passes_through_the_preview(server, sandbox):
+    start_ws_echo(sandbox)
+    link = sandbox.get_preview_link(8765)
+    u = urllib.parse.urlsplit(server.url)
+    ws_echo_round_trip(server, f"/preview/{sandbox.id}/8765/?DAYTONA_SANDBOX_AUTH_KEY={link.token}",
+                       f"{u.hostname}:{u.port}")
 
 
 def test_hundred_mib_download_streams(server, web):
@@ -188,3 +210,141 @@ def test_bad_preview_and_settings_requests_are_4xx_and_change_nothing(server, sa
     err(server.http("GET", "/preview/no-such-sandbox/8000/"), 404)
     sandbox.refresh_data()
     assert (sandbox.state, sandbox.public, sandbox.cpu, sandbox.memory) == ("started", False, 1, 1)
+
+
+# -- host form: {port}-{sandboxId}.{domain} -------------------------------------
+
+DOMAIN = "preview.test"
+
+# Answers every GET with what it was asked: path, Host, X-Forwarded-*.
+HEADER_ECHO = r"""
+import http.server, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"path": self.path, "host": self.headers.get("Host"),
+                           "prefix": self.headers.get("X-Forwarded-Prefix"),
+                           "fwdHost": self.headers.get("X-Forwarded-Host"),
+                           "token": self.headers.get("X-Daytona-Preview-Token"),
+                           "auth": self.headers.get("Authorization")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", 8001), H).serve_forever()
+"""
+
+
+def via_host(server, host, path="/", headers=None):
+    """GET `path` from the server with this Host header: what a client that
+    resolves *.preview.test to the server sends. Returns (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"Host": host, **(headers or {})})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def domain_server(atoll_bin, images_dir):
+    srv = AtollServer(atoll_bin, images_dir)
+    srv.extra_env = {"ATOLL_PREVIEW_DOMAIN": DOMAIN}
+    try:
+        srv.start()
+        yield srv
+    finally:
+        srv.cleanup()
+
+
+@pytest.fixture(scope="module")
+def host_sb(domain_server):
+    """One sandbox on the domain server running a static site on 8000, a
+    header echo on 8001 and a WebSocket echo on 8765."""
+    sb = domain_server.client().create()
+    sb.process.exec("mkdir -p /home/daytona/www && echo hello-preview > /home/daytona/www/index.html")
+    start(sb, "web", "cd /home/daytona/www && python3 -m http.server 8000 --bind 127.0.0.1")
+    sb.fs.upload_file(HEADER_ECHO.encode(), "/home/daytona/header_echo.py")
+    start(sb, "echo", "python3 /home/daytona/header_echo.py")
+    start_ws_echo(sb)
+    for port in (8000, 8001):
+        wait_listening(sb, port)
+    yield sb
+    sb.delete()
+
+
+def test_host_form_preview_needs_the_token(domain_server, host_sb):
+    link = host_sb.get_preview_link(8000)
+    host = f"8000-{host_sb.id}.{DOMAIN}:{domain_server.port}"
+    assert link.url == f"http://{host}"
+    assert via_host(domain_server, host, "/index.html", {"X-Daytona-Preview-Token": link.token}) == \
+        (200, b"hello-preview\n")
+    assert via_host(domain_server, host, f"/index.html?DAYTONA_SANDBOX_AUTH_KEY={link.token}") == \
+        (200, b"hello-preview\n")
+    # the Host is matched case-insensitively, with or without the port
+    loud = f"8000-{host_sb.id.upper()}.PREVIEW.Test"
+    assert via_host(domain_server, loud, "/index.html", {"X-Daytona-Preview-Token": link.token}) == \
+        (200, b"hello-preview\n")
+    assert via_host(domain_server, host, "/index.html")[0] == 401
+    assert via_host(domain_server, host, "/index.html", {"X-Daytona-Preview-Token": "0" * 32})[0] == 403
+    # the organization's API key opens it too
+    status, _ = via_host(domain_server, host, "/index.html",
+                         {"Authorization": f"Bearer {domain_server.api_key}"})
+    assert status == 200
+
+
+def test_host_form_gives_the_app_the_whole_path_and_the_clients_host(domain_server, host_sb):
+    token = host_sb.get_preview_link(8001).token
+    host = f"8001-{host_sb.id}.{DOMAIN}:{domain_server.port}"
+    # /api/… and /preview/… are the app's own paths on a preview host
+    for path in ("/api/health?x=1", f"/preview/{host_sb.id}/8000/", "/"):
+        status, body = via_host(domain_server, host, path, {"X-Daytona-Preview-Token": token})
+        assert status == 200, body
+        seen = json.loads(body)
+        assert seen == {"path": path, "host": host, "prefix": None, "fwdHost": host, "token": None,
+                        "auth": None}, seen
+    # an API key that opened the preview is not passed on to the app
+    key = {"Authorization": f"Bearer {domain_server.api_key}"}
+    assert json.loads(via_host(domain_server, host, "/", key)[1])["auth"] is None
+
+
+def test_host_form_websocket(domain_server, host_sb):
+    token = host_sb.get_preview_link(8765).token
+    ws_echo_round_trip(domain_server, f"/?DAYTONA_SANDBOX_AUTH_KEY={token}",
+                       f"8765-{host_sb.id}.{DOMAIN}:{domain_server.port}")
+
+
+def test_host_form_signed_url_carries_its_token_in_the_host(domain_server, host_sb):
+    signed = host_sb.create_signed_preview_url(8000, expires_in_seconds=60)
+    host = f"8000-{signed.token}.{DOMAIN}:{domain_server.port}"
+    assert signed.url == f"http://{host}"
+    assert via_host(domain_server, host, "/index.html") == (200, b"hello-preview\n")
+    # bound to its port
+    assert via_host(domain_server, f"8001-{signed.token}.{DOMAIN}", "/")[0] == 403
+    host_sb.expire_signed_preview_url(8000, signed.token)
+    assert via_host(domain_server, host, "/index.html")[0] == 403, "a revoked signed URL is refused"
+
+
+def test_host_form_errors_and_the_api_beside_it(domain_server, host_sb):
+    def err(status_body, code):
+        status, body = status_body
+        assert status == code, body
+        e = json.loads(body)
+        assert e["statusCode"] == code and e["message"], e
+        return e["message"]
+
+    missing = "0b9e7a3c-1f2d-4e5f-8a9b-0c1d2e3f4a5b"
+    assert missing in err(via_host(domain_server, f"8000-{missing}.{DOMAIN}", "/"), 404)
+    for port in ("0", "65536", "abc"):
+        err(via_host(domain_server, f"{port}-{host_sb.id}.{DOMAIN}", "/"), 400)
+    # the bare domain, other hosts and other names under the domain are the API
+    auth = {"Authorization": f"Bearer {domain_server.api_key}"}
+    for host in (DOMAIN, f"{DOMAIN}:{domain_server.port}", f"127.0.0.1:{domain_server.port}",
+                 f"www.{DOMAIN}", f"8000-{host_sb.id}.elsewhere.test"):
+        status, body = via_host(domain_server, host, f"/api/sandbox/{host_sb.id}", auth)
+        assert status == 200 and json.loads(body)["id"] == host_sb.id, (host, body)
+    # and the path form still works on this server
+    token = host_sb.get_preview_link(8000).token
+    status, body = fetch(f"{domain_server.url}/preview/{host_sb.id}/8000/index.html",
+                         {"X-Daytona-Preview-Token": token})
+    assert (status, body) == (200, b"hello-preview\n")

@@ -341,6 +341,20 @@ impl Store {
         Ok(row.get::<i64, _>(0) > 0)
     }
 
+    /// The sandbox a signed token was issued for, live or not (so a host
+    /// that carries the token in place of the sandbox id can be resolved,
+    /// and an expired token still be told apart from an unknown one).
+    pub async fn signed_preview_sandbox(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT sandbox_id FROM signed_preview_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Revokes a signed token of this sandbox and port; false if none matched.
     pub async fn revoke_signed_preview(
         &self,

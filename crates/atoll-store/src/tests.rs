@@ -117,3 +117,43 @@ async fn reopening_keeps_data_and_migrations_are_idempotent() {
     again.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn signed_preview_tokens_resolve_to_their_sandbox_even_when_dead() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_signed_preview("h-live", "s1", 3000, 2_000)
+        .await
+        .unwrap();
+    store
+        .insert_signed_preview("h-old", "s2", 3000, 10)
+        .await
+        .unwrap();
+    assert!(store
+        .signed_preview_valid("h-live", "s1", 3000, 1_000)
+        .await
+        .unwrap());
+    assert!(!store
+        .signed_preview_valid("h-old", "s2", 3000, 1_000)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .signed_preview_sandbox("h-live")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s1")
+    );
+    assert_eq!(
+        store
+            .signed_preview_sandbox("h-old")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("s2")
+    );
+    assert_eq!(store.signed_preview_sandbox("h-none").await.unwrap(), None);
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -1,6 +1,9 @@
 //! Preview routes: the preview-url and signed-preview-url API of Daytona,
-//! `public/{isPublic}`, and `/preview/{sandboxId}/{port}/…`, the path-form
-//! preview proxy that works on localhost with no DNS. Traffic goes to the
+//! `public/{isPublic}`, and the preview proxy in its two forms:
+//! `/preview/{sandboxId}/{port}/…` (path form, works on localhost with no
+//! DNS) and, with a preview domain, any request whose Host is
+//! `{port}-{sandboxId}.{domain}` (host form, a middleware ahead of the
+//! routes). Both share one authorization and proxy. Traffic goes to the
 //! sandbox daemon, which tunnels it to `127.0.0.1:{port}` inside the
 //! sandbox (so servers bound to localhost work), streaming both ways,
 //! WebSockets included.
@@ -15,7 +18,8 @@ use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Uri};
-use axum::response::Response;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 #[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/ports/{port}/preview-url",
@@ -51,10 +55,7 @@ pub async fn signed_preview_url(
     let r = s.find(&p, &id).await?;
     let token = s.sign_preview(&r, port, secs).await?;
     Ok(Json(SignedPortPreviewUrl {
-        url: format!(
-            "{}/?DAYTONA_SANDBOX_AUTH_KEY={token}",
-            s.preview_url(&r.id, port)
-        ),
+        url: s.signed_preview_url(&r.id, port, &token),
         sandbox_id: r.id,
         port: i64::from(port),
         token,
@@ -105,34 +106,107 @@ pub async fn set_public(
 }
 
 const TOKEN_HEADER: &str = "x-daytona-preview-token";
-const TOKEN_QUERY: &str = "DAYTONA_SANDBOX_AUTH_KEY";
+const TOKEN_QUERY: &str = preview::SANDBOX_AUTH_KEY_QUERY;
 
-/// `/preview/{sandboxId}/{port}/…`: authorizes (public sandbox, the
-/// organization's API key, the sandbox's preview token or a signed token,
-/// as header or query) and streams to the daemon's tunnel.
+/// One preview request, whichever form it came in.
+struct PreviewTarget {
+    /// The sandbox id, or a signed token standing in for it (Daytona's
+    /// signed host-form URLs are `{port}-{token}.{domain}`).
+    label: String,
+    port: u16,
+    /// The path to ask the app for, from its leading `/`.
+    rest: String,
+    /// `X-Forwarded-Prefix` for the app: the path form's prefix; none for
+    /// the host form, where the app owns the whole path.
+    prefix: Option<String>,
+}
+
+/// `/preview/{sandboxId}/{port}/…`: the path form.
 pub async fn forward(State(s): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let raw = req.uri().path().to_string();
     let mut parts = raw.trim_start_matches("/preview/").splitn(3, '/');
-    let id = parts.next().unwrap_or_default().to_string();
+    let label = parts.next().unwrap_or_default().to_string();
     let port = valid_port(parts.next().unwrap_or_default())?;
     let rest = format!("/{}", parts.next().unwrap_or_default());
-    let r = s
-        .store
-        .sandbox(&id)
-        .await?
-        .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+    let prefix = Some(format!("/preview/{label}/{port}"));
+    serve(
+        &s,
+        PreviewTarget {
+            label,
+            port,
+            rest,
+            prefix,
+        },
+        req,
+    )
+    .await
+}
+
+/// Middleware: with a preview domain, a request whose Host is
+/// `{port}-{sandboxId}.{domain}` is a preview of that port whatever its
+/// path; every other request goes on to the API.
+pub async fn by_host(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(domain) = s.config.preview_domain.as_deref() else {
+        return next.run(req).await;
+    };
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let Some((port, label)) = host.and_then(|h| preview::preview_host(h, domain)) else {
+        return next.run(req).await;
+    };
+    let rest = req.uri().path().to_string();
+    let served = async {
+        let port = valid_port(&port)?;
+        let target = PreviewTarget {
+            label,
+            port,
+            rest,
+            prefix: None,
+        };
+        serve(&s, target, req).await
+    };
+    served.await.into_response()
+}
+
+/// Authorizes a preview request (public sandbox, the organization's API
+/// key, the sandbox's preview token or a signed token, as header, query or
+/// in place of the sandbox id) and streams it to the daemon's tunnel.
+async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response, ApiError> {
+    let (r, label_token) = match s.store.sandbox(&t.label).await? {
+        Some(r) => (r, None),
+        None => {
+            let owner = s
+                .store
+                .signed_preview_sandbox(&preview::hash_token(&t.label))
+                .await?;
+            let r = match owner {
+                Some(id) => s.store.sandbox(&id).await?,
+                None => None,
+            };
+            (
+                r.ok_or_else(|| ApiError::sandbox_not_found(&t.label))?,
+                Some(t.label.clone()),
+            )
+        }
+    };
+    let (id, port) = (r.id.clone(), t.port);
 
     let q = QueryPairs::parse(req.uri().query());
-    let offered = req
-        .headers()
-        .get(TOKEN_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    let offered = label_token
+        .or_else(|| {
+            req.headers()
+                .get(TOKEN_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        })
         .or_else(|| q.get(TOKEN_QUERY).map(str::to_string));
     if !r.public {
         let (mut head, body) = req.into_parts();
         let by_key = match head.headers.contains_key(header::AUTHORIZATION) {
-            true => Principal::from_request_parts(&mut head, &s).await.ok(),
+            true => Principal::from_request_parts(&mut head, s).await.ok(),
             false => None,
         };
         let allowed = match (&by_key, &offered) {
@@ -151,18 +225,18 @@ pub async fn forward(State(s): State<AppState>, req: Request) -> Result<Response
                 ))
             });
         }
-        return proxy(&s, &r, port, &rest, Request::from_parts(head, body)).await;
+        return proxy(s, &r, &t, Request::from_parts(head, body)).await;
     }
-    proxy(&s, &r, port, &rest, req).await
+    proxy(s, &r, &t, req).await
 }
 
 async fn proxy(
     s: &AppState,
     r: &atoll_store::SandboxRecord,
-    port: u16,
-    rest: &str,
+    t: &PreviewTarget,
     mut req: Request,
 ) -> Result<Response, ApiError> {
+    let (port, rest) = (t.port, t.rest.as_str());
     if r.state != state::STARTED {
         return Err(ApiError::Conflict(format!(
             "Sandbox {} is not started (state: {}); start it to reach port {port}",
@@ -201,7 +275,11 @@ async fn proxy(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),
     )];
-    if let Ok(prefix) = HeaderValue::from_str(&format!("/preview/{}/{port}", r.id)) {
+    if let Some(prefix) = t
+        .prefix
+        .as_deref()
+        .and_then(|p| HeaderValue::from_str(p).ok())
+    {
         extra.push((HeaderName::from_static("x-forwarded-prefix"), prefix));
     }
     if let Some(h) = host {
