@@ -38,8 +38,9 @@ def free_port():
 class Server:
     """`atoll serve` for the duration of a `with` block."""
 
-    def __init__(self, binary, images_dir):
+    def __init__(self, binary, images_dir, env=None):
         self.binary, self.images_dir = binary, images_dir
+        self.extra_env = env or {}
         self.data_dir = tempfile.mkdtemp(prefix="atoll-bench-")
         self.port = free_port()
         self.key = "atl_bench_" + secrets.token_hex(16)
@@ -47,7 +48,7 @@ class Server:
 
     def __enter__(self):
         self.log = open(os.path.join(self.data_dir, "server.log"), "w")
-        env = dict(os.environ, ATOLL_API_KEY=self.key, ATOLL_LOG="warn")
+        env = dict(os.environ, ATOLL_API_KEY=self.key, ATOLL_LOG="warn", **self.extra_env)
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}",
              "--images-dir", self.images_dir], stdout=self.log, stderr=self.log, env=env)

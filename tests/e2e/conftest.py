@@ -254,6 +254,7 @@ class AtollServer:
         self.stop()
         if os.environ.get("ATOLL_E2E_KEEP"):
             return
+        self.drop_firewall_table()
         mounts = _mounts_below(self.data_dir)
         if mounts:
             print(
@@ -262,6 +263,15 @@ class AtollServer:
             )
             return
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def drop_firewall_table(self) -> None:
+        """Removes the server's nftables table (one per runner instance)."""
+        try:
+            instance = (self.data_dir / "runner" / "instance").read_text().strip()
+        except OSError:
+            return
+        subprocess.run(["nft", "delete", "table", "inet", f"atoll_{instance}"],
+                       capture_output=True, check=False)
 
     # -- inspection ------------------------------------------------------------
 

@@ -18,6 +18,7 @@ pub struct CreateSandbox {
     pub public: Option<bool>,
     pub network_block_all: Option<bool>,
     pub network_allow_list: Option<String>,
+    pub domain_allow_list: Option<String>,
     pub target: Option<String>,
     pub cpu: Option<i64>,
     pub gpu: Option<i64>,
@@ -187,6 +188,15 @@ pub struct SignedPortPreviewUrl {
     pub port: i64,
     pub token: String,
     pub url: String,
+}
+
+/// Daytona's `UpdateSandboxNetworkSettings`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateNetworkSettings {
+    pub network_block_all: Option<bool>,
+    pub network_allow_list: Option<String>,
+    pub domain_allow_list: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! Atoll's control plane: the Daytona-compatible REST API under `/api`,
 //! bearer-key auth, the sandbox service (lifecycle rules and reconcile on
-//! boot) and the `/toolbox/{id}/…` proxy route.
+//! boot), the `/toolbox/{id}/…` proxy route and the preview proxy (path
+//! form `/preview/{id}/{port}/…`, host form `{port}-{id}.{domain}`).
 
 pub mod auth;
 pub mod dto;
@@ -27,6 +28,10 @@ use std::sync::Arc;
 pub struct ApiConfig {
     /// Base URL clients reach this server at (toolbox URLs derive from it).
     pub public_url: String,
+    /// Wildcard domain of host-form previews: a request for
+    /// `{port}-{sandboxId}.{domain}` is a preview of that port (checked
+    /// with `preview::parse_preview_domain`). `None`: path form only.
+    pub preview_domain: Option<String>,
     /// Snapshot used when a create names none.
     pub default_snapshot: String,
     pub lifecycle: scheduler::LifecycleTiming,
@@ -102,6 +107,10 @@ pub fn router(state: AppState) -> Router {
             get(sandbox::toolbox_proxy_url),
         )
         .route("/sandbox/{id}/resize", post(sandbox::resize))
+        .route(
+            "/sandbox/{id}/network-settings",
+            post(sandbox::network_settings),
+        )
         .route("/sandbox/{id}/recover", post(sandbox::recover))
         .route("/sandbox/{id}/archive", post(sandbox::archive))
         .route(
@@ -131,6 +140,12 @@ pub fn router(state: AppState) -> Router {
         .route("/preview/{id}/{port}/{*path}", any(preview::forward))
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
+        // Host-form previews take any path, so they are picked out by Host
+        // before the route's handler runs.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            preview::by_host,
+        ))
         .layer(axum::middleware::from_fn(request_info))
         .with_state(state)
 }

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
     paths(
         sandbox::create, sandbox::list, sandbox::get, sandbox::delete, sandbox::start, sandbox::stop,
         sandbox::labels, sandbox::autostop, sandbox::autoarchive, sandbox::autodelete,
-        sandbox::toolbox_proxy_url, sandbox::resize, sandbox::recover, sandbox::archive, crate::routes::preview::preview_url,
+        sandbox::toolbox_proxy_url, sandbox::resize, sandbox::network_settings, sandbox::recover, sandbox::archive, crate::routes::preview::preview_url,
         crate::routes::preview::signed_preview_url, crate::routes::preview::expire_signed_preview_url,
         crate::routes::preview::set_public, sandbox::last_activity,
         snapshots::list, snapshots::get, system::health,
@@ -20,7 +20,7 @@ use utoipa::OpenApi;
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
         dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots,
-        dto::ResizeSandbox, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
+        dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

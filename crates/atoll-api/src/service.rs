@@ -6,6 +6,7 @@ use crate::auth::Principal;
 use crate::dto::{self, CreateSandbox, Sandbox};
 use crate::error::ApiError;
 use crate::AppState;
+use atoll_runner::network::NetworkPolicy;
 use atoll_runner::runtime::Observed;
 use atoll_runner::{Limits, SandboxSpec};
 use atoll_store::SandboxRecord;
@@ -146,6 +147,7 @@ impl AppState {
             user: Some(r.os_user.clone()),
             env: r.env.clone(),
             disk_bytes: (r.disk as u64) << 30,
+            network: policy_of(r)?,
             limits: Limits {
                 cpus: r.cpu as u32,
                 memory_bytes: (r.memory as u64) << 30,
@@ -240,6 +242,7 @@ impl AppState {
         if known.is_none() {
             return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
         }
+        refuse_domain_allow_list(req.domain_allow_list.as_deref())?;
         if req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
             return Err(ApiError::BadRequest(
                 "volumes are not supported by this server yet".into(),
@@ -256,7 +259,7 @@ impl AppState {
             labels: req.labels.unwrap_or_default(),
             public: req.public.unwrap_or(false),
             network_block_all: req.network_block_all.unwrap_or(false),
-            network_allow_list: req.network_allow_list,
+            network_allow_list: normalized_allow_list(req.network_allow_list.as_deref())?,
             cpu: in_range("cpu", req.cpu.unwrap_or(DEFAULT_CPU), 1, MAX_CPU)?,
             gpu: in_range("gpu", req.gpu.unwrap_or(0), 0, 0)?,
             memory: in_range(
@@ -636,6 +639,58 @@ impl AppState {
         Ok(r.labels)
     }
 
+    /// Daytona's network-settings: block all egress, restore it, or allow
+    /// only some networks; a started sandbox gets the change at once.
+    pub async fn update_network_settings(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+        req: dto::UpdateNetworkSettings,
+    ) -> Result<Sandbox, ApiError> {
+        if req.network_block_all.is_none()
+            && req.network_allow_list.is_none()
+            && req.domain_allow_list.is_none()
+        {
+            return Err(ApiError::BadRequest(
+                "set at least one of networkBlockAll, networkAllowList or domainAllowList".into(),
+            ));
+        }
+        refuse_domain_allow_list(req.domain_allow_list.as_deref())?;
+        let allow = match req.network_allow_list.as_deref() {
+            Some(list) => Some(normalized_allow_list(Some(list))?),
+            None => None,
+        };
+        let r = self.find(p, id_or_name).await?;
+        let lock = self.locks.get(&r.id);
+        let _guard = lock.lock().await;
+        let mut r = self.find(p, &r.id).await?;
+        match (req.network_block_all, allow) {
+            // An allow list implies not blocking everything.
+            (block, Some(list)) => {
+                r.network_block_all = block.unwrap_or(false);
+                r.network_allow_list = list;
+            }
+            (Some(true), None) => r.network_block_all = true,
+            // Restoring access clears a stored allow list.
+            (Some(false), None) => {
+                r.network_block_all = false;
+                r.network_allow_list = None;
+            }
+            (None, None) => {}
+        }
+        let policy = policy_of(&r)?;
+        let runtime = self.runtime.clone();
+        let id = r.id.clone();
+        tokio::task::spawn_blocking(move || runtime.update_network(&id, &policy))
+            .await
+            .map_err(|e| ApiError::Internal(format!("network task: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;
+        r.updated_at = now_millis();
+        let current = r.state.clone();
+        self.store.update_sandbox(&r, &current).await?;
+        Ok(self.to_dto(&r))
+    }
+
     /// Makes a sandbox's previews public (no token needed) or private.
     pub async fn set_public(
         &self,
@@ -817,6 +872,44 @@ impl Interval {
             Interval::AutoDelete => "autoDeleteInterval",
         }
     }
+}
+
+/// Validates Daytona's comma-separated CIDR allow list and stores it in a
+/// canonical form (blank means none).
+fn normalized_allow_list(list: Option<&str>) -> Result<Option<String>, ApiError> {
+    let Some(list) = list else { return Ok(None) };
+    let parsed = NetworkPolicy::parse_allow_list(list)
+        .map_err(|e| ApiError::BadRequest(format!("networkAllowList: {e}")))?;
+    Ok(parsed.map(|v| {
+        v.iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }))
+}
+
+/// Domain allow lists need DNS-aware enforcement, which this server does
+/// not have: refuse rather than pretend.
+fn refuse_domain_allow_list(list: Option<&str>) -> Result<(), ApiError> {
+    match list {
+        Some(l) if !l.trim().is_empty() => Err(ApiError::BadRequest(
+            "domainAllowList is not supported by this server; use networkAllowList (CIDRs)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The runtime's view of a sandbox's stored network settings.
+fn policy_of(r: &SandboxRecord) -> Result<NetworkPolicy, ApiError> {
+    let allow_list = match r.network_allow_list.as_deref() {
+        Some(l) => NetworkPolicy::parse_allow_list(l)
+            .map_err(|e| ApiError::Internal(format!("stored allow list: {e}")))?,
+        None => None,
+    };
+    Ok(NetworkPolicy {
+        block_all: r.network_block_all,
+        allow_list,
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The init helper: a short-lived, single-threaded process (the `atoll`
 //! binary invoked as `atoll-sandbox-init`) that turns an `InitRequest` into
-//! a running sandbox. It unshares the mount, uts, ipc, net and pid
+//! a running sandbox. It joins the network namespace the runner prepared
+//! (or unshares a bare one), unshares the mount, uts, ipc and pid
 //! namespaces, forks the sandbox's PID 1, reports that pid on stdout and
 //! exits, so the sandbox is not a child of the runner and survives it.
 //! PID 1 builds the filesystem (including the loop-mounted disk), joins the
@@ -98,14 +99,20 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
         eprintln!("atoll-sandbox-init: cannot lower the daemon's oom_score_adj ({e}); relying on children's higher score");
     }
     let last_cap = caps::last_cap();
-    unshare(
-        CloneFlags::CLONE_NEWNS
-            | CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWNET
-            | CloneFlags::CLONE_NEWPID,
-    )
-    .map_err(sys("unshare namespaces"))?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    match &req.netns {
+        // The runner prepared this namespace (veth, addresses, routes).
+        Some(path) => {
+            let ns = std::fs::File::open(path).map_err(io("opening the network namespace"))?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(sys("joining the network namespace"))?;
+        }
+        None => flags |= CloneFlags::CLONE_NEWNET,
+    }
+    unshare(flags).map_err(sys("unshare namespaces"))?;
     // SAFETY: this helper is single-threaded (the binary dispatches here
     // before starting any runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(sys("fork sandbox init"))? {

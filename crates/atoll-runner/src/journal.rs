@@ -38,6 +38,9 @@ pub struct Entry {
     /// which tells a live sandbox from a reused pid.
     pub start_time: Option<u64>,
     pub updated_at_ms: i64,
+    /// The sandbox's address, host-side veth and network policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::network::Lease>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +153,7 @@ mod tests {
             pid: Some(me),
             start_time: process_start_time(me),
             updated_at_ms: 1,
+            net: None,
         };
         j.write(&e).unwrap();
         assert_eq!(j.get("a"), Some(e.clone()));

@@ -3,7 +3,8 @@
 //!
 //! Layout mirrors a sandbox's parts: `spec` (the plan as data), `init` (the
 //! privileged helper that builds the sandbox and execs the daemon as PID 1),
-//! `mounts`, `caps`, `seccomp`, `cgroup`, `journal` (what is running, so a
+//! `mounts`, `network` (veth slots, addresses and the nftables policy, over
+//! `netlink`), `caps`, `seccomp`, `cgroup`, `journal` (what is running, so a
 //! restarted runner re-adopts it), `image` (the content-addressed image
 //! store) and `runtime` (the `Runtime` trait and `NamespaceRuntime`).
 
@@ -15,6 +16,8 @@ pub mod image;
 pub mod init;
 pub mod journal;
 pub mod mounts;
+pub mod netlink;
+pub mod network;
 pub mod runtime;
 pub mod seccomp;
 pub mod spec;

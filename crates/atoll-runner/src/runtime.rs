@@ -4,6 +4,7 @@
 
 use crate::cgroup::{CgroupError, Cgroups};
 use crate::journal::{self, Entry, EntryState, Journal, JournalError};
+use crate::network::{Lease, Network, NetworkConfig, NetworkPolicy};
 use crate::spec::{self, DaemonConfig, InitRequest, SandboxDirs, SandboxSpec};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -32,6 +33,8 @@ pub enum RuntimeError {
     },
     #[error("starting sandbox {id}: {reason}")]
     Spawn { id: String, reason: String },
+    #[error(transparent)]
+    Network(#[from] crate::network::NetworkError),
     #[error("sandbox {id} did not answer on its toolbox socket within {secs}s")]
     NotReady { id: String, secs: u64 },
 }
@@ -90,6 +93,11 @@ pub trait Runtime: Send + Sync {
     fn discard_archive(&self, id: &str) -> Result<(), RuntimeError>;
     /// Applies new cpu/memory/pids limits to a running sandbox, live.
     fn update_limits(&self, id: &str, limits: &crate::spec::Limits) -> Result<(), RuntimeError>;
+    /// Applies a new network policy to a running sandbox, live (a stopped
+    /// one gets its policy from its spec at the next start).
+    fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError>;
+    /// The sandbox's address on the sandbox network, while it runs with one.
+    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr>;
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +121,8 @@ pub struct RuntimeConfig {
     pub archive_url: Option<String>,
     /// Disk size kept ready in the background pool (the default disk).
     pub pooled_disk_bytes: u64,
+    /// The sandbox network; `None` leaves sandboxes with loopback only.
+    pub network: Option<NetworkConfig>,
 }
 
 pub struct NamespaceRuntime {
@@ -122,6 +132,7 @@ pub struct NamespaceRuntime {
     archives: crate::archive::ArchiveStore,
     cgroups: Cgroups,
     journal: Journal,
+    network: Option<Network>,
     instance: String,
 }
 
@@ -147,6 +158,18 @@ impl NamespaceRuntime {
         std::fs::write(&instance_file, &instance).map_err(io("writing", &instance_file))?;
         let cgroups = Cgroups::detect(&cfg.cgroup_root, &instance)?;
         let journal = Journal::open(&cfg.state_dir.join("journal"))?;
+        let network = match &cfg.network {
+            Some(n) => {
+                // Sandboxes that may still run keep their addresses and rules.
+                let live: Vec<Lease> = journal
+                    .entries()
+                    .into_iter()
+                    .filter_map(|e| e.net)
+                    .collect();
+                Some(Network::start(n, &instance, &cfg.state_dir, &live)?)
+            }
+            None => None,
+        };
         let disks = crate::disk::DiskTemplates::new(&cfg.state_dir.join("disk-templates"));
         let disk_pool = crate::disk::DiskPoolFiller::start(disks.clone(), cfg.pooled_disk_bytes, 4);
         let archives =
@@ -158,6 +181,7 @@ impl NamespaceRuntime {
             disk_pool,
             cgroups,
             journal,
+            network,
             instance,
         })
     }
@@ -174,7 +198,23 @@ impl NamespaceRuntime {
         Ok(SandboxDirs::new(&self.cfg.sandboxes_dir, id))
     }
 
+    /// The sandbox network, when sandboxes get one.
+    pub fn network(&self) -> Option<&Network> {
+        self.network.as_ref()
+    }
+
+    /// Gives a stopped sandbox's address back.
+    fn release_lease(&self, lease: Option<&Lease>) {
+        if let (Some(net), Some(l)) = (&self.network, lease) {
+            if let Err(e) = net.release(l.ip) {
+                tracing::warn!(error = %e, ip = %l.ip, "clearing a sandbox's network rules failed");
+            }
+        }
+    }
+
     fn spawn_failed(&self, id: &str, reason: String) -> RuntimeError {
+        let lease = self.journal.get(id).and_then(|e| e.net);
+        self.release_lease(lease.as_ref());
         let _ = self.cgroups.remove(id);
         let _ = self.journal.remove(id);
         RuntimeError::Spawn {
@@ -184,8 +224,9 @@ impl NamespaceRuntime {
     }
 
     fn cleanup(&self, id: &str) -> Result<(), RuntimeError> {
-        if let Some(e) = self.journal.get(id) {
-            if journal::is_alive(&e) {
+        let entry = self.journal.get(id);
+        if let Some(e) = &entry {
+            if journal::is_alive(e) {
                 if let Some(pid) = e.pid {
                     // SAFETY: `is_alive` just matched pid and start time, so the
                     // pid still names the sandbox's PID 1; killing it ends the
@@ -200,6 +241,7 @@ impl NamespaceRuntime {
             let _ = std::fs::remove_file(d.socket());
             sync_fs(&d.root);
         }
+        self.release_lease(entry.and_then(|e| e.net).as_ref());
         self.journal.remove(id)?;
         Ok(())
     }
@@ -264,13 +306,42 @@ impl Runtime for NamespaceRuntime {
         )
         .map_err(io("writing", &cfg_path))?;
 
-        self.journal.write(&Entry {
+        let slot = match &self.network {
+            Some(n) => Some(n.take()?),
+            None => None,
+        };
+        let lease = slot.as_ref().map(|s| Lease {
+            ip: s.ip,
+            host_if: s.host_if.clone(),
+            policy: spec.network.clone(),
+        });
+        let creating = Entry {
             id: id.into(),
             state: EntryState::Creating,
             pid: None,
             start_time: None,
             updated_at_ms: atoll_types::time::now_millis(),
-        })?;
+            net: lease.clone(),
+        };
+        if let Err(e) = self.journal.write(&creating) {
+            self.release_lease(lease.as_ref());
+            return Err(e.into());
+        }
+        if let (Some(n), Some(l)) = (&self.network, &lease) {
+            // The policy is in place before anything in the sandbox runs.
+            if let Err(e) = n.apply(l.ip, &l.policy) {
+                return Err(self.spawn_failed(id, format!("applying the network policy: {e}")));
+            }
+        }
+        // The helper opens the namespace through our descriptor
+        // (`/proc/<us>/fd/<n>`) while we wait for it; nothing inherits it.
+        let netns = slot.as_ref().map(|s| {
+            PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                s.ns.as_raw_fd()
+            ))
+        });
         atoll_types::failpoint::hit("runtime.start.after_journal");
         let cgroup_procs = match self.cgroups.create(id, &spec.limits) {
             Ok(p) => p,
@@ -282,6 +353,7 @@ impl Runtime for NamespaceRuntime {
             dirs: dirs.clone(),
             daemon_exe: self.cfg.daemon_exe.clone(),
             cgroup_procs,
+            netns,
         };
         let log_path = dirs.root.join("daemon.log");
         let log = std::fs::OpenOptions::new()
@@ -290,14 +362,13 @@ impl Runtime for NamespaceRuntime {
             .open(&log_path)
             .map_err(io("opening", &log_path))?;
         let t_prepared = t0.elapsed();
-        let mut child = match Command::new(&self.cfg.helper_exe)
-            .arg0("atoll-sandbox-init")
+        let mut cmd = Command::new(&self.cfg.helper_exe);
+        cmd.arg0("atoll-sandbox-init")
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-        {
+            .stderr(log);
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return Err(self.spawn_failed(id, format!("running the init helper: {e}"))),
         };
@@ -310,6 +381,8 @@ impl Runtime for NamespaceRuntime {
             None => Err("no report pipe".to_string()),
         };
         let _ = child.wait();
+        // The helper has joined the namespace (or failed): ours can go.
+        drop(slot);
         let (pid, error) = match report {
             Ok(r) => r,
             Err(e) => return Err(self.spawn_failed(id, e)),
@@ -332,6 +405,7 @@ impl Runtime for NamespaceRuntime {
             pid: Some(pid),
             start_time,
             updated_at_ms: atoll_types::time::now_millis(),
+            net: lease,
         })?;
         atoll_types::failpoint::hit("runtime.start.before_ready");
         let socket = dirs.socket();
@@ -479,6 +553,27 @@ impl Runtime for NamespaceRuntime {
     fn update_limits(&self, id: &str, limits: &crate::spec::Limits) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         Ok(self.cgroups.apply(id, limits)?)
+    }
+
+    fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+        self.dirs(id)?;
+        let (Some(net), Some(mut entry)) = (&self.network, self.journal.get(id)) else {
+            return Ok(());
+        };
+        let Some(lease) = entry.net.as_mut() else {
+            return Ok(());
+        };
+        // Journal first: a runner restarted in between rebuilds the table
+        // from the journal, so it must hold the newest policy.
+        lease.policy = policy.clone();
+        let ip = lease.ip;
+        self.journal.write(&entry)?;
+        net.apply(ip, policy)?;
+        Ok(())
+    }
+
+    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
+        self.journal.get(id).and_then(|e| e.net).map(|l| l.ip)
     }
 }
 

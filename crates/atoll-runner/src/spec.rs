@@ -44,6 +44,9 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Size of the sandbox's disk in bytes (its quota).
     pub disk_bytes: u64,
+    /// What the sandbox may reach beyond loopback.
+    #[serde(default)]
+    pub network: crate::network::NetworkPolicy,
 }
 
 /// Where the daemon's unix socket lives inside the sandbox.
@@ -109,6 +112,11 @@ pub struct InitRequest {
     pub daemon_exe: PathBuf,
     /// `cgroup.procs` files the helper joins before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
+    /// The prepared network namespace to join (a `/proc/<runner>/fd/<n>`
+    /// path, valid while the runner waits for the helper); `None` gives the
+    /// sandbox a fresh one with loopback only.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// Is `id` safe to use as a path component? Ids are server-generated UUIDs;

@@ -32,6 +32,19 @@ pub struct ServeArgs {
     /// default: <data-dir>/archives.
     #[arg(long, env = "ATOLL_ARCHIVE_URL")]
     archive_url: Option<String>,
+    /// Wildcard DNS domain for host-form previews: a request for
+    /// `{port}-{sandboxId}.<domain>` reaches that port of that sandbox,
+    /// whatever its path (point `*.<domain>` at this server; preview URLs
+    /// take scheme and port from --public-url). A bare lowercase DNS name,
+    /// e.g. `preview.example.com`. Unset: the path form
+    /// `/preview/{sandboxId}/{port}/…` only.
+    #[arg(long, env = "ATOLL_PREVIEW_DOMAIN")]
+    preview_domain: Option<String>,
+    /// Sandbox network: `auto` (each sandbox gets a routed veth with NAT
+    /// egress, addresses from a free /22 of 10.213.0.0/16), a CIDR to take
+    /// addresses from (e.g. `10.50.0.0/20`), or `off` (loopback only).
+    #[arg(long, env = "ATOLL_NETWORK", default_value = "auto")]
+    network: String,
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
@@ -72,6 +85,26 @@ pub fn ensure_default_image(images_dir: &Path) -> Result<Image> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     init_logging();
+    let preview_domain = args
+        .preview_domain
+        .as_deref()
+        .map(atoll_api::preview::parse_preview_domain)
+        .transpose()
+        .context("--preview-domain (ATOLL_PREVIEW_DOMAIN)")?;
+    let network = match args.network.as_str() {
+        "off" => None,
+        spec => Some(atoll_runner::network::NetworkConfig {
+            block: match spec {
+                "auto" => None,
+                cidr => Some(
+                    atoll_runner::network::Cidr::parse(cidr)
+                        .context("--network (ATOLL_NETWORK): auto, off or a CIDR")?,
+                ),
+            },
+            lock_dir: PathBuf::from("/run/atoll/net"),
+            pool_size: 4,
+        }),
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -93,6 +126,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         archive_dir: data_dir.join("archives"),
         archive_url: args.archive_url.clone(),
         pooled_disk_bytes: (atoll_api::service::DEFAULT_DISK_GIB as u64) << 30,
+        network,
     })
     .context("starting the sandbox runtime")?;
 
@@ -123,6 +157,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             images,
             ApiConfig {
                 public_url: public_url.clone(),
+                preview_domain: preview_domain.clone(),
                 default_snapshot: image.name.clone(),
                 lifecycle: lifecycle_timing()?,
             },
@@ -136,7 +171,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        tracing::info!(url = %public_url, data_dir = %data_dir.display(), "atoll is serving");
+        tracing::info!(
+            url = %public_url,
+            data_dir = %data_dir.display(),
+            preview_domain = preview_domain.as_deref().unwrap_or("-"),
+            "atoll is serving"
+        );
         print_welcome(&public_url, key.as_deref());
         axum::serve(listener, atoll_api::router(state.clone()))
             .with_graceful_shutdown(shutdown_signal())

@@ -3,6 +3,7 @@
 use crate::auth::Principal;
 use crate::dto::{
     CreateSandbox, ListSandboxesResponse, ResizeSandbox, Sandbox, SandboxLabels, ToolboxProxyUrl,
+    UpdateNetworkSettings,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -235,6 +236,18 @@ pub async fn resize(
     JsonBody(req): JsonBody<ResizeSandbox>,
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(s.resize_sandbox(&p, &id, req).await?))
+}
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/network-settings", request_body = UpdateNetworkSettings,
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Sandbox), (status = 400), (status = 404)))]
+pub async fn network_settings(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateNetworkSettings>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.update_network_settings(&p, &id, req).await?))
 }
 
 #[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/recover",

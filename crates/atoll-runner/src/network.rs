@@ -1,0 +1,821 @@
+//! Per-sandbox networking: every sandbox gets its own network namespace
+//! with loopback and one veth pair routed by the host (a /32 per sandbox,
+//! the instance's gateway address on every host-side veth, NAT for egress).
+//! There is no shared bridge: sandboxes share no L2 segment, so one cannot
+//! ARP-spoof or even see another.
+//!
+//! Policy lives on the host side, in one nftables table per runner
+//! instance (`inet atoll_<instance>`), where root in a sandbox cannot touch
+//! it: nothing but replies enters a sandbox, nothing from a sandbox reaches
+//! the host itself (API, runner, database, SSH) or link-local addresses
+//! (169.254.169.254), spoofed sources are dropped, and per-sandbox policy
+//! (`networkBlockAll`, `networkAllowList`) is membership in the table's
+//! sets, changed live over netlink.
+//!
+//! Network slots (namespace + veth pair + addresses + routes) are prepared
+//! ahead of time by a background thread, so a create only takes one. An
+//! unused slot lives only as a namespace descriptor held by this process:
+//! if the runner dies, the kernel removes it. A used slot lives exactly as
+//! long as its sandbox's processes.
+
+use crate::netlink::{self, Netlink, NetlinkError, SetElement};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid CIDR {0:?}: expected a.b.c.d/n with n from 0 to 32")]
+    BadCidr(String),
+    #[error("network block {0} is in use by another atoll server on this host")]
+    BlockInUse(Cidr),
+    #[error("no free network block of /{prefix} left in {range}")]
+    NoBlock { range: Cidr, prefix: u8 },
+    #[error("network block {0} has no free addresses left")]
+    Exhausted(Cidr),
+    #[error("network block {0} is too small: use /28 or larger")]
+    BlockTooSmall(Cidr),
+    #[error("loading the firewall ruleset with nft: {0}")]
+    Nft(String),
+    #[error("preparing a network namespace: {0}")]
+    Namespace(std::io::Error),
+}
+
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> NetworkError + 'a {
+    move |source| NetworkError::Io {
+        what,
+        path: path.into(),
+        source,
+    }
+}
+
+/// An IPv4 network, normalised (host bits cleared).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Cidr {
+        let mask = Cidr::mask_of(prefix);
+        Cidr {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        }
+    }
+
+    fn mask_of(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(prefix))
+        }
+    }
+
+    /// `a.b.c.d/n`, or a bare address (a /32). Host bits are cleared, as
+    /// Daytona's own examples (`192.168.1.0/16`) need.
+    pub fn parse(s: &str) -> Result<Cidr, NetworkError> {
+        let s = s.trim();
+        let bad = || NetworkError::BadCidr(s.to_string());
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, p.parse::<u8>().map_err(|_| bad())?),
+            None => (s, 32),
+        };
+        if p > 32 {
+            return Err(bad());
+        }
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        Ok(Cidr::new(addr, p))
+    }
+
+    pub fn first(&self) -> u32 {
+        u32::from(self.addr)
+    }
+
+    pub fn last(&self) -> u32 {
+        self.first() | !Cidr::mask_of(self.prefix)
+    }
+
+    pub fn size(&self) -> u64 {
+        1u64 << (32 - u32::from(self.prefix))
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & Cidr::mask_of(self.prefix) == self.first()
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl TryFrom<String> for Cidr {
+    type Error = NetworkError;
+    fn try_from(s: String) -> Result<Cidr, NetworkError> {
+        Cidr::parse(&s)
+    }
+}
+
+impl From<Cidr> for String {
+    fn from(c: Cidr) -> String {
+        c.to_string()
+    }
+}
+
+/// Most CIDRs one allow list may hold.
+pub const MAX_ALLOW_LIST: usize = 256;
+
+/// What a sandbox may reach beyond its own loopback.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicy {
+    /// Nothing but loopback.
+    #[serde(default)]
+    pub block_all: bool,
+    /// Egress only to these networks (when `Some`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_list: Option<Vec<Cidr>>,
+}
+
+impl NetworkPolicy {
+    /// Parses Daytona's comma-separated allow list (`"10.0.0.0/8,1.2.3.4"`).
+    /// An empty or blank list means no allow list.
+    pub fn parse_allow_list(s: &str) -> Result<Option<Vec<Cidr>>, NetworkError> {
+        let items: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|x| !x.is_empty())
+            .collect();
+        if items.is_empty() {
+            return Ok(None);
+        }
+        if items.len() > MAX_ALLOW_LIST {
+            return Err(NetworkError::BadCidr(format!(
+                "{} entries (at most {MAX_ALLOW_LIST})",
+                items.len()
+            )));
+        }
+        let mut out: Vec<Cidr> = items
+            .into_iter()
+            .map(Cidr::parse)
+            .collect::<Result<_, _>>()?;
+        out.sort_by_key(|c| (c.first(), c.prefix));
+        out.dedup();
+        // Overlapping intervals cannot share an interval set: keep the
+        // widest of any nested pair.
+        let mut merged: Vec<Cidr> = Vec::new();
+        for c in out {
+            match merged.last() {
+                Some(m) if m.contains(c.addr) => {}
+                _ => merged.push(c),
+            }
+        }
+        Ok(Some(merged))
+    }
+}
+
+/// A sandbox's place on the network: its address and host-side veth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub host_if: String,
+    #[serde(default)]
+    pub policy: NetworkPolicy,
+}
+
+/// A prepared slot: a namespace with its veth pair, addresses and routes.
+pub struct Slot {
+    pub ns: OwnedFd,
+    pub ip: Ipv4Addr,
+    pub host_if: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// The addresses this runner gives sandboxes; `None` picks a free /22
+    /// of `AUTO_RANGE`.
+    pub block: Option<Cidr>,
+    /// Where block locks live (`/run/atoll/net`): a block belongs to the
+    /// runner holding its lock.
+    pub lock_dir: PathBuf,
+    /// Slots kept ready.
+    pub pool_size: usize,
+}
+
+/// Where automatically chosen blocks come from, and their size.
+pub const AUTO_RANGE: &str = "10.213.0.0/16";
+pub const AUTO_PREFIX: u8 = 22;
+/// Every host-side veth of every instance starts with this.
+pub const IF_PREFIX: &str = "atl";
+
+struct Addresses {
+    free: VecDeque<u32>,
+    used: HashSet<u32>,
+}
+
+struct Inner {
+    block: Cidr,
+    gateway: Ipv4Addr,
+    table: String,
+    if_prefix: String,
+    addresses: Mutex<Addresses>,
+    /// Elements currently in the firewall sets, per sandbox address.
+    rules: Mutex<HashMap<Ipv4Addr, NetworkPolicy>>,
+    host: Mutex<(Netlink, OwnedFd)>,
+    nft: Mutex<Netlink>,
+    pool: Mutex<Vec<Slot>>,
+    wake: Condvar,
+    want: usize,
+    _lock: File,
+}
+
+/// The runner's network: address block, slot pool and firewall.
+#[derive(Clone)]
+pub struct Network {
+    inner: Arc<Inner>,
+}
+
+impl Network {
+    /// Claims an address block, installs the firewall (re-adding the rules
+    /// of `live` sandboxes, which keep their addresses) and starts filling
+    /// the slot pool.
+    pub fn start(
+        cfg: &NetworkConfig,
+        instance: &str,
+        state_dir: &Path,
+        live: &[Lease],
+    ) -> Result<Network, NetworkError> {
+        let if_prefix = format!("{IF_PREFIX}{}", &instance[..instance.len().min(6)]);
+        let (block, lock) = claim_block(cfg, state_dir, &if_prefix, live)?;
+        if block.prefix > 28 {
+            return Err(NetworkError::BlockTooSmall(block));
+        }
+        let gateway = Ipv4Addr::from(block.first() + 1);
+        let mut used = HashSet::new();
+        let mut rules = HashMap::new();
+        for l in live {
+            if block.contains(l.ip) {
+                used.insert(u32::from(l.ip) - block.first());
+                rules.insert(l.ip, l.policy.clone());
+            }
+        }
+        let free = (2..(block.size() as u32 - 1))
+            .filter(|o| !used.contains(o))
+            .collect();
+        let table = format!("atoll_{instance}");
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        load_ruleset(&ruleset(&table, &if_prefix, block, &rules))?;
+        let host = (Netlink::route()?, netlink::ioctl_socket()?);
+        let inner = Arc::new(Inner {
+            block,
+            gateway,
+            table,
+            if_prefix,
+            addresses: Mutex::new(Addresses { free, used }),
+            rules: Mutex::new(rules),
+            host: Mutex::new(host),
+            nft: Mutex::new(Netlink::netfilter()?),
+            pool: Mutex::new(Vec::new()),
+            wake: Condvar::new(),
+            want: cfg.pool_size,
+            _lock: lock,
+        });
+        let filler = Arc::downgrade(&inner);
+        let spawned = std::thread::Builder::new()
+            .name("atoll-net-pool".into())
+            .spawn(move || fill_pool(filler));
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no network pool thread; slots are made on demand");
+        }
+        tracing::info!(block = %block, gateway = %gateway, "sandbox network ready");
+        Ok(Network { inner })
+    }
+
+    pub fn block(&self) -> Cidr {
+        self.inner.block
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.inner.gateway
+    }
+
+    /// A ready slot from the pool, or a fresh one if the pool is empty.
+    pub fn take(&self) -> Result<Slot, NetworkError> {
+        let ready = lock(&self.inner.pool).pop();
+        self.inner.wake.notify_one();
+        match ready {
+            Some(s) => Ok(s),
+            None => self.inner.make_slot(),
+        }
+    }
+
+    /// Applies `policy` to the sandbox at `ip`, replacing what it had.
+    pub fn apply(&self, ip: Ipv4Addr, policy: &NetworkPolicy) -> Result<(), NetworkError> {
+        let mut rules = lock(&self.inner.rules);
+        let old = rules.get(&ip).cloned().unwrap_or_default();
+        if &old == policy {
+            return Ok(());
+        }
+        let (old_el, new_el) = (elements(ip, &old), elements(ip, policy));
+        let mut nft = lock(&self.inner.nft);
+        // New restrictions first, then drop the old ones.
+        for (set, els) in &new_el {
+            let add: Vec<SetElement> = els
+                .iter()
+                .filter(|e| !old_el.get(set).is_some_and(|o| o.contains(e)))
+                .cloned()
+                .collect();
+            nft.set_elements(true, &self.inner.table, set, &add)?;
+        }
+        for (set, els) in &old_el {
+            let del: Vec<SetElement> = els
+                .iter()
+                .filter(|e| !new_el.get(set).is_some_and(|n| n.contains(e)))
+                .cloned()
+                .collect();
+            nft.set_elements(false, &self.inner.table, set, &del)?;
+        }
+        if policy == &NetworkPolicy::default() {
+            rules.remove(&ip);
+        } else {
+            rules.insert(ip, policy.clone());
+        }
+        Ok(())
+    }
+
+    /// Gives a sandbox's address back (its namespace is gone or going) and
+    /// clears its rules first, so the next holder starts clean.
+    pub fn release(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
+        self.apply(ip, &NetworkPolicy::default())?;
+        let block = self.inner.block;
+        if block.contains(ip) {
+            let off = u32::from(ip) - block.first();
+            let mut a = lock(&self.inner.addresses);
+            if a.used.remove(&off) {
+                // To the back: the old veth may take a moment to disappear.
+                a.free.push_back(off);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many slots are ready right now.
+    pub fn ready(&self) -> usize {
+        lock(&self.inner.pool).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The firewall set elements a policy needs, per set.
+fn elements(ip: Ipv4Addr, p: &NetworkPolicy) -> HashMap<&'static str, Vec<SetElement>> {
+    let mut out: HashMap<&'static str, Vec<SetElement>> = HashMap::new();
+    let key = ip.octets().to_vec();
+    if p.block_all {
+        out.entry("blocked")
+            .or_default()
+            .push(SetElement { key, key_end: None });
+    } else if let Some(list) = &p.allow_list {
+        out.entry("limited").or_default().push(SetElement {
+            key: key.clone(),
+            key_end: None,
+        });
+        for c in list {
+            let mut start = key.clone();
+            start.extend(Ipv4Addr::from(c.first()).octets());
+            let mut end = key.clone();
+            end.extend(Ipv4Addr::from(c.last()).octets());
+            out.entry("allowed").or_default().push(SetElement {
+                key: start,
+                key_end: Some(end),
+            });
+        }
+    }
+    out
+}
+
+/// The instance's nftables table, rebuilt whole at start.
+fn ruleset(
+    table: &str,
+    if_prefix: &str,
+    block: Cidr,
+    rules: &HashMap<Ipv4Addr, NetworkPolicy>,
+) -> String {
+    let mut blocked = Vec::new();
+    let mut limited = Vec::new();
+    let mut allowed = Vec::new();
+    let mut ips: Vec<&Ipv4Addr> = rules.keys().collect();
+    ips.sort();
+    for ip in ips {
+        let p = &rules[ip];
+        if p.block_all {
+            blocked.push(ip.to_string());
+        } else if let Some(list) = &p.allow_list {
+            limited.push(ip.to_string());
+            for c in list {
+                allowed.push(format!("{ip} . {c}"));
+            }
+        }
+    }
+    let els = |v: &[String]| {
+        if v.is_empty() {
+            String::new()
+        } else {
+            format!(" elements = {{ {} }};", v.join(", "))
+        }
+    };
+    let (b, l, a) = (els(&blocked), els(&limited), els(&allowed));
+    format!(
+        r#"table inet {table}
+delete table inet {table}
+table inet {table} {{
+  set blocked {{ type ipv4_addr;{b} }}
+  set limited {{ type ipv4_addr;{l} }}
+  set allowed {{ type ipv4_addr . ipv4_addr; flags interval;{a} }}
+  chain input {{
+    type filter hook input priority filter - 10; policy accept;
+    iifname "{IF_PREFIX}*" ct state established,related accept
+    iifname "{IF_PREFIX}*" drop
+  }}
+  chain forward {{
+    type filter hook forward priority filter - 10; policy accept;
+    oifname "{if_prefix}*" ip daddr @blocked drop
+    oifname "{IF_PREFIX}*" ct state established,related accept
+    oifname "{IF_PREFIX}*" drop
+    iifname "{if_prefix}*" jump egress
+  }}
+  chain egress {{
+    meta nfproto != ipv4 drop
+    fib saddr . iif oif missing drop
+    ip saddr != {block} drop
+    ip saddr @blocked drop
+    ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, {block} }} drop
+    ip saddr . ip daddr @allowed accept
+    ip saddr @limited drop
+    accept
+  }}
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    iifname "{if_prefix}*" oifname != "{IF_PREFIX}*" masquerade
+  }}
+}}
+"#
+    )
+}
+
+fn load_ruleset(text: &str) -> Result<(), NetworkError> {
+    let nft = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| NetworkError::Nft("nft not found (install the nftables package)".into()))?;
+    let mut child = std::process::Command::new(nft)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| NetworkError::Nft(e.to_string()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .map_err(|e| NetworkError::Nft(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetworkError::Nft(e.to_string()))?;
+    if !out.status.success() {
+        return Err(NetworkError::Nft(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes the instance's table (a runner that turns networking off, and
+/// tests).
+pub fn drop_table(instance: &str) {
+    let t = format!("atoll_{instance}");
+    let _ = load_ruleset(&format!("table inet {t}\ndelete table inet {t}\n"));
+}
+
+fn write_sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
+    let p = Path::new(path);
+    if std::fs::read_to_string(p).is_ok_and(|v| v.trim() == value) {
+        return Ok(());
+    }
+    std::fs::write(p, value).map_err(io_err("writing", p))
+}
+
+/// Picks this runner's address block and takes its lock: the configured
+/// one, else the one it had before, else the first free block of
+/// `AUTO_RANGE` that no other runner holds and no host route uses.
+fn claim_block(
+    cfg: &NetworkConfig,
+    state_dir: &Path,
+    if_prefix: &str,
+    live: &[Lease],
+) -> Result<(Cidr, File), NetworkError> {
+    std::fs::create_dir_all(&cfg.lock_dir).map_err(io_err("creating", &cfg.lock_dir))?;
+    let remembered_path = state_dir.join("network-block");
+    let remembered = std::fs::read_to_string(&remembered_path)
+        .ok()
+        .and_then(|s| Cidr::parse(&s).ok());
+    let try_lock = |c: Cidr| -> Result<Option<File>, NetworkError> {
+        let path = cfg.lock_dir.join(format!("{}-{}.lock", c.addr, c.prefix));
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("opening", &path))?;
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        Ok((rc == 0).then_some(f))
+    };
+    let remember = |c: Cidr| -> Result<(), NetworkError> {
+        std::fs::write(&remembered_path, c.to_string()).map_err(io_err("writing", &remembered_path))
+    };
+    if let Some(c) = cfg.block {
+        let f = try_lock(c)?.ok_or(NetworkError::BlockInUse(c))?;
+        remember(c)?;
+        return Ok((c, f));
+    }
+    if let Some(c) = remembered.or_else(|| live.first().map(|l| Cidr::new(l.ip, AUTO_PREFIX))) {
+        if let Some(f) = try_lock(c)? {
+            return Ok((c, f));
+        }
+    }
+    let range = Cidr::parse(AUTO_RANGE)?;
+    let routes = host_routes();
+    let step = 1u32 << (32 - u32::from(AUTO_PREFIX));
+    let mut start = range.first();
+    while start <= range.last() {
+        let c = Cidr::new(Ipv4Addr::from(start), AUTO_PREFIX);
+        let busy = routes
+            .iter()
+            .any(|(dst, ifname)| c.contains(*dst) && !ifname.starts_with(if_prefix));
+        if !busy {
+            if let Some(f) = try_lock(c)? {
+                remember(c)?;
+                return Ok((c, f));
+            }
+        }
+        start += step;
+    }
+    Err(NetworkError::NoBlock {
+        range,
+        prefix: AUTO_PREFIX,
+    })
+}
+
+/// Destinations and interfaces of the host's IPv4 routes.
+fn host_routes() -> Vec<(Ipv4Addr, String)> {
+    parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
+}
+
+/// `/proc/net/route`: a header line, then `Iface Destination …` with the
+/// destination as a native-endian hex u32.
+fn parse_routes(text: &str) -> Vec<(Ipv4Addr, String)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let ifname = f.next()?.to_string();
+            let dst = u32::from_str_radix(f.next()?, 16).ok()?;
+            Some((Ipv4Addr::from(dst.to_le_bytes()), ifname))
+        })
+        .collect()
+}
+
+impl Inner {
+    fn allocate(&self) -> Result<u32, NetworkError> {
+        let mut a = lock(&self.addresses);
+        let off = a
+            .free
+            .pop_front()
+            .ok_or(NetworkError::Exhausted(self.block))?;
+        a.used.insert(off);
+        Ok(off)
+    }
+
+    fn unallocate(&self, off: u32) {
+        let mut a = lock(&self.addresses);
+        if a.used.remove(&off) {
+            a.free.push_back(off);
+        }
+    }
+
+    fn make_slot(&self) -> Result<Slot, NetworkError> {
+        // A leftover veth of a dying namespace can still hold a name for a
+        // moment: skip such addresses (they go to the back of the queue).
+        let mut last = None;
+        for _ in 0..8 {
+            let off = self.allocate()?;
+            match self.build_slot(off) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    self.unallocate(off);
+                    let exists =
+                        matches!(&e, NetworkError::Netlink(n) if n.errno() == Some(libc::EEXIST));
+                    if !exists {
+                        return Err(e);
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or(NetworkError::Exhausted(self.block)))
+    }
+
+    fn build_slot(&self, off: u32) -> Result<Slot, NetworkError> {
+        let ip = Ipv4Addr::from(self.block.first() + off);
+        let host_if = format!("{}{off:04x}", self.if_prefix);
+        // A fresh namespace, made by a short-lived thread so this one stays
+        // where it is; sockets opened there stay bound to it.
+        let made = std::thread::scope(|s| {
+            s.spawn(|| -> Result<(OwnedFd, Netlink, OwnedFd), NetworkError> {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| NetworkError::Namespace(e.into()))?;
+                let f = File::open("/proc/thread-self/ns/net").map_err(NetworkError::Namespace)?;
+                Ok((
+                    OwnedFd::from(f),
+                    Netlink::route()?,
+                    netlink::ioctl_socket()?,
+                ))
+            })
+            .join()
+        });
+        let (ns, mut inner_nl, inner_sock) = match made {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(NetworkError::Namespace(std::io::Error::other(
+                    "namespace thread panicked",
+                )))
+            }
+        };
+        {
+            let mut host = lock(&self.host);
+            let (nl, sock) = &mut *host;
+            nl.add_veth(&host_if, "eth0", &ns)?;
+            let idx = netlink::link_index(sock, &host_if)?;
+            nl.add_address(idx, self.gateway, 32)?;
+            nl.link_up(idx)?;
+            nl.add_route(ip, 32, idx, None)?;
+        }
+        let lo = netlink::link_index(&inner_sock, "lo")?;
+        let eth = netlink::link_index(&inner_sock, "eth0")?;
+        inner_nl.link_up(lo)?;
+        inner_nl.add_address(eth, ip, 32)?;
+        inner_nl.link_up(eth)?;
+        inner_nl.add_route(Ipv4Addr::UNSPECIFIED, 0, eth, Some(self.gateway))?;
+        Ok(Slot { ns, ip, host_if })
+    }
+}
+
+fn fill_pool(inner: std::sync::Weak<Inner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let short = lock(&me.pool).len() < me.want;
+        if short {
+            match me.make_slot() {
+                Ok(s) => lock(&me.pool).push(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "preparing a network slot failed");
+                    let g = lock(&me.pool);
+                    let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(5));
+                }
+            }
+            continue;
+        }
+        let g = lock(&me.pool);
+        // Wake up now and then to notice the runtime is gone.
+        let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(2));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Unused slots die with their descriptors; free their addresses.
+        let slots = std::mem::take(&mut *lock(&self.pool));
+        drop(slots);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs_parse_and_normalise() {
+        let c = Cidr::parse("192.168.1.0/16").unwrap();
+        assert_eq!(c.to_string(), "192.168.0.0/16");
+        assert_eq!(Cidr::parse("1.2.3.4").unwrap().to_string(), "1.2.3.4/32");
+        assert_eq!(Cidr::parse("0.0.0.0/0").unwrap().last(), u32::MAX);
+        for bad in ["", "1.2.3.4/33", "1.2.3/8", "x/8", "1.2.3.4/-1", "::1/128"] {
+            assert!(Cidr::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(c.contains("192.168.255.1".parse().unwrap()));
+        assert!(!c.contains("192.169.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn allow_lists_are_deduplicated_and_nested_ranges_merged() {
+        let l = NetworkPolicy::parse_allow_list(" 10.0.0.0/8, 10.1.0.0/16 ,1.2.3.4,,1.2.3.4/32")
+            .unwrap()
+            .unwrap();
+        let s: Vec<String> = l.iter().map(|c| c.to_string()).collect();
+        assert_eq!(s, ["1.2.3.4/32", "10.0.0.0/8"]);
+        assert_eq!(NetworkPolicy::parse_allow_list(" , ").unwrap(), None);
+        assert!(NetworkPolicy::parse_allow_list("10.0.0.0/8,nope").is_err());
+    }
+
+    #[test]
+    fn policies_become_set_elements() {
+        let ip: Ipv4Addr = "10.213.0.5".parse().unwrap();
+        let p = NetworkPolicy {
+            block_all: false,
+            allow_list: Some(vec![Cidr::parse("198.51.100.0/24").unwrap()]),
+        };
+        let e = elements(ip, &p);
+        assert_eq!(e["limited"][0].key, vec![10, 213, 0, 5]);
+        assert_eq!(e["allowed"][0].key, vec![10, 213, 0, 5, 198, 51, 100, 0]);
+        assert_eq!(
+            e["allowed"][0].key_end,
+            Some(vec![10, 213, 0, 5, 198, 51, 100, 255])
+        );
+        let b = elements(
+            ip,
+            &NetworkPolicy {
+                block_all: true,
+                allow_list: p.allow_list,
+            },
+        );
+        assert_eq!(b.len(), 1);
+        assert!(elements(ip, &NetworkPolicy::default()).is_empty());
+    }
+
+    #[test]
+    fn the_ruleset_carries_live_policies() {
+        let mut rules = HashMap::new();
+        rules.insert(
+            "10.213.0.2".parse().unwrap(),
+            NetworkPolicy {
+                block_all: true,
+                allow_list: None,
+            },
+        );
+        rules.insert(
+            "10.213.0.3".parse().unwrap(),
+            NetworkPolicy {
+                block_all: false,
+                allow_list: Some(vec![Cidr::parse("1.2.3.0/24").unwrap()]),
+            },
+        );
+        let text = ruleset(
+            "atoll_x",
+            "atlabc",
+            Cidr::parse("10.213.0.0/22").unwrap(),
+            &rules,
+        );
+        assert!(text.contains("set blocked { type ipv4_addr; elements = { 10.213.0.2 }; }"));
+        assert!(text.contains("elements = { 10.213.0.3 . 1.2.3.0/24 }"));
+        assert!(text.contains("ip saddr != 10.213.0.0/22 drop"));
+    }
+
+    #[test]
+    fn host_routes_decode_proc_net_route() {
+        let text = "Iface\tDestination\tGateway\tFlags\n\
+                    eth0\t00000000\t010200C0\t0003\n\
+                    atlab0002\t0200D50A\t00000000\t0001\n";
+        let r = parse_routes(text);
+        assert_eq!(r[0], (Ipv4Addr::UNSPECIFIED, "eth0".to_string()));
+        assert_eq!(
+            r[1],
+            ("10.213.0.2".parse().unwrap(), "atlab0002".to_string())
+        );
+    }
+}

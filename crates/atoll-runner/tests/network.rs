@@ -1,0 +1,100 @@
+//! The sandbox network against the real kernel (needs root): a slot is a
+//! namespace whose eth0 has its address and a default route, the host has
+//! the /32 route to it, and policies appear in and leave the firewall sets.
+
+use atoll_runner::network::{Cidr, Network, NetworkConfig, NetworkPolicy};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("atoll-net-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn nft_set(table: &str, set: &str) -> String {
+    let out = Command::new("nft")
+        .args(["list", "set", "inet", table, set])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Runs `f` on a thread inside the namespace `ns`.
+fn inside<T: Send>(ns: &std::os::fd::OwnedFd, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            f()
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[test]
+fn slots_are_routed_and_policies_reach_the_firewall() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let dir = scratch("slots");
+    let instance = "7e57ab000001";
+    let block = Cidr::parse("10.213.252.0/28").unwrap();
+    let cfg = NetworkConfig {
+        block: Some(block),
+        lock_dir: dir.join("locks"),
+        pool_size: 1,
+    };
+    let net = Network::start(&cfg, instance, &dir, &[]).unwrap();
+    // A second runner cannot take the same block.
+    assert!(Network::start(&cfg, "7e57ab000002", &dir.join("other"), &[]).is_err());
+
+    let slot = net.take().unwrap();
+    assert!(block.contains(slot.ip));
+    assert!(slot.host_if.starts_with("atl7e57ab"));
+    let routes = std::fs::read_to_string("/proc/net/route").unwrap();
+    assert!(
+        routes.lines().any(|l| l.starts_with(&slot.host_if)),
+        "{routes}"
+    );
+
+    let (addrs, route) = inside(&slot.ns, || {
+        (
+            std::fs::read_to_string("/proc/net/fib_trie").unwrap(),
+            std::fs::read_to_string("/proc/net/route").unwrap(),
+        )
+    });
+    assert!(addrs.contains(&slot.ip.to_string()), "{addrs}");
+    // The default route (destination 0) goes out of eth0.
+    assert!(
+        route.lines().any(|l| l.starts_with("eth0\t00000000")),
+        "{route}"
+    );
+
+    let table = format!("atoll_{instance}");
+    let allow = NetworkPolicy {
+        block_all: false,
+        allow_list: NetworkPolicy::parse_allow_list("198.51.100.0/24").unwrap(),
+    };
+    net.apply(slot.ip, &allow).unwrap();
+    assert!(nft_set(&table, "limited").contains(&slot.ip.to_string()));
+    assert!(nft_set(&table, "allowed").contains("198.51.100.0/24"));
+    let block_all = NetworkPolicy {
+        block_all: true,
+        allow_list: None,
+    };
+    net.apply(slot.ip, &block_all).unwrap();
+    assert!(nft_set(&table, "blocked").contains(&slot.ip.to_string()));
+    assert!(!nft_set(&table, "limited").contains(&slot.ip.to_string()));
+    assert!(!nft_set(&table, "allowed").contains("198.51.100.0/24"));
+    net.release(slot.ip).unwrap();
+    assert!(!nft_set(&table, "blocked").contains(&slot.ip.to_string()));
+
+    drop(slot);
+    drop(net);
+    atoll_runner::network::drop_table(instance);
+    let _ = std::fs::remove_dir_all(&dir);
+}

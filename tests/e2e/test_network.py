@@ -1,0 +1,285 @@
+"""Per-sandbox networking through the official SDK (SECURITY.md item 12).
+
+The test builds its own "internet" on the host: a network namespace joined
+to the host by a veth pair, holding HTTP servers on 198.51.100.2 and
+203.0.113.2 (two documentation networks) and a fake metadata service on
+169.254.169.254. Nothing leaves the machine. Sandboxes reach it through
+their routed veth and the host's NAT unless their policy says otherwise:
+`networkBlockAll` leaves loopback only, `networkAllowList` only the listed
+CIDRs, both changeable live through `update_network_settings`. Whatever
+the policy, a sandbox never reaches the host's own ports, the metadata
+address or another sandbox."""
+import os
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+from daytona import CreateSandboxFromSnapshotParams, SessionExecuteRequest
+
+NET_A = "198.51.100"
+NET_B = "203.0.113"
+METADATA = "169.254.169.254"
+PORT = 8080
+
+PROBE = (
+    "python3 -c \"import socket,sys\n"
+    "try:\n"
+    " s=socket.create_connection(('{host}',{port}),2); s.sendall(b'GET /ok.txt HTTP/1.0\\r\\n\\r\\n');"
+    " d=s.recv(4096); print('OPEN' if b'200' in d.split(b'\\r\\n')[0] else 'BAD')\n"
+    "except Exception as e:\n"
+    " print('CLOSED', type(e).__name__)\""
+)
+
+
+def ip(*args, check=True):
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def internet():
+    """A namespace standing in for the internet, with web servers on two
+    networks and on the metadata address. Yields the host-side address."""
+    tag = uuid.uuid4().hex[:6]
+    ns, host_if, peer_if = f"atoll-inet-{tag}", f"tin{tag}", f"tip{tag}"
+    ip("netns", "add", ns)
+    procs = []
+    try:
+        ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if)
+        ip("link", "set", peer_if, "netns", ns)
+        ip("addr", "add", f"{NET_A}.1/24", "dev", host_if)
+        ip("link", "set", host_if, "up")
+        inside = ["netns", "exec", ns, "ip"]
+        ip(*inside, "addr", "add", f"{NET_A}.2/24", "dev", peer_if)
+        ip(*inside, "addr", "add", f"{NET_B}.2/24", "dev", "lo")
+        ip(*inside, "addr", "add", f"{METADATA}/32", "dev", "lo")
+        ip(*inside, "link", "set", "lo", "up")
+        ip(*inside, "link", "set", peer_if, "up")
+        ip(*inside, "route", "add", "default", "via", f"{NET_A}.1")
+        ip("route", "add", f"{NET_B}.0/24", "via", f"{NET_A}.2")
+        ip("route", "add", f"{METADATA}/32", "via", f"{NET_A}.2")
+        www = f"/tmp/atoll-inet-{tag}"
+        os.makedirs(www, exist_ok=True)
+        with open(f"{www}/ok.txt", "w") as f:
+            f.write("hello from the internet\n")
+        procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ns, "/usr/bin/python3", "-m", "http.server", str(PORT),
+             "--bind", "0.0.0.0", "--directory", www],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for host in (f"{NET_A}.2", f"{NET_B}.2", METADATA):
+            deadline = time.time() + 10
+            while True:
+                try:
+                    socket.create_connection((host, PORT), 1).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.1)
+        yield f"{NET_A}.1"
+    finally:
+        for p in procs:
+            p.kill()
+        ip("route", "del", f"{NET_B}.0/24", check=False)
+        ip("route", "del", f"{METADATA}/32", check=False)
+        ip("link", "del", host_if, check=False)
+        ip("netns", "del", ns, check=False)
+
+
+def probe(sb, host, port=PORT):
+    out = sb.process.exec(PROBE.format(host=host, port=port), timeout=20).result.strip()
+    assert out.startswith(("OPEN", "CLOSED")), out
+    return out.startswith("OPEN")
+
+
+def reach(sb):
+    return probe(sb, f"{NET_A}.2"), probe(sb, f"{NET_B}.2")
+
+
+def address_of(sb):
+    return sb.process.exec(
+        "python3 -c \"import socket;s=socket.socket(2,2);s.connect(('192.0.2.123',9));print(s.getsockname()[0])\""
+    ).result.strip()
+
+
+def test_a_default_sandbox_has_egress(internet, sandbox):
+    assert reach(sandbox) == (True, True)
+    # NAT: the internet sees the host, not the sandbox's private address.
+    assert address_of(sandbox).startswith("10.")
+
+
+def test_block_all_leaves_only_loopback(internet, make_sandbox):
+    sb = make_sandbox(CreateSandboxFromSnapshotParams(network_block_all=True))
+    assert sb.network_block_all is True
+    assert reach(sb) == (False, False)
+    sb.process.create_session("lo")
+    sb.process.execute_session_command(
+        "lo", SessionExecuteRequest(command="python3 -m http.server 8123 --bind 127.0.0.1", run_async=True))
+    for _ in range(100):
+        if sb.process.exec("python3 -c \"import socket;socket.create_connection(('127.0.0.1',8123),1)\"").exit_code == 0:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("loopback server never came up")
+
+
+def test_allow_list_admits_only_its_networks(internet, make_sandbox):
+    sb = make_sandbox(CreateSandboxFromSnapshotParams(network_allow_list=f"{NET_A}.0/24"))
+    assert sb.network_allow_list == f"{NET_A}.0/24"
+    assert reach(sb) == (True, False)
+
+
+def test_policy_changes_live(internet, sandbox):
+    assert reach(sandbox) == (True, True)
+    sandbox.update_network_settings(network_block_all=True)
+    assert sandbox.network_block_all is True
+    assert reach(sandbox) == (False, False)
+    sandbox.update_network_settings(network_allow_list=f"{NET_B}.0/24")
+    assert sandbox.network_block_all is False
+    assert reach(sandbox) == (False, True)
+    sandbox.update_network_settings(network_block_all=False)
+    assert sandbox.network_allow_list is None
+    assert reach(sandbox) == (True, True)
+
+
+def test_block_all_cuts_an_open_connection(internet, sandbox):
+    """A connection opened before the change stops carrying traffic at once."""
+    script = (
+        "import socket,time\n"
+        f"s=socket.create_connection(('{NET_A}.2',{PORT}),2)\n"
+        "open('/tmp/ready','w').close()\n"
+        "while not __import__('os').path.exists('/tmp/go'): time.sleep(0.05)\n"
+        "s.settimeout(3)\n"
+        "try:\n"
+        " s.sendall(b'GET /ok.txt HTTP/1.0\\r\\n\\r\\n'); d=s.recv(100); print('OPEN' if d else 'CLOSED')\n"
+        "except Exception as e: print('CLOSED', type(e).__name__)\n"
+    )
+    sandbox.fs.upload_file(script.encode(), "/tmp/hold.py")
+    sandbox.process.create_session("hold")
+    cmd = sandbox.process.execute_session_command(
+        "hold", SessionExecuteRequest(command="python3 /tmp/hold.py", run_async=True))
+    for _ in range(100):
+        if sandbox.process.exec("test -e /tmp/ready").exit_code == 0:
+            break
+        time.sleep(0.1)
+    sandbox.update_network_settings(network_block_all=True)
+    sandbox.process.exec("touch /tmp/go")
+    for _ in range(100):
+        done = sandbox.process.get_session_command("hold", cmd.cmd_id)
+        if done.exit_code is not None:
+            break
+        time.sleep(0.1)
+    logs = sandbox.process.get_session_command_logs("hold", cmd.cmd_id)
+    assert "CLOSED" in (logs.stdout or logs.output), logs
+
+
+def test_the_host_itself_is_unreachable(internet, server, sandbox):
+    """Neither the gateway, nor the host's other addresses, nor the API's
+    port answer a sandbox; a listener on every host address proves the path
+    would otherwise work from the host."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                c, _ = listener.accept()
+                c.sendall(b"HTTP/1.0 200 OK\r\n\r\n")
+                c.close()
+            except OSError:
+                pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        me = address_of(sandbox)
+        for host in [internet, server_address(), *gateway_candidates(me)]:
+            assert not probe(sandbox, host, port), host
+            assert not probe(sandbox, host, server.port), host
+        # the host itself reaches the same listener
+        socket.create_connection((internet, port), 2).close()
+        # the metadata service answers the host, never the sandbox
+        socket.create_connection((METADATA, PORT), 2).close()
+        assert not probe(sandbox, METADATA)
+    finally:
+        stop.set()
+        t.join()
+        listener.close()
+
+
+def server_address():
+    """The host's address on its main interface."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("192.0.2.123", 9))
+        return s.getsockname()[0]
+    finally:
+        s.close()
+
+
+def gateway_candidates(sandbox_ip):
+    """The sandbox block's gateway is its first address: the /22 a server
+    picks by default, and the /24 in case it was configured smaller."""
+    a, b, c, d = (int(x) for x in sandbox_ip.split("."))
+    return {f"{a}.{b}.{c & ~3}.1", f"{a}.{b}.{c}.1"}
+
+
+def test_sandboxes_cannot_reach_each_other(internet, make_sandbox):
+    a = make_sandbox()
+    b = make_sandbox()
+    b.process.create_session("web")
+    b.process.execute_session_command(
+        "web", SessionExecuteRequest(command="python3 -m http.server 8000 --bind 0.0.0.0", run_async=True))
+    b_ip = address_of(b)
+    deadline = time.time() + 10
+    while True:  # the host can reach b's server: the path exists
+        try:
+            socket.create_connection((b_ip, 8000), 1).close()
+            break
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+    assert not probe(a, b_ip, 8000)
+    assert probe(a, f"{NET_A}.2")
+
+
+def test_policies_survive_a_server_restart(internet, fresh_server):
+    client = fresh_server.client()
+    blocked = client.create(CreateSandboxFromSnapshotParams(network_block_all=True))
+    limited = client.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{NET_B}.0/24"))
+    fresh_server.kill()
+    fresh_server.start()
+    client = fresh_server.client()
+    blocked = client.get(blocked.id)
+    limited = client.get(limited.id)
+    assert reach(blocked) == (False, False)
+    assert reach(limited) == (False, True)
+    fresh = client.create()
+    assert reach(fresh) == (True, True)
+    assert address_of(fresh) not in {address_of(blocked), address_of(limited)}
+    # stop/start gives the policy back from the database
+    blocked.stop()
+    blocked.start()
+    assert reach(blocked) == (False, False)
+
+
+def test_bad_network_settings_are_refused(server, sandbox):
+    for body in ({}, {"networkAllowList": "10.0.0.0/33"}, {"networkAllowList": "nope"},
+                 {"domainAllowList": "example.com"}, {"networkBlockAll": "yes"}):
+        status, _, data = server.http("POST", f"/api/sandbox/{sandbox.id}/network-settings", json=body)
+        assert status == 400, (body, status, data)
+    status, _, _ = server.http("POST", "/api/sandbox/nope/network-settings", json={"networkBlockAll": True})
+    assert status == 404
+    status, _, data = server.http("POST", "/api/sandbox", json={"networkAllowList": "1.2.3.4/99"})
+    assert status == 400, data
+    # nothing changed
+    status, _, data = server.http("GET", f"/api/sandbox/{sandbox.id}")
+    assert b'"networkBlockAll":false' in data
