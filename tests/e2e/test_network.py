@@ -283,3 +283,66 @@ def test_bad_network_settings_are_refused(server, sandbox):
     # nothing changed
     status, _, data = server.http("GET", f"/api/sandbox/{sandbox.id}")
     assert b'"networkBlockAll":false' in data
+
+
+SEND_RAW = r'''
+import socket, struct, sys
+src, dst, port, payload = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xFFFF); s += s >> 16
+    return ~s & 0xFFFF
+hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                  socket.inet_aton(src), socket.inet_aton(dst))
+hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+s.sendto(hdr + udp, (dst, 0))
+print("sent")
+'''
+
+
+def test_spoofed_sources_are_dropped(internet, make_sandbox):
+    """Root in a sandbox has CAP_NET_RAW: it can forge a packet's source
+    address, but a forged packet never leaves the host, so a blocked sandbox
+    cannot borrow an open one's address and no sandbox can impersonate
+    anyone else. Genuine packets from the open sandbox arrive."""
+    tag = uuid.uuid4().hex[:6]
+    seen = f"/tmp/atoll-udp-{tag}"
+    ns = next(n.split()[0] for n in ip("netns", "list").stdout.splitlines()
+              if n.startswith("atoll-inet-"))
+    listener = subprocess.Popen(
+        ["ip", "netns", "exec", ns, "/usr/bin/python3", "-c",
+         "import socket,sys\n"
+         "s=socket.socket(2,2); s.bind(('0.0.0.0',9999))\n"
+         "f=open(sys.argv[1],'a')\n"
+         "while True:\n d,a=s.recvfrom(100); f.write(a[0]+' '+d.decode()+'\\n'); f.flush()\n",
+         seen])
+    try:
+        time.sleep(0.3)
+        blocked = make_sandbox(CreateSandboxFromSnapshotParams(network_block_all=True))
+        open_ = make_sandbox()
+        open_ip = address_of(open_)
+        for sb in (blocked, open_):
+            sb.fs.upload_file(SEND_RAW.encode(), "/tmp/send_raw.py")
+        dst = f"{NET_A}.2"
+        r = blocked.process.exec(f"sudo python3 /tmp/send_raw.py {open_ip} {dst} 9999 from-blocked")
+        assert r.result.strip() == "sent", r.result  # the forgery itself works
+        r = open_.process.exec(f"sudo python3 /tmp/send_raw.py 192.0.2.77 {dst} 9999 forged")
+        assert r.result.strip() == "sent", r.result
+        r = open_.process.exec(f"sudo python3 /tmp/send_raw.py {open_ip} {dst} 9999 genuine")
+        assert r.result.strip() == "sent", r.result
+        deadline = time.time() + 5
+        got = ""
+        while time.time() < deadline and "genuine" not in got:
+            time.sleep(0.1)
+            got = open(seen).read() if os.path.exists(seen) else ""
+        assert "genuine" in got, got
+        time.sleep(0.5)
+        got = open(seen).read()
+        assert "from-blocked" not in got and "forged" not in got, got
+    finally:
+        listener.kill()
+        if os.path.exists(seen):
+            os.remove(seen)
