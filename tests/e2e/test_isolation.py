@@ -794,7 +794,7 @@ print("RESULT " + json.dumps(mounts()))
     for p in READ_ONLY_PROC:
         allowed[p] = {"proc"}
     # /etc/hostname and /etc/hosts are generated per sandbox by the runner.
-    atoll_paths = ("/.atoll", "/.atoll/atoll-daemon", "/.atoll/run", "/etc/hostname", "/etc/hosts")
+    atoll_paths = ("/.atoll", "/.atoll/atoll-daemon", "/.atoll/run", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
     assert "/" in [m["mp"] for m in res]
     for m in res:
         mp = m["mp"]

@@ -108,6 +108,13 @@ def test_a_default_sandbox_has_egress(internet, sandbox):
     assert reach(sandbox) == (True, True)
     # NAT: the internet sees the host, not the sandbox's private address.
     assert address_of(sandbox).startswith("10.")
+    # the host's resolvers, minus loopback ones the sandbox could not reach
+    host = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")]
+    want = [a for a in host if not a.startswith("127.") and a != "::1"]
+    got = [l.split()[1] for l in sandbox.fs.download_file("/etc/resolv.conf").decode().splitlines()
+           if l.startswith("nameserver")]
+    if want:
+        assert got == want
 
 
 def test_block_all_leaves_only_loopback(internet, make_sandbox):

@@ -163,6 +163,7 @@ fn sandbox_pid1(req: &InitRequest, last_cap: u32) -> Result<Never, InitError> {
         daemon_exe: &req.daemon_exe,
         etc_hostname: &d.etc_hostname(),
         etc_hosts: &d.etc_hosts(),
+        etc_resolv_conf: &d.etc_resolv_conf(),
     });
     mounts::execute(&ops)?;
     // Join the sandbox's cgroups only now: the disk's loop device had to be

@@ -120,6 +120,7 @@ pub struct PlanInput<'a> {
     /// Host files bind-mounted over `/etc/hostname` and `/etc/hosts`.
     pub etc_hostname: &'a Path,
     pub etc_hosts: &'a Path,
+    pub etc_resolv_conf: &'a Path,
 }
 
 /// Builds the mount plan for one sandbox; every target is under `rootfs`.
@@ -285,9 +286,14 @@ pub fn plan(i: &PlanInput<'_>) -> Vec<MountOp> {
         target: r(".atoll"),
         flags: nosuid_nodev,
     });
-    // The sandbox's own hostname and hosts file (so `sudo` can resolve it).
+    // The sandbox's own hostname and hosts file (so `sudo` can resolve
+    // it), and the resolvers it may use.
     ops.push(MountOp::RequireDir { path: r("etc") });
-    for (source, name) in [(i.etc_hostname, "etc/hostname"), (i.etc_hosts, "etc/hosts")] {
+    for (source, name) in [
+        (i.etc_hostname, "etc/hostname"),
+        (i.etc_hosts, "etc/hosts"),
+        (i.etc_resolv_conf, "etc/resolv.conf"),
+    ] {
         ops.push(MountOp::Touch { path: r(name) });
         ops.push(MountOp::Bind {
             source: source.into(),
@@ -500,6 +506,7 @@ mod tests {
             daemon_exe: Path::new("/usr/bin/atoll"),
             etc_hostname: Path::new("/d/sb/1/etc/hostname"),
             etc_hosts: Path::new("/d/sb/1/etc/hosts"),
+            etc_resolv_conf: Path::new("/d/sb/1/etc/resolv.conf"),
         })
     }
 

@@ -725,6 +725,42 @@ impl Drop for Inner {
     }
 }
 
+/// A sandbox's `/etc/resolv.conf`: the host's resolvers, except loopback
+/// ones (a sandbox cannot reach the host's own ports); with
+/// systemd-resolved's stub on the host, its upstream list. Read once.
+pub fn sandbox_resolv_conf() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        for path in ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"] {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let usable = resolv_conf_without_loopback(&text);
+            if usable.lines().any(|l| l.starts_with("nameserver")) {
+                return usable;
+            }
+        }
+        String::new()
+    })
+}
+
+fn resolv_conf_without_loopback(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        if f.next() == Some("nameserver") {
+            let loopback = match f.next().map(str::parse::<std::net::IpAddr>) {
+                Some(Ok(a)) => a.is_loopback(),
+                _ => true,
+            };
+            if loopback {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,6 +840,15 @@ mod tests {
         assert!(text.contains("set blocked { type ipv4_addr; elements = { 10.213.0.2 }; }"));
         assert!(text.contains("elements = { 10.213.0.3 . 1.2.3.0/24 }"));
         assert!(text.contains("ip saddr != 10.213.0.0/22 drop"));
+    }
+
+    #[test]
+    fn loopback_resolvers_are_left_out() {
+        let t = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\noptions edns0\nsearch lan\n";
+        assert_eq!(
+            resolv_conf_without_loopback(t),
+            "# generated\nnameserver 10.0.0.2\noptions edns0\nsearch lan\n"
+        );
     }
 
     #[test]

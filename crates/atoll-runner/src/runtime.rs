@@ -293,6 +293,8 @@ impl Runtime for NamespaceRuntime {
             format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         )
         .map_err(io("writing", &etc))?;
+        std::fs::write(dirs.etc_resolv_conf(), crate::network::sandbox_resolv_conf())
+            .map_err(io("writing", &etc))?;
         let daemon_cfg = DaemonConfig {
             socket: spec::SANDBOX_SOCKET.into(),
             user: spec.user.clone(),

@@ -98,6 +98,11 @@ impl SandboxDirs {
         self.root.join("etc").join("hosts")
     }
 
+    /// Generated `/etc/resolv.conf`: the host's upstream resolvers.
+    pub fn etc_resolv_conf(&self) -> PathBuf {
+        self.root.join("etc").join("resolv.conf")
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.run.join("toolbox.sock")
     }
