@@ -793,7 +793,7 @@ print("RESULT " + json.dumps(mounts()))
         allowed[p] = {"devtmpfs", "tmpfs"}
     for p in READ_ONLY_PROC:
         allowed[p] = {"proc"}
-    # /etc/hostname and /etc/hosts are generated per sandbox by the runner.
+    # /etc/hostname, /etc/hosts and /etc/resolv.conf are generated per sandbox by the runner.
     atoll_paths = ("/.atoll", "/.atoll/atoll-daemon", "/.atoll/run", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
     assert "/" in [m["mp"] for m in res]
     for m in res:
