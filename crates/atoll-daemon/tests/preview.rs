@@ -344,3 +344,155 @@ async fn invalid_ports_are_bad_requests() {
         );
     }
 }
+
+/// A raw HTTP/1.1 app on a fresh 127.0.0.1 port: for every request head it
+/// reads it writes `answer(n)` (n counts requests on that connection) and
+/// closes the connection when `answer` says so. Nagle stays on, as in most
+/// naive servers. Returns the port and the accepted-connection counter.
+async fn raw_app<F>(answer: F) -> (u16, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(usize) -> (Vec<&'static [u8]>, bool) + Clone + Send + Sync + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let (writes, close) = answer(n);
+                    for w in writes {
+                        if stream.write_all(w).await.is_err() {
+                            return;
+                        }
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn keep_alive_app_connections_are_reused() {
+    let (port, accepted) = raw_app(|_| {
+        (
+            vec![&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..]],
+            false,
+        )
+    })
+    .await;
+    let d = Daemon::start().await;
+    for _ in 0..10 {
+        let r = d.get(&format!("/proxy/{port}/")).await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn http_1_0_app_is_answered_as_http_1_1_on_a_kept_connection() {
+    let (port, accepted) = raw_app(|_| {
+        (
+            vec![&b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"[..]],
+            true,
+        )
+    })
+    .await;
+    let d = Daemon::start().await;
+    // One client connection for all requests: the daemon must keep it.
+    let stream = UnixStream::connect(&d.socket).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        sender.ready().await.expect("connection kept open");
+        let req = Request::get(format!("/proxy/{port}/"))
+            .header("host", "sandbox")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.expect("send");
+        assert_eq!(resp.version(), http::Version::HTTP_11);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    // The app closes each of its connections itself.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn head_and_body_written_apart_do_not_wait_for_a_delayed_ack() {
+    let (port, accepted) = raw_app(|_| {
+        (
+            vec![
+                &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"[..],
+                &b"ok"[..],
+            ],
+            false,
+        )
+    })
+    .await;
+    let d = Daemon::start().await;
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        let r = d.get(&format!("/proxy/{port}/")).await;
+        assert_eq!(&r.body[..], b"ok");
+    }
+    // 40 ms each if the app's Nagle waited for our delayed ACK.
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(400),
+        "20 requests took {took:?}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn app_dropping_a_kept_connection_unanswered_is_retried_for_gets_only() {
+    // Each connection answers its first request; the next one is read and
+    // the connection dropped unanswered, as by a server whose keep-alive
+    // timer ran out just as the request arrived.
+    let (port, accepted) = raw_app(|n| match n {
+        0 => (
+            vec![&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..]],
+            false,
+        ),
+        _ => (vec![], true),
+    })
+    .await;
+    let d = Daemon::start().await;
+    for _ in 0..5 {
+        let r = d.get(&format!("/proxy/{port}/")).await;
+        assert_eq!((r.status, &r.body[..]), (StatusCode::OK, &b"ok"[..]));
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // A POST may have been acted on: it is not sent again.
+    let r = d
+        .send(
+            Method::POST,
+            &format!("/proxy/{port}/"),
+            &[],
+            Bytes::from_static(b"once"),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+}

@@ -1,14 +1,24 @@
 //! Toolbox proxy: forwards one HTTP request to a sandbox daemon's unix
 //! socket and streams the answer back, bodies never buffered whole.
-//! Upgrades (WebSockets) are passed through as raw byte pipes.
+//! Upgrades (WebSockets) are passed through as raw byte pipes. Keep-alive
+//! connections to each daemon are pooled ([`pool`], also used by the
+//! daemon's preview tunnel): the free functions use one process-wide
+//! [`DaemonPool`].
+
+pub mod pool;
+
+pub use pool::PooledBody;
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body;
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
-use std::path::Path;
+use pool::{boxed, ConnPool, PoolBody, PoolError};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Duration;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -42,26 +52,163 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
+/// Idle connections to sandbox daemons, by socket path.
+pub type DaemonPool = ConnPool<PathBuf>;
+
+/// Idle connections kept per daemon socket.
+pub const DEFAULT_MAX_IDLE_PER_SOCKET: usize = 32;
+/// How long an idle daemon connection is kept.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for DaemonPool {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_IDLE_PER_SOCKET, DEFAULT_IDLE_TIMEOUT)
+    }
+}
+
+impl From<PoolError> for ProxyError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::Connect(e) => ProxyError::Connect(e),
+            PoolError::Http(e) => ProxyError::Http(e),
+        }
+    }
+}
+
+/// The pool behind [`forward`] and [`get`]: every toolbox and preview
+/// request of this process shares its idle daemon connections.
+pub fn shared_pool() -> &'static DaemonPool {
+    static POOL: LazyLock<DaemonPool> = LazyLock::new(DaemonPool::default);
+    &POOL
+}
+
 /// Forwards `req` to the daemon listening on `socket`, rewriting its target
 /// to `path_and_query` (the part after `/toolbox/{sandboxId}`) and dropping
-/// the caller's credentials. Extra headers are added as given.
+/// the caller's credentials. Extra headers are added as given. Uses the
+/// process-wide [`shared_pool`].
 pub async fn forward<B>(
     socket: &Path,
-    mut req: Request<B>,
+    req: Request<B>,
     path_and_query: &str,
     extra_headers: &[(HeaderName, HeaderValue)],
-) -> Result<Response<Incoming>, ProxyError>
+) -> Result<Response<PooledBody>, ProxyError>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let upgrade = is_upgrade(&req);
-    let client_upgrade = if upgrade {
-        Some(hyper::upgrade::on(&mut req))
-    } else {
-        None
-    };
+    shared_pool()
+        .forward(socket, req, path_and_query, extra_headers)
+        .await
+}
 
+/// A small GET to a sandbox daemon (for the control plane's own questions,
+/// like "is anything still running?"): status and the whole body, which
+/// must be under `limit` bytes. Uses the process-wide [`shared_pool`].
+pub async fn get(
+    socket: &Path,
+    path: &str,
+    limit: usize,
+) -> Result<(StatusCode, Bytes), ProxyError> {
+    shared_pool().get(socket, path, limit).await
+}
+
+impl DaemonPool {
+    /// [`forward`] over this pool's connections.
+    pub async fn forward<B>(
+        &self,
+        socket: &Path,
+        mut req: Request<B>,
+        path_and_query: &str,
+        extra_headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<PooledBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let upgrade = is_upgrade(&req);
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let out = daemon_request(req, path_and_query, extra_headers, upgrade)?;
+        let mut resp = self.send_to(socket, out, !upgrade).await?;
+        // Our client talks to us, an HTTP/1.1 server, whatever the daemon
+        // (or an app behind its preview tunnel) said: an HTTP/1.0 status
+        // line would make hyper close the client's connection.
+        *resp.version_mut() = http::Version::HTTP_11;
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let daemon_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "upgrade failed");
+                            return;
+                        }
+                    };
+                    let mut client = TokioIo::new(client);
+                    let mut daemon = TokioIo::new(daemon);
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
+                });
+            }
+        }
+        Ok(resp)
+    }
+
+    /// [`get`] over this pool's connections.
+    pub async fn get(
+        &self,
+        socket: &Path,
+        path: &str,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), ProxyError> {
+        use http_body_util::{Empty, Limited};
+        let req = Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .header(header::HOST, "sandbox")
+            .body(boxed(Empty::<Bytes>::new()))?;
+        let resp = self.send_to(socket, req, true).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Connect(std::io::Error::other(e.to_string())))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn send_to(
+        &self,
+        socket: &Path,
+        req: Request<PoolBody>,
+        reusable: bool,
+    ) -> Result<Response<PooledBody>, ProxyError> {
+        let connect = || async {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(PoolError::Connect)?;
+            Ok(pool::handshake(TokioIo::new(stream)).await?)
+        };
+        Ok(self
+            .send(&socket.to_path_buf(), req, reusable, connect)
+            .await?)
+    }
+}
+
+/// The request the daemon gets: `req`'s method, headers and body with
+/// `path_and_query` as target, hop-by-hop headers and the caller's
+/// credentials dropped (`Connection`/`Upgrade` kept on upgrades), Host
+/// "sandbox" unless `extra_headers` names one, and `extra_headers` added.
+fn daemon_request<B>(
+    req: Request<B>,
+    path_and_query: &str,
+    extra_headers: &[(HeaderName, HeaderValue)],
+    upgrade: bool,
+) -> Result<Request<PoolBody>, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (parts, body) = req.into_parts();
     let mut builder = Request::builder()
         .method(parts.method)
@@ -88,66 +235,5 @@ where
     for (n, v) in extra_headers.iter().filter(|(n, _)| n != header::HOST) {
         builder = builder.header(n, v);
     }
-    let out = builder.body(body)?;
-
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(ProxyError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "toolbox connection ended");
-        }
-    });
-    let mut resp = sender.send_request(out).await?;
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let daemon_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "upgrade failed");
-                        return;
-                    }
-                };
-                let mut client = TokioIo::new(client);
-                let mut daemon = TokioIo::new(daemon);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
-            });
-        }
-    }
-    Ok(resp)
-}
-
-/// A small GET to a sandbox daemon (for the control plane's own questions,
-/// like "is anything still running?"): status and the whole body, which
-/// must be under `limit` bytes.
-pub async fn get(
-    socket: &Path,
-    path: &str,
-    limit: usize,
-) -> Result<(StatusCode, Bytes), ProxyError> {
-    use http_body_util::{BodyExt, Empty, Limited};
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(ProxyError::Connect)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = Request::builder()
-        .method(http::Method::GET)
-        .uri(path)
-        .header(header::HOST, "sandbox")
-        .body(Empty::<Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| ProxyError::Connect(std::io::Error::other(e.to_string())))?
-        .to_bytes();
-    Ok((status, body))
+    Ok(builder.body(boxed(body))?)
 }

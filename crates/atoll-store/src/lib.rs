@@ -9,7 +9,9 @@ pub use records::{ApiKeyRecord, OrgRecord, SandboxRecord, VolumeMount};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -29,6 +31,67 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
+    recent: Arc<RecentSandboxes>,
+}
+
+/// Sandbox rows this process read lately, for hot paths that may act on a
+/// row up to a moment old (the preview proxy reads one per request). Every
+/// sandbox write through this store drops the row, and a read that raced
+/// a write is not kept, so this process always sees its own writes at
+/// once; writes by other processes (several API servers on one PostgreSQL)
+/// show after at most the reader's `max_age`.
+#[derive(Default)]
+struct RecentSandboxes {
+    rows: Mutex<RecentRows>,
+}
+
+#[derive(Default)]
+struct RecentRows {
+    /// Bumped by every sandbox write.
+    generation: u64,
+    by_id: HashMap<String, (SandboxRecord, Instant)>,
+}
+
+/// Rows kept before expired ones are swept.
+const RECENT_SANDBOXES_MAX: usize = 1024;
+
+impl RecentSandboxes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RecentRows> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, id: &str, max_age: Duration) -> Option<SandboxRecord> {
+        let rows = self.lock();
+        let (row, at) = rows.by_id.get(id)?;
+        (at.elapsed() < max_age).then(|| row.clone())
+    }
+
+    fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Keeps `row`, read when the generation was `seen`, unless a write
+    /// happened since (the row may be older than that write).
+    fn keep(&self, row: &SandboxRecord, seen: u64, max_age: Duration) {
+        let mut rows = self.lock();
+        if rows.generation != seen {
+            return;
+        }
+        if rows.by_id.len() >= RECENT_SANDBOXES_MAX {
+            rows.by_id.retain(|_, (_, at)| at.elapsed() < max_age);
+            if rows.by_id.len() >= RECENT_SANDBOXES_MAX {
+                rows.by_id.clear();
+            }
+        }
+        rows.by_id
+            .insert(row.id.clone(), (row.clone(), Instant::now()));
+    }
+
+    fn forget(&self, id: &str) {
+        let mut rows = self.lock();
+        rows.generation = rows.generation.wrapping_add(1);
+        rows.by_id.remove(id);
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -89,7 +152,10 @@ impl Store {
                 .await?;
         }
         MIGRATOR.run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            recent: Arc::default(),
+        })
     }
 
     // ---- organizations -------------------------------------------------
@@ -176,6 +242,7 @@ impl Store {
     // ---- sandboxes -----------------------------------------------------
 
     pub async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
+        let _forget = Forget(&self.recent, &s.id);
         let sql = format!(
             "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
@@ -220,6 +287,25 @@ impl Store {
         row.map(|r| SandboxRecord::from_row(&r)).transpose()
     }
 
+    /// [`Store::sandbox`], answered from memory when this store read the
+    /// row less than `max_age` ago and has not written it since (see
+    /// `RecentSandboxes`). Only found rows are remembered.
+    pub async fn sandbox_recent(
+        &self,
+        id: &str,
+        max_age: Duration,
+    ) -> Result<Option<SandboxRecord>, StoreError> {
+        if let Some(row) = self.recent.get(id, max_age) {
+            return Ok(Some(row));
+        }
+        let seen = self.recent.generation();
+        let row = self.sandbox(id).await?;
+        if let Some(r) = &row {
+            self.recent.keep(r, seen, max_age);
+        }
+        Ok(row)
+    }
+
     pub async fn sandboxes_in_org(
         &self,
         organization_id: &str,
@@ -249,6 +335,7 @@ impl Store {
         s: &SandboxRecord,
         expected_state: &str,
     ) -> Result<(), StoreError> {
+        let _forget = Forget(&self.recent, &s.id);
         let sql =
             "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
              public = $8, network_block_all = $9, network_allow_list = $10, cpu = $11, gpu = $12, \
@@ -273,6 +360,7 @@ impl Store {
 
     /// Records activity on a sandbox (never moves the clock backwards).
     pub async fn touch_activity(&self, id: &str, at_ms: i64) -> Result<(), StoreError> {
+        let _forget = Forget(&self.recent, id);
         sqlx::query(
             "UPDATE sandboxes SET last_activity_at = $2 WHERE id = $1 AND last_activity_at < $2",
         )
@@ -374,6 +462,7 @@ impl Store {
     }
 
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
+        let _forget = Forget(&self.recent, id);
         sqlx::query("DELETE FROM signed_preview_tokens WHERE sandbox_id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -387,6 +476,17 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// Drops sandbox `id` from the recent rows when the write it guards is
+/// over, whether it succeeded, failed or was cancelled: the database may
+/// hold the new row even if the caller never hears back.
+struct Forget<'a>(&'a RecentSandboxes, &'a str);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.forget(self.1);
     }
 }
 

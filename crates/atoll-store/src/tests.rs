@@ -157,3 +157,73 @@ async fn signed_preview_tokens_resolve_to_their_sandbox_even_when_dead() {
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn recent_sandbox_rows_show_own_writes_at_once_and_others_after_max_age() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_org(&OrgRecord {
+            id: "o1".into(),
+            name: "one".into(),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    let long = Duration::from_secs(3600);
+    assert_eq!(store.sandbox_recent("s1", long).await.unwrap(), None);
+    let s = sandbox("s1", "o1", "box");
+    store.insert_sandbox(&s).await.unwrap();
+    assert_eq!(
+        store.sandbox_recent("s1", long).await.unwrap(),
+        Some(s.clone())
+    );
+
+    // Our own writes, of any kind, show on the next read.
+    let mut public = s.clone();
+    public.public = true;
+    store.update_sandbox(&public, "started").await.unwrap();
+    assert!(
+        store
+            .sandbox_recent("s1", long)
+            .await
+            .unwrap()
+            .unwrap()
+            .public
+    );
+    store.touch_activity("s1", 99).await.unwrap();
+    let touched = store.sandbox_recent("s1", long).await.unwrap().unwrap();
+    assert_eq!(touched.last_activity_at, 99);
+
+    // Another process's write: the remembered row until it is max_age old.
+    let url = format!("sqlite://{}", dir.join("atoll.db").display());
+    let other = Store::open(&url).await.unwrap();
+    let mut stopped = touched.clone();
+    stopped.state = "stopped".into();
+    other.update_sandbox(&stopped, "started").await.unwrap();
+    assert_eq!(
+        store
+            .sandbox_recent("s1", long)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        "started"
+    );
+    let short = Duration::from_millis(20);
+    tokio::time::sleep(short).await;
+    assert_eq!(
+        store
+            .sandbox_recent("s1", short)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        "stopped"
+    );
+
+    store.delete_sandbox("s1").await.unwrap();
+    assert_eq!(store.sandbox_recent("s1", long).await.unwrap(), None);
+    other.close().await;
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -178,6 +178,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             "atoll is serving"
         );
         print_welcome(&public_url, key.as_deref());
+        // Proxied responses (toolbox, previews) often reach hyper as head
+        // and body in separate writes; with Nagle on, the second waits for
+        // the client's delayed ACK (40 ms) on a keep-alive connection.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, atoll_api::router(state.clone()))
             .with_graceful_shutdown(shutdown_signal())
             .await

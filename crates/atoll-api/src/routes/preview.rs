@@ -105,6 +105,8 @@ pub async fn set_public(
     Ok(Json(s.set_public(&p, &id, public).await?))
 }
 
+/// How old a sandbox row the preview proxy may act on (see `serve`).
+const RECORD_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 const TOKEN_HEADER: &str = "x-daytona-preview-token";
 const TOKEN_QUERY: &str = preview::SANDBOX_AUTH_KEY_QUERY;
 
@@ -175,7 +177,12 @@ pub async fn by_host(State(s): State<AppState>, req: Request, next: Next) -> Res
 /// key, the sandbox's preview token or a signed token, as header, query or
 /// in place of the sandbox id) and streams it to the daemon's tunnel.
 async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response, ApiError> {
-    let (r, label_token) = match s.store.sandbox(&t.label).await? {
+    // The row may be up to a second old (one DB read per request was a
+    // good share of the proxy's latency): this server's own changes
+    // (public, stop, delete) take effect at once, another server's on the
+    // same database within the second. Signed tokens are still checked
+    // against the database on every request, so revoking one is immediate.
+    let (r, label_token) = match s.store.sandbox_recent(&t.label, RECORD_MAX_AGE).await? {
         Some(r) => (r, None),
         None => {
             let owner = s

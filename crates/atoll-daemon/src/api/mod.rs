@@ -65,6 +65,8 @@ pub struct AppState {
     pub ptys: Arc<crate::pty::Ptys>,
     pub interpreters: Arc<crate::interpreter::Interpreters>,
     pub language_servers: Arc<crate::lsp::LanguageServers>,
+    /// Idle keep-alive connections of the preview tunnel, by port.
+    pub app_connections: atoll_proxy::pool::ConnPool<u16>,
 }
 
 impl AppState {
@@ -94,6 +96,7 @@ impl AppState {
             ptys: Arc::default(),
             interpreters: Arc::default(),
             language_servers: Arc::default(),
+            app_connections: preview_routes::app_pool(),
         })
     }
 }

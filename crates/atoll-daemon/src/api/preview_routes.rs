@@ -1,21 +1,34 @@
 //! Preview tunnel (`/proxy/{port}/{*path}`, Daytona's daemon route
 //! `/proxy/:port/*path`): forwards a request to `127.0.0.1:{port}` inside
-//! the sandbox over a fresh TCP connection and streams the answer back.
-//! Bodies are never buffered whole (SSE and chunked responses pass through
-//! as they arrive); upgrades (WebSockets) become raw byte pipes, as in
+//! the sandbox and streams the answer back. Keep-alive connections to the
+//! app are reused (`atoll_proxy::pool`: a few per port, closed after
+//! `APP_IDLE_TIMEOUT` idle, never for upgrades), as Daytona's Go daemon
+//! does; an HTTP/1.0 app closes each one itself.
+//! Bodies are not buffered (SSE and chunked responses pass through as they
+//! arrive), except small ones of declared length, read whole so head and
+//! body go on in one write; upgrades (WebSockets) become raw byte pipes, as in
 //! `atoll-proxy` one level up. Method, target (raw, still percent-encoded)
 //! and end-to-end headers are kept, Host as the client sent it.
 
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use atoll_proxy::pool::{self, boxed, ConnPool, PoolError};
 use axum::body::Body;
 use axum::extract::Request;
+use axum::extract::State;
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri, Version};
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::error::ApiError;
 use super::AppState;
@@ -41,7 +54,18 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-async fn proxy(mut req: Request) -> Result<Response, ApiError> {
+/// Idle connections kept per app port: enough for a browser's six.
+const APP_MAX_IDLE_PER_PORT: usize = 8;
+/// How long an idle app connection is kept: under the keep-alive timeouts
+/// of common servers (Node and uvicorn 5 s), and short, as a server that
+/// serves one connection at a time is blocked by an idle one.
+const APP_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+
+pub(super) fn app_pool() -> ConnPool<u16> {
+    ConnPool::new(APP_MAX_IDLE_PER_PORT, APP_IDLE_TIMEOUT)
+}
+
+async fn proxy(State(st): State<Arc<AppState>>, mut req: Request) -> Result<Response, ApiError> {
     let (port, target) = split_target(req.uri())?;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -51,7 +75,7 @@ async fn proxy(mut req: Request) -> Result<Response, ApiError> {
         .method(parts.method)
         .uri(target)
         .version(Version::HTTP_11)
-        .body(body)
+        .body(boxed(body))
         .map_err(|e| ApiError::BadRequest(format!("invalid proxy target: {e}")))?;
     let headers = out.headers_mut();
     copy_end_to_end(&parts.headers, headers);
@@ -69,20 +93,16 @@ async fn proxy(mut req: Request) -> Result<Response, ApiError> {
     }
 
     let unavailable = |reason: String| ApiError::UpstreamUnavailable { port, reason };
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(port, error = %e, "preview connection ended");
-        }
-    });
-    let mut resp = sender
-        .send_request(out)
+    let connect = || async {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(PoolError::Connect)?;
+        let _ = stream.set_nodelay(true);
+        Ok(pool::handshake(TokioIo::new(QuickAck::new(stream))).await?)
+    };
+    let mut resp = st
+        .app_connections
+        .send(&port, out, !upgrade, connect)
         .await
         .map_err(|e| unavailable(e.to_string()))?;
 
@@ -116,7 +136,127 @@ async fn proxy(mut req: Request) -> Result<Response, ApiError> {
         }
     }
     parts.headers = headers;
-    Ok(Response::from_parts(parts, Body::new(body)))
+    // We answer as the HTTP/1.1 server we are, whatever the app speaks: an
+    // HTTP/1.0 status line would make hyper close the connection to the
+    // control plane (and the control plane its client's) after every
+    // response. The body's framing is hyper's to choose for our client.
+    parts.version = Version::HTTP_11;
+    let body = match small_fixed_length(&parts.headers) {
+        Some(_) if !switching => {
+            let whole = body
+                .collect()
+                .await
+                .map_err(|e| unavailable(e.to_string()))?;
+            Body::from(whole.to_bytes())
+        }
+        _ => Body::new(body),
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// An app connection that acknowledges the first read after each write at
+/// once (`TCP_QUICKACK`). Many servers write a response's head and body
+/// separately without `TCP_NODELAY`; on a reused connection Nagle then
+/// holds the body until the head is acknowledged, and Linux delays that
+/// acknowledgement up to 40 ms. A fresh connection starts in quick-ack
+/// mode, which is why a tunnel without keep-alive never met this. Later
+/// reads (a big body) keep the kernel's usual acknowledgements.
+struct QuickAck {
+    stream: TcpStream,
+    /// A request went out since the last read that got data.
+    wrote: bool,
+}
+
+impl QuickAck {
+    fn new(stream: TcpStream) -> Self {
+        QuickAck {
+            stream,
+            wrote: false,
+        }
+    }
+
+    fn ack_now(&self) {
+        let one: libc::c_int = 1;
+        // SAFETY: the descriptor belongs to the open socket `self.0` for the
+        // whole call, and `one` is a live c_int of the length passed.
+        let _ = unsafe {
+            libc::setsockopt(
+                self.stream.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if self.wrote && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.wrote = false;
+            self.ack_now();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.wrote |= matches!(polled, Poll::Ready(Ok(n)) if n > 0);
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.wrote |= matches!(polled, Poll::Ready(Ok(n)) if n > 0);
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// Bodies up to this size with a `Content-Length` are read whole before the
+/// head goes on (see `small_fixed_length`).
+const READ_WHOLE_LIMIT: u64 = 64 * 1024;
+
+/// The length of a response body worth reading whole before answering:
+/// many servers write head and body separately, and passing each on as it
+/// comes costs the control plane and the client a wake-up more per
+/// response. A body this small with a declared length is of no use to the
+/// client before its end anyway; anything else (chunked, SSE, big
+/// downloads) streams as it arrives.
+fn small_fixed_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|n| *n <= READ_WHOLE_LIMIT)
 }
 
 /// The port and the upstream target (`/{path}?{query}`, raw) of a
