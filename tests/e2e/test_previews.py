@@ -162,6 +162,26 @@ def start_ws_echo(sb):
     wait_listening(sb, 8765)
 
 
+def test_preview_reaches_the_sandboxs_localhost_never_the_hosts(server, web):
+    """The proxy connects to 127.0.0.1:{port} inside the sandbox's network
+    namespace: a server on the host's own loopback at that port is never
+    reached (502)."""
+    host = socket.socket()
+    host.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host.bind(("127.0.0.1", 0))
+    host.listen(4)
+    host.settimeout(0.5)
+    port = host.getsockname()[1]
+    try:
+        link = web.get_preview_link(port)
+        status, body = fetch(link.url + "/", {"X-Daytona-Preview-Token": link.token})
+        assert status == 502 and str(port).encode() in body, (status, body)
+        with pytest.raises(socket.timeout):
+            host.accept()
+    finally:
+        host.close()
+
+
 def test_websocket_passes_through_the_preview(server, sandbox):
     start_ws_echo(sandbox)
     link = sandbox.get_preview_link(8765)

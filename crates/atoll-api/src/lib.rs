@@ -48,6 +48,9 @@ pub struct AppState {
     pub preview_secret: Arc<String>,
     /// Last activity written per sandbox (ms), to throttle the writes.
     pub activity: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
+    /// Idle keep-alive connections to apps inside sandboxes (previews), by
+    /// sandbox and port.
+    pub app_connections: atoll_proxy::pool::ConnPool<(String, u16)>,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
             config: Arc::new(config),
             locks: Arc::default(),
             activity: Arc::default(),
+            app_connections: routes::preview::app_pool(),
             preview_secret: Arc::new(preview_secret),
         }
     }

@@ -5,6 +5,7 @@
 //! daemon's preview tunnel): the free functions use one process-wide
 //! [`DaemonPool`].
 
+pub mod app;
 pub mod pool;
 
 pub use pool::PooledBody;
@@ -117,7 +118,7 @@ impl DaemonPool {
     pub async fn forward<B>(
         &self,
         socket: &Path,
-        mut req: Request<B>,
+        req: Request<B>,
         path_and_query: &str,
         extra_headers: &[(HeaderName, HeaderValue)],
     ) -> Result<Response<PooledBody>, ProxyError>
@@ -125,16 +126,62 @@ impl DaemonPool {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        let socket_key = socket.to_path_buf();
+        let connect = || async {
+            let stream = tokio::net::UnixStream::connect(socket)
+                .await
+                .map_err(PoolError::Connect)?;
+            Ok(pool::handshake(TokioIo::new(stream)).await?)
+        };
+        self.forward_with(&socket_key, connect, req, path_and_query, extra_headers)
+            .await
+    }
+}
+
+impl<K> ConnPool<K>
+where
+    K: std::hash::Hash + Eq + Clone + Send + 'static,
+{
+    /// Forwards `req` over a pooled connection for `key` (or a new one from
+    /// `connect`) as [`forward`] does: target rewritten to
+    /// `path_and_query`, hop-by-hop headers and the caller's credentials
+    /// dropped, `extra_headers` added, upgrades spliced as raw byte pipes,
+    /// and the answer's own hop-by-hop headers dropped.
+    pub async fn forward_with<B, C, F>(
+        &self,
+        key: &K,
+        connect: C,
+        mut req: Request<B>,
+        path_and_query: &str,
+        extra_headers: &[(HeaderName, HeaderValue)],
+    ) -> Result<Response<PooledBody>, ProxyError>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        C: FnOnce() -> F,
+        F: std::future::Future<
+            Output = Result<hyper::client::conn::http1::SendRequest<PoolBody>, PoolError>,
+        >,
+    {
         let upgrade = is_upgrade(&req);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = daemon_request(req, path_and_query, extra_headers, upgrade)?;
-        let mut resp = self.send_to(socket, out, !upgrade).await?;
+        let mut resp = self.send(key, out, !upgrade, connect).await?;
         // Our client talks to us, an HTTP/1.1 server, whatever the daemon
         // (or an app behind its preview tunnel) said: an HTTP/1.0 status
         // line would make hyper close the client's connection.
         *resp.version_mut() = http::Version::HTTP_11;
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let headers = resp.headers_mut();
+        for name in HOP_BY_HOP {
+            headers.remove(*name);
+        }
+        if !switching {
+            headers.remove(header::CONNECTION);
+            headers.remove(header::UPGRADE);
+        }
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if switching {
             if let Some(client_upgrade) = client_upgrade {
                 let daemon_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
@@ -153,7 +200,9 @@ impl DaemonPool {
         }
         Ok(resp)
     }
+}
 
+impl DaemonPool {
     /// [`get`] over this pool's connections.
     pub async fn get(
         &self,

@@ -98,6 +98,9 @@ pub trait Runtime: Send + Sync {
     fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError>;
     /// The sandbox's address on the sandbox network, while it runs with one.
     fn address(&self, id: &str) -> Option<std::net::Ipv4Addr>;
+    /// The running sandbox's network namespace (an open
+    /// `/proc/<pid>/ns/net`), for connecting to its localhost from here.
+    fn open_netns(&self, id: &str) -> Option<std::fs::File>;
 }
 
 #[derive(Debug, Clone)]
@@ -293,8 +296,11 @@ impl Runtime for NamespaceRuntime {
             format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
         )
         .map_err(io("writing", &etc))?;
-        std::fs::write(dirs.etc_resolv_conf(), crate::network::sandbox_resolv_conf())
-            .map_err(io("writing", &etc))?;
+        std::fs::write(
+            dirs.etc_resolv_conf(),
+            crate::network::sandbox_resolv_conf(),
+        )
+        .map_err(io("writing", &etc))?;
         let daemon_cfg = DaemonConfig {
             socket: spec::SANDBOX_SOCKET.into(),
             user: spec.user.clone(),
@@ -576,6 +582,18 @@ impl Runtime for NamespaceRuntime {
 
     fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
         self.journal.get(id).and_then(|e| e.net).map(|l| l.ip)
+    }
+
+    fn open_netns(&self, id: &str) -> Option<std::fs::File> {
+        let e = self.journal.get(id)?;
+        if e.state != EntryState::Running {
+            return None;
+        }
+        let ns = std::fs::File::open(format!("/proc/{}/ns/net", e.pid?)).ok()?;
+        // Checked after the open: if the pid still names the sandbox's
+        // PID 1 now, it did when we opened (a pid never comes back), so a
+        // reused pid can never hand out another process's namespace.
+        journal::is_alive(&e).then_some(ns)
     }
 }
 
