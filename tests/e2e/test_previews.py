@@ -326,6 +326,9 @@ def test_host_form_gives_the_app_the_whole_path_and_the_clients_host(domain_serv
     # an API key that opened the preview is not passed on to the app
     key = {"Authorization": f"Bearer {domain_server.api_key}"}
     assert json.loads(via_host(domain_server, host, "/", key)[1])["auth"] is None
+    # the app's own credentials (not an Atoll key) do reach it
+    basic = {"X-Daytona-Preview-Token": token, "Authorization": "Basic dXNlcjpwdw=="}
+    assert json.loads(via_host(domain_server, host, "/", basic)[1])["auth"] == "Basic dXNlcjpwdw=="
 
 
 def test_host_form_websocket(domain_server, host_sb):

@@ -211,12 +211,18 @@ async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response,
                 .map(str::to_string)
         })
         .or_else(|| q.get(TOKEN_QUERY).map(str::to_string));
+    let (mut head, body) = req.into_parts();
+    let by_key = match head.headers.contains_key(header::AUTHORIZATION) {
+        true => Principal::from_request_parts(&mut head, s).await.ok(),
+        false => None,
+    };
+    // An Atoll API key never reaches the app; any other Authorization
+    // (the app's own Basic or Bearer auth) does.
+    let app_auth = match by_key {
+        None => head.headers.get(header::AUTHORIZATION).cloned(),
+        Some(_) => None,
+    };
     if !r.public {
-        let (mut head, body) = req.into_parts();
-        let by_key = match head.headers.contains_key(header::AUTHORIZATION) {
-            true => Principal::from_request_parts(&mut head, s).await.ok(),
-            false => None,
-        };
         let allowed = match (&by_key, &offered) {
             (Some(p), _) if p.organization_id == r.organization_id => true,
             (_, Some(token)) => s.preview_token_ok(&r, port, token).await?,
@@ -233,9 +239,8 @@ async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response,
                 ))
             });
         }
-        return proxy(s, &r, &t, Request::from_parts(head, body)).await;
     }
-    proxy(s, &r, &t, req).await
+    proxy(s, &r, &t, Request::from_parts(head, body), app_auth).await
 }
 
 async fn proxy(
@@ -243,6 +248,7 @@ async fn proxy(
     r: &atoll_store::SandboxRecord,
     t: &PreviewTarget,
     mut req: Request,
+    app_auth: Option<HeaderValue>,
 ) -> Result<Response, ApiError> {
     let (port, rest) = (t.port, t.rest.as_str());
     if r.state != state::STARTED {
@@ -297,6 +303,9 @@ async fn proxy(
     if let Some(h) = host {
         extra.push((HeaderName::from_static("x-forwarded-host"), h.clone()));
         extra.push((header::HOST, h));
+    }
+    if let Some(a) = app_auth {
+        extra.push((header::AUTHORIZATION, a));
     }
     // Straight to 127.0.0.1:{port} inside the sandbox's network namespace
     // (a socket made there from here), over pooled keep-alive connections:
