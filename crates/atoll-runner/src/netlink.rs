@@ -63,6 +63,8 @@ const RTNH_F_ONLINK: u32 = 4;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFTA_TABLE_NAME: u16 = 1;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NFPROTO_INET: u8 = 1;
@@ -384,6 +386,23 @@ impl Netlink {
             m.attr(RTA_GATEWAY, &gw.octets());
         }
         self.request("adding a route", m)
+    }
+
+    /// Does the `inet` nf_tables table `name` exist?
+    pub fn table_exists(&mut self, name: &str) -> Result<bool, NetlinkError> {
+        let seq = self.next_seq();
+        let mut m = Msg::new(
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+        )
+        .fixed(&nfgenmsg(NFPROTO_INET, 0));
+        m.attr_str(NFTA_TABLE_NAME, name);
+        match self.request("looking up a firewall table", m) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds (`add`) or deletes elements of an nf_tables set in one atomic

@@ -338,9 +338,32 @@ impl Network {
         if &old == policy {
             return Ok(());
         }
-        let (old_el, new_el) = (elements(ip, &old), elements(ip, policy));
+        let mut want = rules.clone();
+        if policy == &NetworkPolicy::default() {
+            want.remove(&ip);
+        } else {
+            want.insert(ip, policy.clone());
+        }
+        if let Err(e) = self.write_elements(ip, &old, policy) {
+            // The table was changed or removed behind our back (`nft flush
+            // ruleset`): rebuild it whole from what we know.
+            tracing::warn!(error = %e, "firewall update failed; reloading the whole table");
+            self.inner.reload(&want)?;
+        }
+        *rules = want;
+        Ok(())
+    }
+
+    /// The set elements that take `ip` from `old` to `new`: new
+    /// restrictions first, then the old ones dropped.
+    fn write_elements(
+        &self,
+        ip: Ipv4Addr,
+        old: &NetworkPolicy,
+        new: &NetworkPolicy,
+    ) -> Result<(), NetworkError> {
+        let (old_el, new_el) = (elements(ip, old), elements(ip, new));
         let mut nft = lock(&self.inner.nft);
-        // New restrictions first, then drop the old ones.
         for (set, els) in &new_el {
             let add: Vec<SetElement> = els
                 .iter()
@@ -357,16 +380,12 @@ impl Network {
                 .collect();
             nft.set_elements(false, &self.inner.table, set, &del)?;
         }
-        if policy == &NetworkPolicy::default() {
-            rules.remove(&ip);
-        } else {
-            rules.insert(ip, policy.clone());
-        }
         Ok(())
     }
 
     /// Gives a sandbox's address back (its namespace is gone or going) and
-    /// clears its rules first, so the next holder starts clean.
+    /// clears its rules first, so the next holder starts clean; if they
+    /// cannot be cleared the address stays taken.
     pub fn release(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
         self.apply(ip, &NetworkPolicy::default())?;
         let block = self.inner.block;
@@ -612,6 +631,23 @@ fn parse_routes(text: &str) -> Vec<(Ipv4Addr, String)> {
 }
 
 impl Inner {
+    fn reload(&self, rules: &HashMap<Ipv4Addr, NetworkPolicy>) -> Result<(), NetworkError> {
+        load_ruleset(&ruleset(&self.table, &self.if_prefix, self.block, rules))
+    }
+
+    /// Puts the table back if something removed it: without it, nothing
+    /// isolates the sandboxes.
+    fn check_table(&self) {
+        let present = lock(&self.nft).table_exists(&self.table);
+        if let Ok(false) = present {
+            tracing::error!(table = %self.table, "the firewall table was removed; reloading it");
+            let rules = lock(&self.rules).clone();
+            if let Err(e) = self.reload(&rules) {
+                tracing::error!(error = %e, "reloading the firewall table failed");
+            }
+        }
+    }
+
     fn allocate(&self) -> Result<u32, NetworkError> {
         let mut a = lock(&self.addresses);
         let off = a
@@ -712,8 +748,10 @@ fn fill_pool(inner: std::sync::Weak<Inner>) {
             continue;
         }
         let g = lock(&me.pool);
-        // Wake up now and then to notice the runtime is gone.
+        // Wake up now and then to notice the runtime is gone, or the
+        // firewall table removed.
         let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(2));
+        me.check_table();
     }
 }
 

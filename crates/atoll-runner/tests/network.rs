@@ -90,8 +90,39 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
     assert!(nft_set(&table, "blocked").contains(&slot.ip.to_string()));
     assert!(!nft_set(&table, "limited").contains(&slot.ip.to_string()));
     assert!(!nft_set(&table, "allowed").contains("198.51.100.0/24"));
+    // Someone removes the table: the runner puts it back, with the policy.
+    let deleted = Command::new("nft")
+        .args(["delete", "table", "inet", &table])
+        .status()
+        .unwrap();
+    assert!(deleted.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !nft_set(&table, "blocked").contains(&slot.ip.to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the table did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Someone removes an element: the next change still lands, whole.
+    let removed = Command::new("nft")
+        .args([
+            "delete",
+            "element",
+            "inet",
+            &table,
+            "blocked",
+            &format!("{{ {} }}", slot.ip),
+        ])
+        .status()
+        .unwrap();
+    assert!(removed.success());
+    net.apply(slot.ip, &allow).unwrap();
+    assert!(nft_set(&table, "limited").contains(&slot.ip.to_string()));
+    assert!(nft_set(&table, "allowed").contains("198.51.100.0/24"));
     net.release(slot.ip).unwrap();
     assert!(!nft_set(&table, "blocked").contains(&slot.ip.to_string()));
+    assert!(!nft_set(&table, "limited").contains(&slot.ip.to_string()));
 
     drop(slot);
     drop(net);
