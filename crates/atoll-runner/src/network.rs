@@ -696,6 +696,9 @@ impl Inner {
             s.spawn(|| -> Result<(OwnedFd, Netlink, OwnedFd), NetworkError> {
                 nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                     .map_err(|e| NetworkError::Namespace(e.into()))?;
+                // No IPv6 inside (sandboxes get IPv4 egress only): links
+                // made in or moved into this namespace inherit "default".
+                let _ = std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1");
                 let f = File::open("/proc/thread-self/ns/net").map_err(NetworkError::Namespace)?;
                 Ok((
                     OwnedFd::from(f),
@@ -717,6 +720,12 @@ impl Inner {
             let mut host = lock(&self.host);
             let (nl, sock) = &mut *host;
             nl.add_veth(&host_if, "eth0", &ns)?;
+            // Nor on the host end: nothing a sandbox sends (a router
+            // advertisement, say) is ever processed as IPv6 by the host.
+            let _ = std::fs::write(
+                format!("/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6"),
+                "1",
+            );
             let idx = netlink::link_index(sock, &host_if)?;
             nl.add_address(idx, self.gateway, 32)?;
             nl.link_up(idx)?;

@@ -22,7 +22,8 @@ fn nft_set(table: &str, set: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Runs `f` on a thread inside the namespace `ns`.
+/// Runs `f` on a thread inside the namespace `ns` (which reads
+/// `/proc/thread-self/net`: `/proc/net` is the main thread's).
 fn inside<T: Send>(ns: &std::os::fd::OwnedFd, f: impl FnOnce() -> T + Send) -> T {
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -61,12 +62,17 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
         "{routes}"
     );
 
-    let (addrs, route) = inside(&slot.ns, || {
+    let (addrs, route, inet6) = inside(&slot.ns, || {
         (
-            std::fs::read_to_string("/proc/net/fib_trie").unwrap(),
-            std::fs::read_to_string("/proc/net/route").unwrap(),
+            std::fs::read_to_string("/proc/thread-self/net/fib_trie").unwrap(),
+            std::fs::read_to_string("/proc/thread-self/net/route").unwrap(),
+            std::fs::read_to_string("/proc/thread-self/net/if_inet6").unwrap_or_default(),
         )
     });
+    // IPv4 only, on both ends of the veth.
+    assert!(!inet6.contains("eth0"), "{inet6}");
+    let host_v6 = format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", slot.host_if);
+    assert_eq!(std::fs::read_to_string(host_v6).unwrap().trim(), "1");
     assert!(addrs.contains(&slot.ip.to_string()), "{addrs}");
     // The default route (destination 0) goes out of eth0.
     assert!(
