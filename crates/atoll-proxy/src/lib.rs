@@ -53,6 +53,25 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .is_some_and(|v| v.to_ascii_lowercase().contains("upgrade"))
 }
 
+/// Joins an upgraded client connection to the upstream one that answered
+/// `101 Switching Protocols` (a WebSocket through a proxy): a raw byte pipe
+/// both ways, on a task of its own.
+pub fn splice_upgrade<B>(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<B>) {
+    let upstream = hyper::upgrade::on(upstream);
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}
+
 /// Idle connections to sandbox daemons, by socket path.
 pub type DaemonPool = ConnPool<PathBuf>;
 
@@ -181,22 +200,8 @@ where
             headers.remove(header::UPGRADE);
         }
 
-        if switching {
-            if let Some(client_upgrade) = client_upgrade {
-                let daemon_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "upgrade failed");
-                            return;
-                        }
-                    };
-                    let mut client = TokioIo::new(client);
-                    let mut daemon = TokioIo::new(daemon);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut daemon).await;
-                });
-            }
+        if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+            splice_upgrade(client_upgrade, &mut resp);
         }
         Ok(resp)
     }

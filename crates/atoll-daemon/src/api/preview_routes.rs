@@ -104,22 +104,8 @@ async fn proxy(State(st): State<Arc<AppState>>, mut req: Request) -> Result<Resp
         .map_err(|e| unavailable(e.to_string()))?;
 
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if switching {
-        if let Some(client_upgrade) = client_upgrade {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            tokio::spawn(async move {
-                let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::debug!(port, error = %e, "preview upgrade failed");
-                        return;
-                    }
-                };
-                let mut client = TokioIo::new(client);
-                let mut upstream = TokioIo::new(upstream);
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-            });
-        }
+    if let (true, Some(client_upgrade)) = (switching, client_upgrade) {
+        atoll_proxy::splice_upgrade(client_upgrade, &mut resp);
     }
 
     let (mut parts, body) = resp.into_parts();
