@@ -287,6 +287,7 @@ impl Network {
         let table = format!("atoll_{instance}");
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         load_ruleset(&ruleset(&table, &if_prefix, block, &rules))?;
+        remove_stale_tables(instance);
         let host = (Netlink::route()?, netlink::ioctl_socket()?);
         let inner = Arc::new(Inner {
             block,
@@ -532,6 +533,51 @@ fn load_ruleset(text: &str) -> Result<(), NetworkError> {
         ));
     }
     Ok(())
+}
+
+/// Removes the tables of runners that are gone: a table is stale when no
+/// host interface carries its instance's prefix (a live runner always has
+/// its pool's veths, and a running sandbox its own). A runner killed while
+/// nothing was running leaves its table behind; without this, every one of
+/// them would stay hooked into every packet's path.
+fn remove_stale_tables(instance: &str) {
+    let Ok(out) = std::process::Command::new(
+        ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nft"),
+    )
+    .args(["list", "tables", "inet"])
+    .output() else {
+        return;
+    };
+    let links: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for other in stale_tables(&String::from_utf8_lossy(&out.stdout), instance, &links) {
+        tracing::info!(table = %format!("atoll_{other}"), "removing the firewall table of a runner that is gone");
+        drop_table(&other);
+    }
+}
+
+/// The instances among `nft list tables` whose table is stale (see
+/// `remove_stale_tables`).
+fn stale_tables(listing: &str, instance: &str, links: &[String]) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet atoll_"))
+        .map(str::trim)
+        .filter(|x| x.len() == 12 && x.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|x| *x != instance)
+        .filter(|x| {
+            let prefix = format!("{IF_PREFIX}{}", &x[..6]);
+            !links.iter().any(|l| l.starts_with(&prefix))
+        })
+        .map(str::to_string)
+        .collect()
 }
 
 /// Removes the instance's table (a runner that turns networking off, and
@@ -887,6 +933,17 @@ mod tests {
         assert!(text.contains("set blocked { type ipv4_addr; elements = { 10.213.0.2 }; }"));
         assert!(text.contains("elements = { 10.213.0.3 . 1.2.3.0/24 }"));
         assert!(text.contains("ip saddr != 10.213.0.0/22 drop"));
+    }
+
+    #[test]
+    fn only_tables_without_live_veths_are_stale() {
+        let listing = "table inet atoll_aaaaaa000001\ntable inet atoll_bbbbbb000002\n\
+                       table inet atoll_cccccc000003\ntable inet filter\ntable inet atoll_nothex\n";
+        let links = ["lo".to_string(), "eth0".into(), "atlbbbbbb0002".into()];
+        assert_eq!(
+            stale_tables(listing, "cccccc000003", &links),
+            ["aaaaaa000001"]
+        );
     }
 
     #[test]

@@ -49,7 +49,28 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
         lock_dir: dir.join("locks"),
         pool_size: 1,
     };
+    // A runner that died with nothing running left its table behind.
+    let stale = "table inet atoll_0dead0000001 {\n  chain c {\n    type filter hook forward priority 0;\n  }\n}\n";
+    let mut nft = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    nft.stdin
+        .take()
+        .unwrap()
+        .write_all(stale.as_bytes())
+        .unwrap();
+    assert!(nft.wait().unwrap().success());
     let net = Network::start(&cfg, instance, &dir, &[]).unwrap();
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(!tables.contains("atoll_0dead0000001"), "{tables}");
+    assert!(tables.contains(&format!("atoll_{instance}")), "{tables}");
     // A second runner cannot take the same block.
     assert!(Network::start(&cfg, "7e57ab000002", &dir.join("other"), &[]).is_err());
 
