@@ -268,7 +268,7 @@ impl Network {
         live: &[Lease],
     ) -> Result<Network, NetworkError> {
         let if_prefix = format!("{IF_PREFIX}{}", &instance[..instance.len().min(6)]);
-        let (block, lock) = claim_block(cfg, state_dir, &if_prefix, live)?;
+        let (block, lock) = claim_block(cfg, instance, state_dir, &if_prefix, live)?;
         if block.prefix > 28 {
             return Err(NetworkError::BlockTooSmall(block));
         }
@@ -287,7 +287,7 @@ impl Network {
         let table = format!("atoll_{instance}");
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         load_ruleset(&ruleset(&table, &if_prefix, block, &rules))?;
-        remove_stale_tables(instance);
+        remove_stale_tables(instance, &cfg.lock_dir);
         let host = (Netlink::route()?, netlink::ioctl_socket()?);
         let inner = Arc::new(Inner {
             block,
@@ -535,12 +535,38 @@ fn load_ruleset(text: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-/// Removes the tables of runners that are gone: a table is stale when no
-/// host interface carries its instance's prefix (a live runner always has
-/// its pool's veths, and a running sandbox its own). A runner killed while
-/// nothing was running leaves its table behind; without this, every one of
-/// them would stay hooked into every packet's path.
-fn remove_stale_tables(instance: &str) {
+/// Takes an exclusive `flock` on `f` without waiting; true if taken.
+fn flock_nb(f: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Instances whose runner holds its block lock right now (the lock file
+/// names its holder).
+fn lock_holders(lock_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(lock_dir).into_iter().flatten().flatten() {
+        let Ok(f) = File::open(e.path()) else {
+            continue;
+        };
+        if flock_nb(&f) {
+            // Nobody holds it; ours is released when `f` closes.
+            continue;
+        }
+        if let Ok(name) = std::fs::read_to_string(e.path()) {
+            out.push(name.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Removes the tables of runners that are gone: a table is stale when its
+/// runner holds no block lock and no host interface carries its instance's
+/// prefix (a running sandbox outlives its runner, and keeps its veth). A
+/// runner killed while nothing was running leaves its table behind;
+/// without this, every one of them would stay hooked into every packet's
+/// path.
+fn remove_stale_tables(instance: &str, lock_dir: &Path) {
     let Ok(out) = std::process::Command::new(
         ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"]
             .into_iter()
@@ -557,7 +583,12 @@ fn remove_stale_tables(instance: &str) {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    for other in stale_tables(&String::from_utf8_lossy(&out.stdout), instance, &links) {
+    let holders = lock_holders(lock_dir);
+    let listing = String::from_utf8_lossy(&out.stdout);
+    for other in stale_tables(&listing, instance, &links)
+        .into_iter()
+        .filter(|x| !holders.contains(x))
+    {
         tracing::info!(table = %format!("atoll_{other}"), "removing the firewall table of a runner that is gone");
         drop_table(&other);
     }
@@ -600,6 +631,7 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
 /// `AUTO_RANGE` that no other runner holds and no host route uses.
 fn claim_block(
     cfg: &NetworkConfig,
+    instance: &str,
     state_dir: &Path,
     if_prefix: &str,
     live: &[Lease],
@@ -617,9 +649,14 @@ fn claim_block(
             .write(true)
             .open(&path)
             .map_err(io_err("opening", &path))?;
-        // SAFETY: flock on a descriptor we own; no memory is passed.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        Ok((rc == 0).then_some(f))
+        if !flock_nb(&f) {
+            return Ok(None);
+        }
+        // Who holds it: a starting runner keeps this holder's table.
+        let mut named = &f;
+        let _ = f.set_len(0);
+        let _ = named.write_all(instance.as_bytes());
+        Ok(Some(f))
     };
     let remember = |c: Cidr| -> Result<(), NetworkError> {
         std::fs::write(&remembered_path, c.to_string()).map_err(io_err("writing", &remembered_path))

@@ -63,6 +63,16 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
         .write_all(stale.as_bytes())
         .unwrap();
     assert!(nft.wait().unwrap().success());
+    // A live runner with nothing running and no pool has no veth at all:
+    // its lock still keeps its table.
+    let idle_cfg = NetworkConfig {
+        block: Some(Cidr::parse("10.213.252.16/28").unwrap()),
+        lock_dir: dir.join("locks"),
+        pool_size: 0,
+    };
+    std::fs::create_dir_all(dir.join("idle")).unwrap();
+    std::fs::create_dir_all(dir.join("other")).unwrap();
+    let idle = Network::start(&idle_cfg, "7e57ab000003", &dir.join("idle"), &[]).unwrap();
     let net = Network::start(&cfg, instance, &dir, &[]).unwrap();
     let tables = Command::new("nft")
         .args(["list", "tables"])
@@ -71,8 +81,19 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
     let tables = String::from_utf8_lossy(&tables.stdout);
     assert!(!tables.contains("atoll_0dead0000001"), "{tables}");
     assert!(tables.contains(&format!("atoll_{instance}")), "{tables}");
+    assert!(tables.contains("atoll_7e57ab000003"), "{tables}");
+    drop(idle);
+    atoll_runner::network::drop_table("7e57ab000003");
     // A second runner cannot take the same block.
-    assert!(Network::start(&cfg, "7e57ab000002", &dir.join("other"), &[]).is_err());
+    let taken = Network::start(&cfg, "7e57ab000002", &dir.join("other"), &[]);
+    assert!(
+        matches!(
+            taken,
+            Err(atoll_runner::network::NetworkError::BlockInUse(_))
+        ),
+        "{:?}",
+        taken.err()
+    );
 
     let slot = net.take().unwrap();
     assert!(block.contains(slot.ip));
