@@ -19,6 +19,7 @@ to ``<data dir>/atoll.log`` (``server.log()``).
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json as jsonlib
 import os
@@ -341,24 +342,29 @@ def images_dir() -> str:
     return os.environ.get("ATOLL_IMAGES_DIR") or DEFAULT_IMAGES_DIR
 
 
-@pytest.fixture(scope="session")
-def server(atoll_bin, images_dir):
+@contextlib.contextmanager
+def running_server(atoll_bin, images_dir, env: dict[str, str] | None = None):
+    """An ``atoll serve`` with extra environment ``env``, started for the
+    ``with`` block and cleaned up (sandboxes, data dir, firewall) after it."""
     srv = AtollServer(atoll_bin, images_dir)
+    srv.extra_env = dict(env or {})
     try:
         srv.start()
         yield srv
     finally:
         srv.cleanup()
+
+
+@pytest.fixture(scope="session")
+def server(atoll_bin, images_dir):
+    with running_server(atoll_bin, images_dir) as srv:
+        yield srv
 
 
 @pytest.fixture
 def fresh_server(atoll_bin, images_dir):
-    srv = AtollServer(atoll_bin, images_dir)
-    try:
-        srv.start()
+    with running_server(atoll_bin, images_dir) as srv:
         yield srv
-    finally:
-        srv.cleanup()
 
 
 @pytest.fixture(scope="session")

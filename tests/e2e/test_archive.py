@@ -11,7 +11,7 @@ import time
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, DaytonaError
 
-from conftest import AtollServer
+from conftest import running_server
 
 MAKE_TREE = r'''
 import os, hashlib
@@ -132,10 +132,8 @@ def test_failed_archive_leaves_the_sandbox_stopped_and_intact(server, daytona):
 
 
 def test_auto_archive_after_stop(atoll_bin, images_dir):
-    srv = AtollServer(atoll_bin, images_dir)
-    srv.extra_env = {"ATOLL_LIFECYCLE_MINUTE_SECS": "1", "ATOLL_LIFECYCLE_TICK_SECS": "0.25"}
-    try:
-        srv.start()
+    env = {"ATOLL_LIFECYCLE_MINUTE_SECS": "1", "ATOLL_LIFECYCLE_TICK_SECS": "0.25"}
+    with running_server(atoll_bin, images_dir, env) as srv:
         d = srv.client()
         sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
         sb.fs.upload_file(b"kept", "/home/daytona/k.txt")
@@ -150,5 +148,3 @@ def test_auto_archive_after_stop(atoll_bin, images_dir):
         assert sb.state == "archived"
         sb.start()
         assert sb.fs.download_file("/home/daytona/k.txt") == b"kept"
-    finally:
-        srv.cleanup()

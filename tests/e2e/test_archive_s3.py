@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 from daytona import CreateSandboxFromSnapshotParams
 
-from conftest import AtollServer
+from conftest import running_server
 
 BUCKET = "atoll-archives"
 
@@ -57,8 +57,7 @@ def bucket_keys(url):
 
 
 def test_archive_round_trip_through_s3(atoll_bin, images_dir, s3):
-    srv = AtollServer(atoll_bin, images_dir)
-    srv.extra_env = {
+    env = {
         "ATOLL_ARCHIVE_URL": f"s3://{BUCKET}/sandboxes",
         "AWS_ACCESS_KEY_ID": "test",
         "AWS_SECRET_ACCESS_KEY": "test",
@@ -66,8 +65,7 @@ def test_archive_round_trip_through_s3(atoll_bin, images_dir, s3):
         "AWS_ENDPOINT": s3,
         "AWS_ALLOW_HTTP": "true",
     }
-    try:
-        srv.start()
+    with running_server(atoll_bin, images_dir, env) as srv:
         d = srv.client()
         sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
         sb.process.exec("head -c 20000000 /dev/urandom > /home/daytona/blob && sha256sum /home/daytona/blob > /home/daytona/sum")
@@ -89,5 +87,3 @@ def test_archive_round_trip_through_s3(atoll_bin, images_dir, s3):
         assert len(bucket_keys(s3)) == 1
         d.delete(sb)
         assert bucket_keys(s3) == []
-    finally:
-        srv.cleanup()

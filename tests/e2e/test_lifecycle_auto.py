@@ -16,7 +16,7 @@ import time
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, DaytonaError, Resources
 
-from conftest import AtollServer
+from conftest import running_server
 
 MINUTE_S = 2.0
 TICK_S = 0.25
@@ -24,16 +24,9 @@ TICK_S = 0.25
 
 @pytest.fixture
 def fast_server(atoll_bin, images_dir):
-    srv = AtollServer(atoll_bin, images_dir)
-    srv.extra_env = {
-        "ATOLL_LIFECYCLE_MINUTE_SECS": str(MINUTE_S),
-        "ATOLL_LIFECYCLE_TICK_SECS": str(TICK_S),
-    }
-    try:
-        srv.start()
+    env = {"ATOLL_LIFECYCLE_MINUTE_SECS": str(MINUTE_S), "ATOLL_LIFECYCLE_TICK_SECS": str(TICK_S)}
+    with running_server(atoll_bin, images_dir, env) as srv:
         yield srv
-    finally:
-        srv.cleanup()
 
 
 def wait_state(sb, want, timeout=20.0):

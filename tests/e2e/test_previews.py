@@ -25,7 +25,7 @@ import urllib.request
 import pytest
 from daytona import SessionExecuteRequest
 
-from conftest import AtollServer
+from conftest import running_server
 
 WS_ECHO = r'''
 import base64, hashlib, socket, struct
@@ -268,13 +268,8 @@ def via_host(server, host, path="/", headers=None):
 
 @pytest.fixture(scope="module")
 def domain_server(atoll_bin, images_dir):
-    srv = AtollServer(atoll_bin, images_dir)
-    srv.extra_env = {"ATOLL_PREVIEW_DOMAIN": DOMAIN}
-    try:
-        srv.start()
+    with running_server(atoll_bin, images_dir, {"ATOLL_PREVIEW_DOMAIN": DOMAIN}) as srv:
         yield srv
-    finally:
-        srv.cleanup()
 
 
 @pytest.fixture(scope="module")

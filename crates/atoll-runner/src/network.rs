@@ -365,20 +365,10 @@ impl Network {
     ) -> Result<(), NetworkError> {
         let (old_el, new_el) = (elements(ip, old), elements(ip, new));
         let mut nft = lock(&self.inner.nft);
-        for (set, els) in &new_el {
-            let add: Vec<SetElement> = els
-                .iter()
-                .filter(|e| !old_el.get(set).is_some_and(|o| o.contains(e)))
-                .cloned()
-                .collect();
+        for (set, add) in only_in(&new_el, &old_el) {
             nft.set_elements(true, &self.inner.table, set, &add)?;
         }
-        for (set, els) in &old_el {
-            let del: Vec<SetElement> = els
-                .iter()
-                .filter(|e| !new_el.get(set).is_some_and(|n| n.contains(e)))
-                .cloned()
-                .collect();
+        for (set, del) in only_in(&old_el, &new_el) {
             nft.set_elements(false, &self.inner.table, set, &del)?;
         }
         Ok(())
@@ -411,9 +401,25 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+type Elements = HashMap<&'static str, Vec<SetElement>>;
+
+/// Per set, the elements of `a` that `b` lacks.
+fn only_in(a: &Elements, b: &Elements) -> Vec<(&'static str, Vec<SetElement>)> {
+    a.iter()
+        .map(|(set, els)| {
+            let lacking = els
+                .iter()
+                .filter(|e| !b.get(set).is_some_and(|o| o.contains(e)))
+                .cloned()
+                .collect();
+            (*set, lacking)
+        })
+        .collect()
+}
+
 /// The firewall set elements a policy needs, per set.
-fn elements(ip: Ipv4Addr, p: &NetworkPolicy) -> HashMap<&'static str, Vec<SetElement>> {
-    let mut out: HashMap<&'static str, Vec<SetElement>> = HashMap::new();
+fn elements(ip: Ipv4Addr, p: &NetworkPolicy) -> Elements {
+    let mut out = Elements::new();
     let key = ip.octets().to_vec();
     if p.block_all {
         out.entry("blocked")
