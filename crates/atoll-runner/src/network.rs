@@ -314,14 +314,6 @@ impl Network {
         Ok(Network { inner })
     }
 
-    pub fn block(&self) -> Cidr {
-        self.inner.block
-    }
-
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.inner.gateway
-    }
-
     /// A ready slot from the pool, or a fresh one if the pool is empty.
     pub fn take(&self) -> Result<Slot, NetworkError> {
         let ready = lock(&self.inner.pool).pop();
@@ -389,11 +381,6 @@ impl Network {
             }
         }
         Ok(())
-    }
-
-    /// How many slots are ready right now.
-    pub fn ready(&self) -> usize {
-        lock(&self.inner.pool).len()
     }
 }
 
@@ -850,14 +837,6 @@ fn fill_pool(inner: std::sync::Weak<Inner>) {
         // firewall table removed.
         let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(2));
         me.check_table();
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Unused slots die with their descriptors; free their addresses.
-        let slots = std::mem::take(&mut *lock(&self.pool));
-        drop(slots);
     }
 }
 

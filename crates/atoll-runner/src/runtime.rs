@@ -96,8 +96,6 @@ pub trait Runtime: Send + Sync {
     /// Applies a new network policy to a running sandbox, live (a stopped
     /// one gets its policy from its spec at the next start).
     fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError>;
-    /// The sandbox's address on the sandbox network, while it runs with one.
-    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr>;
     /// The running sandbox's network namespace (an open
     /// `/proc/<pid>/ns/net`), for connecting to its localhost from here.
     fn open_netns(&self, id: &str) -> Option<std::fs::File>;
@@ -199,11 +197,6 @@ impl NamespaceRuntime {
             return Err(RuntimeError::InvalidId(id.into()));
         }
         Ok(SandboxDirs::new(&self.cfg.sandboxes_dir, id))
-    }
-
-    /// The sandbox network, when sandboxes get one.
-    pub fn network(&self) -> Option<&Network> {
-        self.network.as_ref()
     }
 
     /// Gives a stopped sandbox's address back.
@@ -370,13 +363,14 @@ impl Runtime for NamespaceRuntime {
             .open(&log_path)
             .map_err(io("opening", &log_path))?;
         let t_prepared = t0.elapsed();
-        let mut cmd = Command::new(&self.cfg.helper_exe);
-        cmd.arg0("atoll-sandbox-init")
+        let mut child = match Command::new(&self.cfg.helper_exe)
+            .arg0("atoll-sandbox-init")
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(log);
-        let mut child = match cmd.spawn() {
+            .stderr(log)
+            .spawn()
+        {
             Ok(c) => c,
             Err(e) => return Err(self.spawn_failed(id, format!("running the init helper: {e}"))),
         };
@@ -578,10 +572,6 @@ impl Runtime for NamespaceRuntime {
         self.journal.write(&entry)?;
         net.apply(ip, policy)?;
         Ok(())
-    }
-
-    fn address(&self, id: &str) -> Option<std::net::Ipv4Addr> {
-        self.journal.get(id).and_then(|e| e.net).map(|l| l.ip)
     }
 
     fn open_netns(&self, id: &str) -> Option<std::fs::File> {
