@@ -74,6 +74,27 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Where a sandbox's daemon answers, with the check that the peer on
+    /// the socket is that sandbox's own process (SECURITY.md item 24).
+    /// A sandbox the runtime does not see running gets a check that
+    /// refuses every peer.
+    pub fn toolbox_endpoint(&self, id: &str) -> atoll_proxy::Endpoint {
+        let peer = self.runtime.toolbox_peer(id);
+        let verify = move |s: &tokio::net::UnixStream| match &peer {
+            Some(p) => p.verify(s),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "the sandbox is not running",
+            )),
+        };
+        atoll_proxy::Endpoint {
+            socket: self.runtime.socket(id),
+            verify: Some(Arc::new(verify)),
+        }
+    }
+}
+
 async fn request_info(req: Request, next: Next) -> axum::response::Response {
     let info = RequestInfo {
         method: req.method().to_string(),

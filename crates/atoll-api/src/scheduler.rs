@@ -49,7 +49,7 @@ impl AppState {
     /// PTY? Those count as activity for auto-stop even without requests.
     /// An unreachable daemon is not busy.
     pub async fn busy_inside(&self, id: &str) -> bool {
-        let socket = self.runtime.socket(id);
+        let socket = self.toolbox_endpoint(id);
         let ask = |path: &'static str| {
             let socket = socket.clone();
             async move {

@@ -1,5 +1,5 @@
-//! The daemon's configuration: the JSON file the runner writes into the
-//! sandbox before exec'ing the daemon (camelCase keys, unknown keys ignored
+//! The daemon's configuration: JSON the runner hands the daemon (a sealed
+//! memfd inherited from PID 1, or a file in standalone runs) (camelCase keys, unknown keys ignored
 //! so the runner can grow it without breaking older daemons).
 
 use std::collections::BTreeMap;
@@ -27,7 +27,9 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonConfig {
-    /// Unix socket the toolbox API listens on.
+    /// Unix socket the toolbox API binds when no bound socket is handed
+    /// over as a descriptor (standalone runs and tests).
+    #[serde(default)]
     pub socket: PathBuf,
     /// User commands run as and created files belong to (resolved from the
     /// sandbox's `/etc/passwd` and `/etc/group`). `None`: the daemon's own user.
@@ -43,6 +45,20 @@ pub struct DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// Reads the config from a descriptor (a sealed memfd from PID 1).
+    pub fn from_fd(fd: std::os::fd::OwnedFd) -> Result<Self, ConfigError> {
+        use std::io::Read;
+        let path = PathBuf::from("<inherited descriptor>");
+        let mut text = Vec::new();
+        std::fs::File::from(fd)
+            .read_to_end(&mut text)
+            .map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        serde_json::from_slice(&text).map_err(|source| ConfigError::Parse { path, source })
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),

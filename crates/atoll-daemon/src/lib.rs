@@ -28,10 +28,15 @@ use std::path::Path;
 pub use api::{router, serve, AppState, ServeError};
 pub use config::{ConfigError, DaemonConfig};
 
-/// Environment variable naming the daemon's config file.
+/// Environment variable naming the daemon's config file (tests and
+/// standalone runs).
 pub const CONFIG_ENV: &str = "ATOLL_DAEMON_CONFIG";
-/// Where the runner puts the config file when `ATOLL_DAEMON_CONFIG` is unset.
-pub const DEFAULT_CONFIG_PATH: &str = "/.atoll/run/daemon.json";
+/// Environment variable naming an inherited descriptor holding the config
+/// (how a sandbox's PID 1 hands it over: no file the sandbox could swap).
+pub const CONFIG_FD_ENV: &str = "ATOLL_DAEMON_CONFIG_FD";
+/// Environment variable naming an inherited, bound (not yet listening)
+/// unix socket to serve on: the runner bound it outside the sandbox.
+pub const LISTEN_FD_ENV: &str = "ATOLL_DAEMON_LISTEN_FD";
 /// The version `GET /version` reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -42,10 +47,19 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// (when it is PID 1: fork, the parent reaps and forwards signals, the child
 /// serves) or serves directly.
 pub fn main_entry() -> ! {
-    let config_path = std::env::var_os(CONFIG_ENV).unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
     tune_allocator();
     init_tracing();
-    let cfg = match DaemonConfig::load(Path::new(&config_path)) {
+    let cfg = match inherited_fd(CONFIG_FD_ENV) {
+        Some(fd) => DaemonConfig::from_fd(fd),
+        None => match std::env::var_os(CONFIG_ENV) {
+            Some(path) => DaemonConfig::load(Path::new(&path)),
+            None => {
+                tracing::error!("atoll-daemon needs {CONFIG_FD_ENV} or {CONFIG_ENV}");
+                std::process::exit(2);
+            }
+        },
+    };
+    let cfg = match cfg {
         Ok(cfg) => cfg,
         Err(e) => {
             tracing::error!(error = %e, "atoll-daemon cannot start");
@@ -78,10 +92,37 @@ fn run_server(cfg: DaemonConfig) -> Result<(), ServeError> {
         .build()
         .map_err(ServeError::Runtime)?;
     runtime.block_on(async move {
-        let listener = api::bind_socket(&cfg.socket)?;
-        tracing::info!(socket = %cfg.socket.display(), version = VERSION, "atoll-daemon listening");
+        let listener = match inherited_fd(LISTEN_FD_ENV) {
+            Some(fd) => api::listen_on(fd)?,
+            None => api::bind_socket(&cfg.socket)?,
+        };
+        tracing::info!(version = VERSION, "atoll-daemon listening");
         serve(listener, cfg).await
     })
+}
+
+/// Takes ownership of the descriptor named by `var` (and removes the
+/// variable, so nothing the daemon starts sees it).
+fn inherited_fd(var: &str) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var(var).ok()?.parse().ok()?;
+    // SAFETY: still single-threaded (called from main_entry/run_server
+    // before other threads touch the environment).
+    unsafe { std::env::remove_var(var) };
+    if fd < 3
+        || nix::fcntl::fcntl(
+            // SAFETY: a probe of the descriptor number only.
+            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .is_err()
+    {
+        return None;
+    }
+    // SAFETY: PID 1 handed this descriptor to us alone (the variable is
+    // gone now, so nothing else will claim it); it is close-on-exec, so
+    // no process we start inherits it.
+    Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
 /// Keeps an idle daemon small after a burst: fixed mmap threshold so big

@@ -95,6 +95,40 @@ impl From<PoolError> for ProxyError {
     }
 }
 
+/// Decides whether the process at the other end of a new connection may
+/// receive requests (an `Err` drops the connection unused).
+pub type PeerCheck =
+    std::sync::Arc<dyn Fn(&tokio::net::UnixStream) -> std::io::Result<()> + Send + Sync>;
+
+/// A sandbox daemon's socket and a check of who answers on it: called on
+/// every new connection before anything is sent (the control plane checks
+/// `SO_PEERCRED` against the sandbox there).
+#[derive(Clone)]
+pub struct Endpoint {
+    pub socket: PathBuf,
+    pub verify: Option<PeerCheck>,
+}
+
+impl Endpoint {
+    /// A socket whose peer is not checked (tests, standalone daemons).
+    pub fn unchecked(socket: &Path) -> Endpoint {
+        Endpoint {
+            socket: socket.into(),
+            verify: None,
+        }
+    }
+
+    async fn connect(&self) -> Result<tokio::net::UnixStream, PoolError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(PoolError::Connect)?;
+        if let Some(v) = &self.verify {
+            v(&stream).map_err(PoolError::Connect)?;
+        }
+        Ok(stream)
+    }
+}
+
 /// The pool behind [`forward`] and [`get`]: every toolbox and preview
 /// request of this process shares its idle daemon connections.
 pub fn shared_pool() -> &'static DaemonPool {
@@ -107,7 +141,7 @@ pub fn shared_pool() -> &'static DaemonPool {
 /// the caller's credentials. Extra headers are added as given. Uses the
 /// process-wide [`shared_pool`].
 pub async fn forward<B>(
-    socket: &Path,
+    socket: &Endpoint,
     req: Request<B>,
     path_and_query: &str,
     extra_headers: &[(HeaderName, HeaderValue)],
@@ -125,7 +159,7 @@ where
 /// like "is anything still running?"): status and the whole body, which
 /// must be under `limit` bytes. Uses the process-wide [`shared_pool`].
 pub async fn get(
-    socket: &Path,
+    socket: &Endpoint,
     path: &str,
     limit: usize,
 ) -> Result<(StatusCode, Bytes), ProxyError> {
@@ -136,7 +170,7 @@ impl DaemonPool {
     /// [`forward`] over this pool's connections.
     pub async fn forward<B>(
         &self,
-        socket: &Path,
+        socket: &Endpoint,
         req: Request<B>,
         path_and_query: &str,
         extra_headers: &[(HeaderName, HeaderValue)],
@@ -145,11 +179,9 @@ impl DaemonPool {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let socket_key = socket.to_path_buf();
+        let socket_key = socket.socket.clone();
         let connect = || async {
-            let stream = tokio::net::UnixStream::connect(socket)
-                .await
-                .map_err(PoolError::Connect)?;
+            let stream = socket.connect().await?;
             Ok(pool::handshake(TokioIo::new(stream)).await?)
         };
         self.forward_with(&socket_key, connect, req, path_and_query, extra_headers)
@@ -211,7 +243,7 @@ impl DaemonPool {
     /// [`get`] over this pool's connections.
     pub async fn get(
         &self,
-        socket: &Path,
+        socket: &Endpoint,
         path: &str,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ProxyError> {
@@ -233,19 +265,15 @@ impl DaemonPool {
 
     async fn send_to(
         &self,
-        socket: &Path,
+        socket: &Endpoint,
         req: Request<PoolBody>,
         reusable: bool,
     ) -> Result<Response<PooledBody>, ProxyError> {
         let connect = || async {
-            let stream = tokio::net::UnixStream::connect(socket)
-                .await
-                .map_err(PoolError::Connect)?;
+            let stream = socket.connect().await?;
             Ok(pool::handshake(TokioIo::new(stream)).await?)
         };
-        Ok(self
-            .send(&socket.to_path_buf(), req, reusable, connect)
-            .await?)
+        Ok(self.send(&socket.socket, req, reusable, connect).await?)
     }
 }
 

@@ -174,7 +174,10 @@ async fn get_text(pool: &DaemonPool, socket: &Path, path: &str) -> String {
     let req = Request::get("/ignored")
         .body(Empty::<Bytes>::new())
         .unwrap();
-    let resp = pool.forward(socket, req, path, &[]).await.expect("forward");
+    let resp = pool
+        .forward(&atoll_proxy::Endpoint::unchecked(socket), req, path, &[])
+        .await
+        .expect("forward");
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.expect("body").to_bytes();
     String::from_utf8(body.to_vec()).expect("utf-8")
@@ -188,13 +191,24 @@ async fn sequential_requests_share_one_connection() {
     for _ in 0..20 {
         assert_eq!(get_text(&pool, &socket.0, "/small").await, "ok");
     }
-    let (status, body) = pool.get(&socket.0, "/small", 1024).await.expect("get");
+    let (status, body) = pool
+        .get(&atoll_proxy::Endpoint::unchecked(&socket.0), "/small", 1024)
+        .await
+        .expect("get");
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     // A POST with a body and a big download reuse it too.
     let req = Request::post("/")
         .body(Full::new(Bytes::from("+body")))
         .unwrap();
-    let resp = pool.forward(&socket.0, req, "/echo", &[]).await.unwrap();
+    let resp = pool
+        .forward(
+            &atoll_proxy::Endpoint::unchecked(&socket.0),
+            req,
+            "/echo",
+            &[],
+        )
+        .await
+        .unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"ok+body");
     assert_eq!(get_text(&pool, &socket.0, "/big").await.len(), 1 << 20);
@@ -237,7 +251,12 @@ async fn request_racing_the_close_of_its_pooled_connection_is_retried() {
         .body(Full::new(Bytes::from("+body")))
         .unwrap();
     let resp = pool
-        .forward(&socket.0, req, "/echo", &[])
+        .forward(
+            &atoll_proxy::Endpoint::unchecked(&socket.0),
+            req,
+            "/echo",
+            &[],
+        )
         .await
         .expect("retried");
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -267,7 +286,15 @@ async fn body_dropped_unread_is_not_reused() {
     let accepted = serve(&socket.0);
     let pool = DaemonPool::default();
     let req = Request::get("/").body(Empty::<Bytes>::new()).unwrap();
-    let resp = pool.forward(&socket.0, req, "/big", &[]).await.unwrap();
+    let resp = pool
+        .forward(
+            &atoll_proxy::Endpoint::unchecked(&socket.0),
+            req,
+            "/big",
+            &[],
+        )
+        .await
+        .unwrap();
     let mut body = resp.into_body();
     let first = body.frame().await.expect("a frame").expect("data");
     assert!(first.data_ref().is_some_and(|d| d.len() < 1 << 20));
@@ -299,7 +326,13 @@ fn serve_front(front: &Path, daemon: &Path, pool: &DaemonPool) {
                 let (daemon, pool) = (daemon.clone(), pool.clone());
                 async move {
                     let target = req.uri().path().to_string();
-                    pool.forward(&daemon, req, &target, &[]).await
+                    pool.forward(
+                        &atoll_proxy::Endpoint::unchecked(&daemon),
+                        req,
+                        &target,
+                        &[],
+                    )
+                    .await
                 }
             });
             tokio::spawn(async move {

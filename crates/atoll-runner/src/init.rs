@@ -1,26 +1,35 @@
 //! The init helper: a short-lived, single-threaded process (the `atoll`
 //! binary invoked as `atoll-sandbox-init`) that turns an `InitRequest` into
-//! a running sandbox. It joins the network namespace the runner prepared
-//! (or unshares a bare one), unshares the mount, uts, ipc and pid
-//! namespaces, forks the sandbox's PID 1, reports that pid on stdout and
-//! exits, so the sandbox is not a child of the runner and survives it.
-//! PID 1 builds the filesystem (including the loop-mounted disk), joins the
-//! sandbox's cgroups and a new cgroup namespace, cuts capabilities,
-//! installs seccomp and execs the daemon.
+//! a running sandbox, then exits, so the sandbox is not a child of the
+//! runner and survives it.
+//!
+//! As host root it joins the network namespace the runner prepared (or
+//! unshares a bare one), shields itself from the OOM killer, loop-mounts
+//! the sandbox's disk in a mount namespace of its own, binds the toolbox
+//! socket, creates the sandbox's user namespace (its own slice of host
+//! uids) and idmaps the image and the disk into it, and joins the
+//! sandbox's cgroups. Then it enters the user namespace as its root (an
+//! unprivileged uid on the host), unshares mount, uts, ipc and pid
+//! namespaces owned by it, forks the sandbox's PID 1, reports that pid on
+//! stdout and exits. PID 1 mounts the overlay root and the rest of the
+//! filesystem, enters a new cgroup namespace, pivots, writes its generated
+//! `/etc` files, cuts capabilities, installs seccomp and execs the daemon
+//! from a descriptor, handing it its config and listening socket as
+//! descriptors: nothing on any filesystem the sandbox can reach.
 //!
 //! Report protocol on stdout: `pid <host pid>` from the helper, then either
 //! `error <message>` from PID 1 or EOF when the daemon was exec'd (the
 //! report pipe is close-on-exec).
 
 use crate::caps;
-use crate::mounts::{self, PlanInput};
+use crate::mounts;
 use crate::seccomp;
 use crate::spec::{self, InitRequest};
 use nix::sched::{unshare, CloneFlags};
 use nix::unistd::{fork, ForkResult};
 use std::ffi::CString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use thiserror::Error;
 
@@ -44,6 +53,8 @@ pub enum InitError {
     Caps(#[from] caps::CapsError),
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Userns(#[from] crate::userns::UsernsError),
 }
 
 fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> InitError {
@@ -91,18 +102,11 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     }
     redirect_stdio()?;
     nix::unistd::setsid().map_err(sys("setsid"))?;
-    // The daemon (and only it: it raises this for every process it starts)
-    // is exempt from the OOM killer; inherited across fork and exec. Hosts
-    // that withhold CAP_SYS_RESOURCE refuse this; the daemon then ranks its
-    // children above itself instead (see atoll-daemon's `oom` handling).
-    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "-1000") {
-        eprintln!("atoll-sandbox-init: cannot lower the daemon's oom_score_adj ({e}); relying on children's higher score");
-    }
+    shield_from_oom();
     let last_cap = caps::last_cap();
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWPID;
+
+    // Network first, as host root: the namespace stays owned by the host's
+    // user namespace, so root inside can never reconfigure it.
     match &req.netns {
         // The runner prepared this namespace (veth, addresses, routes).
         Some(path) => {
@@ -110,9 +114,57 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
                 .map_err(sys("joining the network namespace"))?;
         }
-        None => flags |= CloneFlags::CLONE_NEWNET,
+        None => unshare(CloneFlags::CLONE_NEWNET).map_err(sys("unshare network namespace"))?,
     }
-    unshare(flags).map_err(sys("unshare namespaces"))?;
+    loopback_up()?;
+    // What CAP_NET_BIND_SERVICE and CAP_NET_RAW gave root inside before
+    // user namespaces: low ports and ping (Docker sets the same).
+    for (key, value) in [
+        ("net/ipv4/ip_unprivileged_port_start", "0"),
+        ("net/ipv4/ping_group_range", "0 2147483647"),
+    ] {
+        std::fs::write(format!("/proc/sys/{key}"), value).map_err(io("setting a sysctl"))?;
+    }
+
+    // Host-side preparation in a mount namespace of our own (still owned by
+    // the host's user namespace): the disk, the idmapped layers, /sys.
+    unshare(CloneFlags::CLONE_NEWNS).map_err(sys("unshare mount namespace"))?;
+    make_private()?;
+    let root = &req.dirs.root;
+    let root_dir = open_dir_nofollow(root)?;
+    nix::unistd::fchdir(&root_dir).map_err(sys("entering the sandbox directory"))?;
+    mounts::prepare_host_side()?;
+    let listener = bind_toolbox_socket()?;
+    let userns = crate::userns::create_userns(&req.uids)?;
+    let disk = crate::userns::idmap_clone(Path::new(spec::DISK_DIR), &userns, false)?;
+    crate::userns::attach(&disk, Path::new(spec::DISK_DIR))?;
+    let lower = crate::userns::idmap_clone(&req.spec.image_rootfs, &userns, true)?;
+    crate::userns::attach(&lower, Path::new(spec::LOWER_DIR))?;
+    let exe = std::fs::File::open(&req.daemon_exe).map_err(io("opening the daemon"))?;
+    let config = config_memfd(&req.daemon_config)?;
+    // Join the sandbox's cgroups only now: the disk's loop device had to be
+    // opened before the devices whitelist applies. "0" is the writer itself.
+    for procs in &req.cgroup_procs {
+        std::fs::write(procs, "0").map_err(io("joining the sandbox cgroup"))?;
+    }
+
+    // Into the sandbox's user namespace: from here on we are its root, an
+    // unprivileged uid on the host. Everything it owns is created here.
+    nix::sched::setns(&userns, CloneFlags::CLONE_NEWUSER)
+        .map_err(sys("joining the user namespace"))?;
+    drop(userns);
+    nix::unistd::setgroups(&[]).map_err(sys("setgroups"))?;
+    let zero_g = nix::unistd::Gid::from_raw(0);
+    let zero_u = nix::unistd::Uid::from_raw(0);
+    nix::unistd::setresgid(zero_g, zero_g, zero_g).map_err(sys("setresgid"))?;
+    nix::unistd::setresuid(zero_u, zero_u, zero_u).map_err(sys("setresuid"))?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWPID,
+    )
+    .map_err(sys("unshare namespaces"))?;
     // SAFETY: this helper is single-threaded (the binary dispatches here
     // before starting any runtime), so the child may run arbitrary code.
     match unsafe { fork() }.map_err(sys("fork sandbox init"))? {
@@ -121,8 +173,113 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
             // SAFETY: see init_main; the helper's job is done.
             unsafe { libc::_exit(0) }
         }
-        ForkResult::Child => sandbox_pid1(&req, last_cap),
+        ForkResult::Child => sandbox_pid1(
+            &req,
+            last_cap,
+            Fds {
+                exe,
+                config,
+                listener,
+            },
+        ),
     }
+}
+
+/// Descriptors PID 1 hands to the daemon.
+struct Fds {
+    exe: std::fs::File,
+    config: OwnedFd,
+    listener: OwnedFd,
+}
+
+/// The daemon (and only it) is exempt from the OOM killer, and nothing it
+/// starts can claim that exemption: a privileged write of 0 to
+/// `oom_score_adj` sets the floor processes may lower themselves to
+/// (`oom_score_adj_min`) to 0; the legacy `oom_adj` interface then drops
+/// our own score to -1000 without moving that floor. Children inherit
+/// both; the daemon raises each child to 0, below which it cannot go back.
+/// Hosts that withhold CAP_SYS_RESOURCE refuse this; the daemon then ranks
+/// its children above itself instead (see atoll-daemon's `oom` handling).
+fn shield_from_oom() {
+    let floor = std::fs::write("/proc/self/oom_score_adj", "0");
+    let shield = floor.and_then(|()| std::fs::write("/proc/self/oom_adj", "-17"));
+    if let Err(e) = shield {
+        eprintln!("atoll-sandbox-init: cannot lower the daemon's oom_score_adj ({e}); relying on children's higher score");
+    }
+}
+
+fn make_private() -> Result<(), InitError> {
+    use nix::mount::{mount, MsFlags};
+    // Nothing we mount may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(sys("making / private"))
+}
+
+/// Opens a host directory of the runner's own, refusing a symlink.
+fn open_dir_nofollow(path: &Path) -> Result<OwnedFd, InitError> {
+    nix::fcntl::open(
+        path,
+        nix::fcntl::OFlag::O_DIRECTORY
+            | nix::fcntl::OFlag::O_NOFOLLOW
+            | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(sys("opening the sandbox directory"))
+}
+
+/// Binds the toolbox socket at `toolbox.sock` in the current directory (the
+/// sandbox's host directory, out of the sandbox's reach). The name is bound
+/// relative, so the socket's address names no host path; the daemon calls
+/// `listen`, which makes it the peer every client sees (`SO_PEERCRED`).
+fn bind_toolbox_socket() -> Result<OwnedFd, InitError> {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    match nix::unistd::unlink(spec::SOCKET_NAME) {
+        Ok(()) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(sys("removing a stale toolbox socket")(e)),
+    }
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys("creating the toolbox socket"))?;
+    let addr = UnixAddr::new(spec::SOCKET_NAME).map_err(sys("toolbox socket address"))?;
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = bind(fd.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    bound.map_err(sys("binding the toolbox socket"))?;
+    Ok(fd)
+}
+
+/// The daemon's configuration in a sealed memfd: nothing on any
+/// filesystem for the sandbox to replace.
+fn config_memfd(cfg: &spec::DaemonConfig) -> Result<OwnedFd, InitError> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        "atoll-daemon-config",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(sys("memfd for the daemon config"))?;
+    let mut f = std::fs::File::from(fd);
+    let body = serde_json::to_vec(cfg).map_err(|e| InitError::Request(e.to_string()))?;
+    f.write_all(&body)
+        .map_err(io("writing the daemon config"))?;
+    std::io::Seek::rewind(&mut f).map_err(io("writing the daemon config"))?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io("sealing the daemon config")(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(OwnedFd::from(f))
 }
 
 /// stdin from /dev/null; stdout joins stderr (the sandbox log).
@@ -140,44 +297,19 @@ fn redirect_stdio() -> Result<(), InitError> {
     Ok(())
 }
 
-fn sandbox_pid1(req: &InitRequest, last_cap: u32) -> Result<Never, InitError> {
-    use nix::mount::{mount, MsFlags};
-    // Nothing we mount may propagate back to the host.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(sys("making / private"))?;
-    let d = &req.dirs;
-    let ops = mounts::plan(&PlanInput {
-        rootfs: &d.rootfs,
-        disk_image: &d.disk_image,
-        disk_mount: &d.disk_mount,
-        lower: &req.spec.image_rootfs,
-        upper: &d.upper,
-        work: &d.work,
-        run_dir: &d.run,
-        daemon_exe: &req.daemon_exe,
-        etc_hostname: &d.etc_hostname(),
-        etc_hosts: &d.etc_hosts(),
-        etc_resolv_conf: &d.etc_resolv_conf(),
-    });
+fn sandbox_pid1(req: &InitRequest, last_cap: u32, fds: Fds) -> Result<Never, InitError> {
+    // We are root of the sandbox's user namespace, in a mount namespace it
+    // owns, with the cwd at the sandbox's host directory.
+    let ops = mounts::plan();
     mounts::execute(&ops)?;
-    // Join the sandbox's cgroups only now: the disk's loop device had to be
-    // opened before the devices whitelist applies. "0" is the writer itself.
-    for procs in &req.cgroup_procs {
-        std::fs::write(procs, "0").map_err(io("joining the sandbox cgroup"))?;
-    }
     // A cgroup namespace rooted at the sandbox's own cgroup.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare cgroup namespace"))?;
     nix::unistd::sethostname(&req.spec.hostname).map_err(sys("sethostname"))?;
-    pivot_into(&d.rootfs)?;
-    loopback_up()?;
+    pivot_into(Path::new(spec::ROOTFS_DIR))?;
+    req.etc.write();
     raise_nofile_soft_limit();
-    // Every descriptor we still hold must not leak into the sandbox.
+    // Every descriptor we still hold must not leak into the sandbox; the
+    // two the daemon needs are handed over explicitly below.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.
     unsafe {
         libc::syscall(
@@ -187,13 +319,21 @@ fn sandbox_pid1(req: &InitRequest, last_cap: u32) -> Result<Never, InitError> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
+    for fd in [fds.config.as_raw_fd(), fds.listener.as_raw_fd()] {
+        // SAFETY: clears FD_CLOEXEC on a descriptor we own.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
+            return Err(io("passing a descriptor to the daemon")(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     let programs = seccomp::sandbox_programs()?;
     caps::restrict_bounding_set(last_cap)?;
     for p in &programs {
         seccomp::install(p)?;
     }
     caps::set_process_caps()?;
-    exec_daemon()
+    exec_daemon(&fds)
 }
 
 /// Raises the open-files soft limit to 65536 (or the hard limit if lower);
@@ -282,21 +422,33 @@ fn detach_host_log() -> Result<(), InitError> {
     Ok(())
 }
 
-fn exec_daemon() -> Result<Never, InitError> {
+fn exec_daemon(fds: &Fds) -> Result<Never, InitError> {
     detach_host_log()?;
-    let path =
-        CString::new(spec::SANDBOX_DAEMON_BIN).map_err(|e| InitError::Request(e.to_string()))?;
     let argv = [CString::new("atoll-daemon").map_err(|e| InitError::Request(e.to_string()))?];
     let env: Vec<CString> = [
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
-        format!("ATOLL_DAEMON_CONFIG={}", spec::SANDBOX_DAEMON_CONFIG),
+        format!("{}={}", spec::DAEMON_CONFIG_FD_ENV, fds.config.as_raw_fd()),
+        format!(
+            "{}={}",
+            spec::DAEMON_LISTEN_FD_ENV,
+            fds.listener.as_raw_fd()
+        ),
         "LANG=C.UTF-8".to_string(),
         "HOME=/root".to_string(),
     ]
     .into_iter()
     .filter_map(|s| CString::new(s).ok())
     .collect();
-    let err = nix::unistd::execve(&path, &argv, &env).map_err(sys("exec atoll-daemon"));
+    // From the descriptor the runner gave us: no path inside names the
+    // daemon, and nothing inside can write to it (CVE-2019-5736).
+    let err = nix::unistd::execveat(
+        &fds.exe,
+        c"",
+        &argv,
+        &env,
+        nix::fcntl::AtFlags::AT_EMPTY_PATH,
+    )
+    .map_err(sys("exec atoll-daemon"));
     match err {
         Ok(never) => match never {},
         Err(e) => Err(e),

@@ -41,6 +41,12 @@ pub struct Entry {
     /// The sandbox's address, host-side veth and network policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net: Option<crate::network::Lease>,
+    /// The sandbox's slice of host uids (held while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uids: Option<crate::userns::UidRange>,
+    /// Inode of its pid namespace: a toolbox peer must live in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_ns: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +160,8 @@ mod tests {
             start_time: process_start_time(me),
             updated_at_ms: 1,
             net: None,
+            uids: None,
+            pid_ns: None,
         };
         j.write(&e).unwrap();
         assert_eq!(j.get("a"), Some(e.clone()));

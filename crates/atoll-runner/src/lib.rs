@@ -3,7 +3,8 @@
 //!
 //! Layout mirrors a sandbox's parts: `spec` (the plan as data), `init` (the
 //! privileged helper that builds the sandbox and execs the daemon as PID 1),
-//! `mounts`, `network` (veth slots, addresses and the nftables policy, over
+//! `mounts`, `userns` (per-sandbox uid slices, idmapped mounts), `etc`,
+//! `safe_fs` (opening beneath a directory without following links), `network` (veth slots, addresses and the nftables policy, over
 //! `netlink`), `caps`, `seccomp`, `cgroup`, `journal` (what is running, so a
 //! restarted runner re-adopts it), `image` (the content-addressed image
 //! store) and `runtime` (the `Runtime` trait and `NamespaceRuntime`).
@@ -12,6 +13,7 @@ pub mod archive;
 pub mod caps;
 pub mod cgroup;
 pub mod disk;
+pub mod etc;
 pub mod image;
 pub mod init;
 pub mod journal;
@@ -19,8 +21,10 @@ pub mod mounts;
 pub mod netlink;
 pub mod network;
 pub mod runtime;
+pub mod safe_fs;
 pub mod seccomp;
 pub mod spec;
+pub mod userns;
 
 pub use runtime::{NamespaceRuntime, Observed, Runtime, RuntimeConfig, RuntimeError};
 pub use spec::{Limits, SandboxSpec};

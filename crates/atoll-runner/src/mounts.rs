@@ -1,8 +1,20 @@
 //! The sandbox's filesystem as a plan of mount operations (data first, so it
-//! can be printed and unit-tested), and its execution inside the sandbox's
-//! own mount namespace: overlay root, `/proc` with masked and read-only
-//! paths, a minimal `/dev`, read-only `/sys`, and `/.atoll` (the read-only
-//! daemon binary plus its socket directory).
+//! can be printed and unit-tested), and its execution.
+//!
+//! Two stages, both with the cwd at the sandbox's host directory and every
+//! path relative to it (so no mount option the sandbox can read in
+//! `/proc/self/mountinfo` names a host path):
+//! - [`prepare_host_side`], as host root in the helper's own mount
+//!   namespace: the loop-mounted disk with its `upper` and `work` dirs, and
+//!   a read-only sysfs of the sandbox's network namespace (a user namespace
+//!   that does not own that namespace cannot mount one);
+//! - [`plan`] + [`execute`], as root of the sandbox's user namespace in the
+//!   mount namespace it owns: the overlay root over the idmapped image and
+//!   disk, `/proc` with masked and read-only paths, a minimal `/dev` (bind
+//!   mounts of the host's harmless devices: a user namespace cannot
+//!   `mknod`), read-only `/sys` with block devices and firmware masked.
+//!
+//! Nothing host-backed is writable inside except the sandbox's own disk.
 
 use nix::mount::{mount, MsFlags};
 use std::os::unix::fs::{symlink, DirBuilderExt, OpenOptionsExt};
@@ -82,7 +94,7 @@ pub enum MountOp {
     },
 }
 
-/// `/proc` entries hidden behind `/dev/null` (SECURITY.md item 4).
+/// `/proc` entries hidden behind `/dev/null` (SECURITY.md items 4 and 25).
 pub const MASKED_PROC_FILES: &[&str] = &[
     "kcore",
     "keys",
@@ -90,76 +102,83 @@ pub const MASKED_PROC_FILES: &[&str] = &[
     "sched_debug",
     "latency_stats",
     "timer_stats",
+    "kpageflags",
+    "kpagecount",
+    "kpagecgroup",
 ];
-/// `/proc` and `/sys` directories replaced by an empty read-only tmpfs.
-pub const MASKED_DIRS: &[&str] = &["proc/acpi", "proc/scsi", "sys/firmware"];
+/// `/proc` and `/sys` directories replaced by an empty read-only tmpfs:
+/// Docker's set, plus every sysfs view of block devices (a loop device's
+/// `backing_file` names a host path and another sandbox's id).
+pub const MASKED_DIRS: &[&str] = &[
+    "proc/acpi",
+    "proc/asound",
+    "proc/scsi",
+    "sys/firmware",
+    "sys/block",
+    "sys/class/block",
+    "sys/dev/block",
+    "sys/devices/virtual/block",
+    "sys/devices/virtual/powercap",
+];
 /// `/proc` entries made read-only (SECURITY.md item 5).
 pub const READONLY_PROC: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
 
-/// Character devices in `/dev`: (name, major, minor).
-pub const DEVICES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+/// Devices in `/dev`, bound from the host's (SECURITY.md item 6).
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
-pub struct PlanInput<'a> {
-    pub rootfs: &'a Path,
-    /// The sandbox's disk image and its mount point; `upper` and `work`
-    /// are directories on it.
-    pub disk_image: &'a Path,
-    pub disk_mount: &'a Path,
-    pub lower: &'a Path,
-    pub upper: &'a Path,
-    pub work: &'a Path,
-    pub run_dir: &'a Path,
-    pub daemon_exe: &'a Path,
-    /// Host files bind-mounted over `/etc/hostname` and `/etc/hosts`.
-    pub etc_hostname: &'a Path,
-    pub etc_hosts: &'a Path,
-    pub etc_resolv_conf: &'a Path,
+/// Host-side preparation, as host root with the cwd at the sandbox's
+/// directory: mount points, the disk with `upper` and `work`, and `sysfs`.
+pub fn prepare_host_side() -> Result<(), MountError> {
+    use crate::spec::{DISK_DIR, DISK_IMAGE, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
+    let d = |p: &str| PathBuf::from(p);
+    let mut ops = Vec::new();
+    for dir in [DISK_DIR, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR] {
+        ops.push(MountOp::Mkdir {
+            path: d(dir),
+            mode: 0o755,
+        });
+        ops.push(MountOp::RequireDir { path: d(dir) });
+    }
+    ops.push(MountOp::LoopMount {
+        image: d(DISK_IMAGE),
+        target: d(DISK_DIR),
+    });
+    for (dir, mode) in [("upper", 0o755), ("work", 0o700)] {
+        let p = d(DISK_DIR).join(dir);
+        ops.push(MountOp::Mkdir {
+            path: p.clone(),
+            mode,
+        });
+        ops.push(MountOp::RequireDir { path: p });
+    }
+    ops.push(MountOp::Mount {
+        source: "sysfs".into(),
+        target: d(SYSFS_DIR),
+        fstype: "sysfs".into(),
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        data: None,
+    });
+    execute(&ops)
 }
 
-/// Builds the mount plan for one sandbox; every target is under `rootfs`.
-pub fn plan(i: &PlanInput<'_>) -> Vec<MountOp> {
-    let r = |p: &str| i.rootfs.join(p);
+/// Builds the mount plan PID 1 runs in the sandbox's user namespace;
+/// every target is under `rootfs`.
+pub fn plan() -> Vec<MountOp> {
+    use crate::spec::{DISK_DIR, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
+    let rootfs = Path::new(ROOTFS_DIR);
+    let r = |p: &str| rootfs.join(p);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    let mut ops = vec![
-        MountOp::LoopMount {
-            image: i.disk_image.into(),
-            target: i.disk_mount.into(),
-        },
-        MountOp::Mkdir {
-            path: i.upper.into(),
-            mode: 0o755,
-        },
-        MountOp::RequireDir {
-            path: i.upper.into(),
-        },
-        MountOp::Mkdir {
-            path: i.work.into(),
-            mode: 0o700,
-        },
-        MountOp::RequireDir {
-            path: i.work.into(),
-        },
-    ];
-    ops.push(MountOp::Mount {
+    let mut ops = vec![MountOp::Mount {
         source: "overlay".into(),
-        target: i.rootfs.into(),
+        target: rootfs.into(),
         fstype: "overlay".into(),
         flags: MsFlags::empty(),
+        // user.overlay.* xattrs: the mounter is root of a user namespace.
         data: Some(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            i.lower.display(),
-            i.upper.display(),
-            i.work.display()
+            "lowerdir={LOWER_DIR},upperdir={DISK_DIR}/upper,workdir={DISK_DIR}/work,userxattr"
         )),
-    });
-    for d in ["proc", "dev", "sys", "tmp", ".atoll"] {
+    }];
+    for d in ["proc", "dev", "sys", "tmp"] {
         ops.push(MountOp::Mkdir {
             path: r(d),
             mode: 0o755,
@@ -186,11 +205,15 @@ pub fn plan(i: &PlanInput<'_>) -> Vec<MountOp> {
         flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         data: Some("mode=755,size=65536k".into()),
     });
-    for (name, major, minor) in DEVICES {
-        ops.push(MountOp::CharDevice {
+    for name in DEVICES {
+        ops.push(MountOp::Touch {
             path: r("dev").join(name),
-            major: *major,
-            minor: *minor,
+        });
+        ops.push(MountOp::Bind {
+            source: Path::new("/dev").join(name),
+            target: r("dev").join(name),
+            readonly: false,
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
         });
     }
     for d in ["pts", "shm"] {
@@ -225,13 +248,13 @@ pub fn plan(i: &PlanInput<'_>) -> Vec<MountOp> {
             link: r("dev").join(link),
         });
     }
-    // Read-only /sys of the sandbox's own network namespace.
-    ops.push(MountOp::Mount {
-        source: "sysfs".into(),
+    // Read-only /sys of the sandbox's own network namespace, mounted by
+    // the helper before it entered the user namespace.
+    ops.push(MountOp::Bind {
+        source: SYSFS_DIR.into(),
         target: r("sys"),
-        fstype: "sysfs".into(),
-        flags: nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
-        data: None,
+        readonly: true,
+        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
     });
     for f in MASKED_PROC_FILES {
         // Not nodev: the mask must stay openable (it reads as empty).
@@ -252,54 +275,6 @@ pub fn plan(i: &PlanInput<'_>) -> Vec<MountOp> {
             target,
             readonly: true,
             flags: nosuid_nodev | MsFlags::MS_NOEXEC,
-        });
-    }
-    // /.atoll: a tmpfs holding the daemon binary (read-only bind) and the
-    // run dir (the socket), then itself made read-only.
-    ops.push(MountOp::Mount {
-        source: "tmpfs".into(),
-        target: r(".atoll"),
-        fstype: "tmpfs".into(),
-        flags: nosuid_nodev,
-        data: Some("mode=755,size=64k".into()),
-    });
-    ops.push(MountOp::Touch {
-        path: r(".atoll/atoll-daemon"),
-    });
-    ops.push(MountOp::Bind {
-        source: i.daemon_exe.into(),
-        target: r(".atoll/atoll-daemon"),
-        readonly: true,
-        flags: nosuid_nodev,
-    });
-    ops.push(MountOp::Mkdir {
-        path: r(".atoll/run"),
-        mode: 0o700,
-    });
-    ops.push(MountOp::Bind {
-        source: i.run_dir.into(),
-        target: r(".atoll/run"),
-        readonly: false,
-        flags: nosuid_nodev | MsFlags::MS_NOEXEC,
-    });
-    ops.push(MountOp::RemountReadonly {
-        target: r(".atoll"),
-        flags: nosuid_nodev,
-    });
-    // The sandbox's own hostname and hosts file (so `sudo` can resolve
-    // it), and the resolvers it may use.
-    ops.push(MountOp::RequireDir { path: r("etc") });
-    for (source, name) in [
-        (i.etc_hostname, "etc/hostname"),
-        (i.etc_hosts, "etc/hosts"),
-        (i.etc_resolv_conf, "etc/resolv.conf"),
-    ] {
-        ops.push(MountOp::Touch { path: r(name) });
-        ops.push(MountOp::Bind {
-            source: source.into(),
-            target: r(name),
-            readonly: false,
-            flags: nosuid_nodev,
         });
     }
     ops
@@ -494,95 +469,100 @@ pub fn execute(ops: &[MountOp]) -> Result<(), MountError> {
 mod tests {
     use super::*;
 
-    fn sample() -> Vec<MountOp> {
-        plan(&PlanInput {
-            rootfs: Path::new("/d/sb/1/rootfs"),
-            disk_image: Path::new("/d/sb/1/disk.img"),
-            disk_mount: Path::new("/d/sb/1/disk"),
-            lower: Path::new("/d/images/layers/sha256-aa"),
-            upper: Path::new("/d/sb/1/disk/upper"),
-            work: Path::new("/d/sb/1/disk/work"),
-            run_dir: Path::new("/d/sb/1/run"),
-            daemon_exe: Path::new("/usr/bin/atoll"),
-            etc_hostname: Path::new("/d/sb/1/etc/hostname"),
-            etc_hosts: Path::new("/d/sb/1/etc/hosts"),
-            etc_resolv_conf: Path::new("/d/sb/1/etc/resolv.conf"),
-        })
-    }
-
-    fn target(op: &MountOp) -> Option<&Path> {
+    fn target(op: &MountOp) -> &Path {
         match op {
             MountOp::Mount { target, .. }
             | MountOp::Bind { target, .. }
             | MountOp::MaskDir { target }
             | MountOp::LoopMount { target, .. }
-            | MountOp::RemountReadonly { target, .. } => Some(target),
+            | MountOp::RemountReadonly { target, .. } => target,
             MountOp::Mkdir { path, .. }
             | MountOp::Touch { path }
             | MountOp::CharDevice { path, .. }
             | MountOp::Chmod { path, .. }
-            | MountOp::RequireDir { path } => Some(path),
-            MountOp::Symlink { link, .. } => Some(link),
+            | MountOp::RequireDir { path } => path,
+            MountOp::Symlink { link, .. } => link,
         }
     }
 
     #[test]
-    fn every_target_is_inside_the_rootfs_or_the_sandbox_disk() {
-        let ops = sample();
-        assert_eq!(
-            ops[0],
-            MountOp::LoopMount {
-                image: "/d/sb/1/disk.img".into(),
-                target: "/d/sb/1/disk".into()
-            },
-            "the disk is mounted before anything is created on it"
-        );
-        for op in ops {
-            let t = target(&op).unwrap();
-            assert!(
-                t.starts_with("/d/sb/1/rootfs") || t.starts_with("/d/sb/1/disk"),
-                "{op:?}"
-            );
+    fn every_target_is_relative_and_inside_the_rootfs() {
+        for op in plan() {
+            let t = target(&op);
+            assert!(t.is_relative() && t.starts_with("rootfs"), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn no_mount_option_names_a_host_path() {
+        for op in plan() {
+            if let MountOp::Mount { data: Some(d), .. } = &op {
+                assert!(!d.contains('/') || !d.contains("=/"), "{op:?}");
+            }
+            if let MountOp::Bind { source, .. } = &op {
+                let host_dev = source.starts_with("/dev/");
+                assert!(source.is_relative() || host_dev, "{op:?}");
+            }
         }
     }
 
     #[test]
     fn mount_targets_are_checked_before_they_are_used() {
-        let ops = sample();
-        for d in ["proc", "dev", "sys", ".atoll"] {
-            let p = Path::new("/d/sb/1/rootfs").join(d);
+        let ops = plan();
+        for d in ["proc", "dev", "sys"] {
+            let p = Path::new("rootfs").join(d);
             let check = ops
                 .iter()
                 .position(|o| *o == MountOp::RequireDir { path: p.clone() });
-            let used = ops
-                .iter()
-                .position(|o| matches!(o, MountOp::Mount { target, .. } if *target == p));
+            let used = ops.iter().position(|o| {
+                target(o) == p && !matches!(o, MountOp::Mkdir { .. } | MountOp::RequireDir { .. })
+            });
             assert!(check.unwrap() < used.unwrap(), "{d}");
         }
     }
 
     #[test]
-    fn daemon_binary_is_read_only_and_masks_are_present() {
-        let ops = sample();
-        assert!(ops.iter().any(|o| matches!(o,
-            MountOp::Bind { target, readonly: true, .. } if target.ends_with(".atoll/atoll-daemon"))));
-        for f in ["kcore", "keys", "timer_list", "sched_debug"] {
+    fn masks_cover_host_and_tenant_information() {
+        let ops = plan();
+        for f in [
+            "kcore",
+            "keys",
+            "timer_list",
+            "sched_debug",
+            "kpageflags",
+            "kpagecount",
+        ] {
             assert!(ops.iter().any(|o| matches!(o,
                 MountOp::Bind { source, target, readonly: true, .. }
-                    if source.ends_with("dev/null") && target.ends_with(Path::new("proc").join(f)))));
+                    if source.ends_with("dev/null") && target.ends_with(Path::new("proc").join(f)))), "{f}");
+        }
+        for d in [
+            "sys/block",
+            "sys/class/block",
+            "sys/devices/virtual/block",
+            "sys/devices/virtual/powercap",
+            "proc/asound",
+        ] {
+            assert!(
+                ops.contains(&MountOp::MaskDir {
+                    target: Path::new("rootfs").join(d)
+                }),
+                "{d}"
+            );
         }
         assert!(ops.iter().any(|o| matches!(o,
-            MountOp::Mount { target, flags, .. } if target.ends_with("sys") && flags.contains(MsFlags::MS_RDONLY))));
-        // the only device nodes are the harmless ones
+            MountOp::Bind { target, readonly: true, .. } if target.ends_with("sys"))));
+        // the only devices are the harmless ones, bound from the host
         let devs: Vec<_> = ops
             .iter()
             .filter_map(|o| match o {
-                MountOp::CharDevice { path, .. } => {
-                    path.file_name().map(|n| n.to_string_lossy().to_string())
+                MountOp::Bind { source, .. } if source.starts_with("/dev") => {
+                    source.file_name().map(|n| n.to_string_lossy().to_string())
                 }
                 _ => None,
             })
             .collect();
         assert_eq!(devs, ["null", "zero", "full", "random", "urandom", "tty"]);
+        assert!(!ops.iter().any(|o| matches!(o, MountOp::CharDevice { .. })));
     }
 }

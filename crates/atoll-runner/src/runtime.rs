@@ -9,6 +9,7 @@ use crate::spec::{self, DaemonConfig, InitRequest, SandboxDirs, SandboxSpec};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -64,6 +65,41 @@ pub struct Handle {
     pub socket: PathBuf,
 }
 
+/// Who may answer on a sandbox's toolbox socket: a process of that
+/// sandbox (its slice of host uids, its pid namespace). Checked with
+/// `SO_PEERCRED` on every new connection, so even a socket swapped behind
+/// the runner's back never carries one tenant's request to another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolboxPeer {
+    pub uids: crate::userns::UidRange,
+    pub pid_ns: u64,
+}
+
+impl ToolboxPeer {
+    /// Checks the peer of a connected unix stream.
+    pub fn verify(&self, stream: &impl std::os::fd::AsFd) -> std::io::Result<()> {
+        let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
+            .map_err(std::io::Error::from)?;
+        let refuse = |why: String| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("toolbox peer refused: {why}"),
+            ))
+        };
+        if !self.uids.contains(cred.uid()) {
+            return refuse(format!("uid {} is not the sandbox's", cred.uid()));
+        }
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::metadata(format!("/proc/{}/ns/pid", cred.pid()))
+            .map(|m| m.ino())
+            .ok();
+        if ns != Some(self.pid_ns) {
+            return refuse(format!("pid {} is not in the sandbox", cred.pid()));
+        }
+        Ok(())
+    }
+}
+
 /// Everything the control plane asks of a sandbox backend.
 pub trait Runtime: Send + Sync {
     /// Starts the sandbox (first start or restart over its kept upper dir).
@@ -79,6 +115,9 @@ pub trait Runtime: Send + Sync {
     fn observe(&self) -> Vec<Observed>;
     /// The toolbox socket of a sandbox, on the host.
     fn socket(&self, id: &str) -> PathBuf;
+    /// Who must be at the other end of that socket (`None`: the sandbox
+    /// is not running, so nobody may be).
+    fn toolbox_peer(&self, id: &str) -> Option<ToolboxPeer>;
     /// Memory charged to the sandbox, in bytes.
     fn memory_usage(&self, id: &str) -> Option<u64>;
     /// Packs a stopped sandbox's disk into the archive store, freeing it.
@@ -124,7 +163,13 @@ pub struct RuntimeConfig {
     pub pooled_disk_bytes: u64,
     /// The sandbox network; `None` leaves sandboxes with loopback only.
     pub network: Option<NetworkConfig>,
+    /// The host-wide registry of uid slices (shared by every runner on
+    /// the host; on a tmpfs, as sandboxes do not outlive a reboot).
+    pub uid_slots_dir: PathBuf,
 }
+
+/// Where runners on this host register sandboxes' uid slices.
+pub const DEFAULT_UID_SLOTS_DIR: &str = "/run/atoll/uids";
 
 pub struct NamespaceRuntime {
     cfg: RuntimeConfig,
@@ -134,6 +179,11 @@ pub struct NamespaceRuntime {
     cgroups: Cgroups,
     journal: Journal,
     network: Option<Network>,
+    uid_slots: crate::userns::UidSlots,
+    /// A sealed in-memory copy of the daemon, exec'd by every sandbox.
+    daemon: std::fs::File,
+    /// Toolbox peers of running sandboxes (rebuilt from the journal).
+    peers: std::sync::Mutex<std::collections::HashMap<String, ToolboxPeer>>,
     instance: String,
 }
 
@@ -175,9 +225,20 @@ impl NamespaceRuntime {
         let disk_pool = crate::disk::DiskPoolFiller::start(disks.clone(), cfg.pooled_disk_bytes, 4);
         let archives =
             crate::archive::ArchiveStore::open_with(&cfg.archive_dir, cfg.archive_url.as_deref())?;
+        let uid_slots =
+            crate::userns::UidSlots::open(&cfg.uid_slots_dir, &instance).map_err(|e| {
+                RuntimeError::Spawn {
+                    id: String::new(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let daemon = sealed_copy(&cfg.daemon_exe).map_err(io("copying", &cfg.daemon_exe))?;
         Ok(NamespaceRuntime {
             cfg,
             archives,
+            uid_slots,
+            daemon,
+            peers: Default::default(),
             disks,
             disk_pool,
             cgroups,
@@ -209,9 +270,19 @@ impl NamespaceRuntime {
     }
 
     fn spawn_failed(&self, id: &str, reason: String) -> RuntimeError {
-        let lease = self.journal.get(id).and_then(|e| e.net);
-        self.release_lease(lease.as_ref());
+        let entry = self.journal.get(id);
+        if let Some(e) = &entry {
+            if let Some(pid) = e.pid.filter(|_| journal::is_alive(e)) {
+                // SAFETY: `is_alive` just matched pid and start time.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        self.release_lease(entry.as_ref().and_then(|e| e.net.as_ref()));
         let _ = self.cgroups.remove(id);
+        if let Some(u) = entry.as_ref().and_then(|e| e.uids) {
+            self.uid_slots.release(&u, id);
+        }
+        self.forget_peer(id);
         let _ = self.journal.remove(id);
         RuntimeError::Spawn {
             id: id.into(),
@@ -233,14 +304,49 @@ impl NamespaceRuntime {
         }
         atoll_types::failpoint::hit("runtime.stop.after_kill");
         self.cgroups.remove(id)?;
+        self.forget_peer(id);
         if let Ok(d) = self.dirs(id) {
             let _ = std::fs::remove_file(d.socket());
             sync_fs(&d.root);
+        }
+        if let Some(u) = entry.as_ref().and_then(|e| e.uids) {
+            // Only now: its cgroup is gone, so no process holds the slice.
+            self.uid_slots.release(&u, id);
         }
         self.release_lease(entry.and_then(|e| e.net).as_ref());
         self.journal.remove(id)?;
         Ok(())
     }
+
+    fn forget_peer(&self, id: &str) {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+}
+
+/// A read-only descriptor of a sealed memfd copy of `exe`: the daemon
+/// every sandbox execs. Sealed, nothing can change it (CVE-2019-5736), and
+/// exec'ing it by descriptor leaves no host path in any sandbox.
+fn sealed_copy(exe: &Path) -> std::io::Result<std::fs::File> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let fd = memfd_create(
+        "atoll-daemon",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .map_err(std::io::Error::from)?;
+    let mut copy = std::fs::File::from(fd);
+    let mut src = std::fs::File::open(exe)?;
+    std::io::copy(&mut src, &mut copy)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
+    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // exec refuses a file open for writing: keep a read-only descriptor
+    // (close-on-exec, as std opens everything).
+    std::fs::File::open(format!("/proc/self/fd/{}", copy.as_raw_fd()))
 }
 
 /// Flushes the filesystem holding `path` so a stop survives a host crash.
@@ -266,12 +372,18 @@ impl Runtime for NamespaceRuntime {
             self.cleanup(id)?;
         }
         let t0 = Instant::now();
-        for d in [&dirs.disk_mount, &dirs.rootfs, &dirs.run] {
-            std::fs::create_dir_all(d).map_err(io("creating", d))?;
+        // The sandbox's host directory: the runner's alone (nothing in it
+        // is visible inside the sandbox).
+        match std::fs::DirBuilder::new().mode(0o711).create(&dirs.root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io("creating", &dirs.root)(e)),
         }
-        let had_disk = dirs.disk_image.exists();
+        let root_fd = crate::safe_fs::open_dir(&dirs.root).map_err(io("opening", &dirs.root))?;
+        let disk_image = dirs.disk_image();
+        let had_disk = disk_image.exists();
         self.disks
-            .provision(&dirs.disk_image, spec.disk_bytes)
+            .provision(&disk_image, spec.disk_bytes)
             .map_err(|e| RuntimeError::Spawn {
                 id: id.into(),
                 reason: e.to_string(),
@@ -279,33 +391,12 @@ impl Runtime for NamespaceRuntime {
         if !had_disk {
             self.disk_pool.taken();
         }
-        let _ = std::fs::remove_file(dirs.socket());
-        let etc = dirs.root.join("etc");
-        std::fs::create_dir_all(&etc).map_err(io("creating", &etc))?;
-        let host = &spec.hostname;
-        std::fs::write(dirs.etc_hostname(), format!("{host}\n")).map_err(io("writing", &etc))?;
-        std::fs::write(
-            dirs.etc_hosts(),
-            format!("127.0.0.1\tlocalhost\n127.0.1.1\t{host}\n::1\tlocalhost ip6-localhost ip6-loopback\n"),
-        )
-        .map_err(io("writing", &etc))?;
-        std::fs::write(
-            dirs.etc_resolv_conf(),
-            crate::network::sandbox_resolv_conf(),
-        )
-        .map_err(io("writing", &etc))?;
-        let daemon_cfg = DaemonConfig {
-            socket: spec::SANDBOX_SOCKET.into(),
+        let daemon_config = DaemonConfig {
+            socket: None,
             user: spec.user.clone(),
             env: spec.env.clone(),
             work_dir: None,
         };
-        let cfg_path = dirs.run.join("daemon.json");
-        std::fs::write(
-            &cfg_path,
-            serde_json::to_vec(&daemon_cfg).unwrap_or_default(),
-        )
-        .map_err(io("writing", &cfg_path))?;
 
         let slot = match &self.network {
             Some(n) => Some(n.take()?),
@@ -316,15 +407,17 @@ impl Runtime for NamespaceRuntime {
             host_if: s.host_if.clone(),
             policy: spec.network.clone(),
         });
-        let creating = Entry {
+        let mut entry = Entry {
             id: id.into(),
             state: EntryState::Creating,
             pid: None,
             start_time: None,
             updated_at_ms: atoll_types::time::now_millis(),
             net: lease.clone(),
+            uids: None,
+            pid_ns: None,
         };
-        if let Err(e) = self.journal.write(&creating) {
+        if let Err(e) = self.journal.write(&entry) {
             self.release_lease(lease.as_ref());
             return Err(e.into());
         }
@@ -349,19 +442,35 @@ impl Runtime for NamespaceRuntime {
             Err(e) => return Err(self.spawn_failed(id, e.to_string())),
         };
         atoll_types::failpoint::hit("runtime.start.after_cgroup");
+        let uids = match self.uid_slots.reserve(id, &cgroup_procs) {
+            Ok(u) => u,
+            Err(e) => return Err(self.spawn_failed(id, e.to_string())),
+        };
+        entry.uids = Some(uids);
+        if let Err(e) = self.journal.write(&entry) {
+            return Err(self.spawn_failed(id, e.to_string()));
+        }
         let req = InitRequest {
             spec: spec.clone(),
             dirs: dirs.clone(),
-            daemon_exe: self.cfg.daemon_exe.clone(),
+            daemon_exe: PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                self.daemon.as_raw_fd()
+            )),
+            daemon_config,
+            etc: crate::etc::EtcFiles::new(&spec.hostname, crate::network::sandbox_resolv_conf()),
+            uids,
             cgroup_procs,
             netns,
         };
-        let log_path = dirs.root.join("daemon.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(io("opening", &log_path))?;
+        let log = crate::safe_fs::open_file(
+            &root_fd,
+            spec::LOG_NAME,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_APPEND | nix::fcntl::OFlag::O_CREAT,
+            0o600,
+        )
+        .map_err(io("opening", &dirs.log()))?;
         let t_prepared = t0.elapsed();
         let mut child = match Command::new(&self.cfg.helper_exe)
             .arg0("atoll-sandbox-init")
@@ -400,26 +509,40 @@ impl Runtime for NamespaceRuntime {
         }
         let t_spawned = t0.elapsed();
         atoll_types::failpoint::hit("runtime.start.after_spawn");
-        let start_time = journal::process_start_time(pid);
-        self.journal.write(&Entry {
-            id: id.into(),
-            state: EntryState::Running,
-            pid: Some(pid),
-            start_time,
-            updated_at_ms: atoll_types::time::now_millis(),
-            net: lease,
-        })?;
+        use std::os::unix::fs::MetadataExt;
+        entry.state = EntryState::Running;
+        entry.pid = Some(pid);
+        entry.start_time = journal::process_start_time(pid);
+        entry.pid_ns = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+            .map(|m| m.ino())
+            .ok();
+        entry.updated_at_ms = atoll_types::time::now_millis();
+        self.journal.write(&entry)?;
+        let peer = entry.pid_ns.map(|pid_ns| ToolboxPeer { uids, pid_ns });
+        if let Some(p) = peer {
+            self.peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id.into(), p);
+        }
         atoll_types::failpoint::hit("runtime.start.before_ready");
         let socket = dirs.socket();
         let deadline = Instant::now() + self.cfg.ready_timeout;
         loop {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                break;
+            if let Ok(s) = std::os::unix::net::UnixStream::connect(&socket) {
+                match peer.map(|p| p.verify(&s)) {
+                    Some(Ok(())) => break,
+                    Some(Err(e)) => return Err(self.spawn_failed(id, e.to_string())),
+                    None => return Err(self.spawn_failed(id, "the sandbox exited at once".into())),
+                }
             }
             if journal::process_start_time(pid).is_none() {
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                let tail: String = log.lines().rev().take(3).collect::<Vec<_>>().join(" | ");
-                return Err(self.spawn_failed(id, format!("the sandbox daemon exited: {tail}")));
+                // The details (the daemon's own words) stay in the host's
+                // log: they may name host paths.
+                let log = std::fs::read_to_string(dirs.log()).unwrap_or_default();
+                let tail: String = log.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+                tracing::warn!(sandbox = %id, log_tail = %tail, "sandbox daemon exited during start");
+                return Err(self.spawn_failed(id, "the sandbox daemon exited during start".into()));
             }
             if Instant::now() > deadline {
                 let _ = self.cleanup(id);
@@ -516,6 +639,26 @@ impl Runtime for NamespaceRuntime {
         SandboxDirs::new(&self.cfg.sandboxes_dir, id).socket()
     }
 
+    fn toolbox_peer(&self, id: &str) -> Option<ToolboxPeer> {
+        if let Some(p) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
+            return Some(*p);
+        }
+        // Not cached (a restarted runner): the journal knows.
+        let e = self.journal.get(id)?;
+        if e.state != EntryState::Running || !journal::is_alive(&e) {
+            return None;
+        }
+        let peer = ToolboxPeer {
+            uids: e.uids?,
+            pid_ns: e.pid_ns?,
+        };
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.into(), peer);
+        Some(peer)
+    }
+
     fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.memory_usage(id)
     }
@@ -530,13 +673,13 @@ impl Runtime for NamespaceRuntime {
                 });
             }
         }
-        self.archives.archive(id, &dirs.disk_image)?;
+        self.archives.archive(id, &dirs.disk_image())?;
         Ok(())
     }
 
     fn restore(&self, id: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id)?;
-        Ok(self.archives.restore(id, &dirs.disk_image)?)
+        Ok(self.archives.restore(id, &dirs.disk_image())?)
     }
 
     fn is_archived(&self, id: &str) -> bool {
@@ -544,7 +687,7 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn has_disk(&self, id: &str) -> bool {
-        self.dirs(id).is_ok_and(|d| d.disk_image.exists())
+        self.dirs(id).is_ok_and(|d| d.disk_image().exists())
     }
 
     fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {

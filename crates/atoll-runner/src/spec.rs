@@ -17,11 +17,15 @@ pub struct Limits {
     pub pids: u32,
 }
 
-/// What the daemon is told at start (written to `/.atoll/run/daemon.json`).
+/// What the daemon is told at start (through a sealed memfd, see
+/// [`DAEMON_CONFIG_FD_ENV`]).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonConfig {
-    pub socket: PathBuf,
+    /// Where to bind when no socket descriptor is handed over (daemon
+    /// tests); sandboxes get theirs as a descriptor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
     pub user: Option<String>,
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,62 +53,50 @@ pub struct SandboxSpec {
     pub network: crate::network::NetworkPolicy,
 }
 
-/// Where the daemon's unix socket lives inside the sandbox.
-pub const SANDBOX_RUN_DIR: &str = "/.atoll/run";
-pub const SANDBOX_SOCKET: &str = "/.atoll/run/toolbox.sock";
-pub const SANDBOX_DAEMON_BIN: &str = "/.atoll/atoll-daemon";
-pub const SANDBOX_DAEMON_CONFIG: &str = "/.atoll/run/daemon.json";
+/// Environment variables naming the descriptors PID 1 hands the daemon:
+/// its configuration (a sealed memfd of JSON) and its toolbox socket
+/// (bound outside the sandbox, not yet listening).
+pub const DAEMON_CONFIG_FD_ENV: &str = "ATOLL_DAEMON_CONFIG_FD";
+pub const DAEMON_LISTEN_FD_ENV: &str = "ATOLL_DAEMON_LISTEN_FD";
 
-/// Host-side directories of one sandbox, all under the runner's data dir.
+/// Names inside a sandbox's host directory. The init helper works with
+/// its cwd there and uses these relative names, so no mount option or
+/// socket address the sandbox can read names a host path.
+pub const DISK_DIR: &str = "disk";
+pub const LOWER_DIR: &str = "lower";
+pub const ROOTFS_DIR: &str = "rootfs";
+pub const SYSFS_DIR: &str = "sysfs";
+pub const SOCKET_NAME: &str = "toolbox.sock";
+pub const DISK_IMAGE: &str = "disk.img";
+pub const LOG_NAME: &str = "daemon.log";
+
+/// Host-side directory of one sandbox, under the runner's data dir. None
+/// of it is visible inside the sandbox: the sandbox sees its disk only
+/// through the overlay, and its daemon gets socket and config as
+/// descriptors.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SandboxDirs {
     pub root: PathBuf,
-    /// The sandbox's disk: a sparse ext4 image whose size is its quota.
-    pub disk_image: PathBuf,
-    /// Where the disk is mounted (inside the sandbox's mount namespace only).
-    pub disk_mount: PathBuf,
-    /// Overlay upper dir, on the disk: the sandbox's own writes.
-    pub upper: PathBuf,
-    /// Overlay work dir, on the disk.
-    pub work: PathBuf,
-    /// Mount point of the merged root (mounted only inside the sandbox's
-    /// own mount namespace, so nothing appears on the host).
-    pub rootfs: PathBuf,
-    /// Bind-mounted at `/.atoll/run`: the daemon's socket and config.
-    pub run: PathBuf,
 }
 
 impl SandboxDirs {
     pub fn new(sandboxes_dir: &std::path::Path, id: &str) -> SandboxDirs {
-        let root = sandboxes_dir.join(id);
-        let disk_mount = root.join("disk");
         SandboxDirs {
-            disk_image: root.join("disk.img"),
-            upper: disk_mount.join("upper"),
-            work: disk_mount.join("work"),
-            disk_mount,
-            rootfs: root.join("rootfs"),
-            run: root.join("run"),
-            root,
+            root: sandboxes_dir.join(id),
         }
     }
 
-    /// Generated `/etc/hostname` and `/etc/hosts` of the sandbox.
-    pub fn etc_hostname(&self) -> PathBuf {
-        self.root.join("etc").join("hostname")
-    }
-
-    pub fn etc_hosts(&self) -> PathBuf {
-        self.root.join("etc").join("hosts")
-    }
-
-    /// Generated `/etc/resolv.conf`: the host's upstream resolvers.
-    pub fn etc_resolv_conf(&self) -> PathBuf {
-        self.root.join("etc").join("resolv.conf")
+    /// The sandbox's disk: a sparse ext4 image whose size is its quota.
+    pub fn disk_image(&self) -> PathBuf {
+        self.root.join(DISK_IMAGE)
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.run.join("toolbox.sock")
+        self.root.join(SOCKET_NAME)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.root.join(LOG_NAME)
     }
 }
 
@@ -113,8 +105,15 @@ impl SandboxDirs {
 pub struct InitRequest {
     pub spec: SandboxSpec,
     pub dirs: SandboxDirs,
-    /// Host path of the daemon executable to bind read-only into the sandbox.
+    /// The daemon executable (a `/proc/<runner>/fd/<n>` path to the
+    /// runner's sealed copy), exec'd by descriptor.
     pub daemon_exe: PathBuf,
+    /// What the daemon is told, through a sealed memfd.
+    pub daemon_config: DaemonConfig,
+    /// Generated `/etc` files, written onto the sandbox's own disk.
+    pub etc: crate::etc::EtcFiles,
+    /// The sandbox's slice of host uids and gids.
+    pub uids: crate::userns::UidRange,
     /// `cgroup.procs` files the helper joins before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
     /// The prepared network namespace to join (a `/proc/<runner>/fd/<n>`
@@ -150,16 +149,12 @@ mod tests {
     fn dirs_stay_under_the_sandbox_root() {
         let d = SandboxDirs::new(std::path::Path::new("/data/sandboxes"), "abc");
         assert_eq!(
-            d.upper,
-            std::path::Path::new("/data/sandboxes/abc/disk/upper")
-        );
-        assert_eq!(
-            d.disk_image,
+            d.disk_image(),
             std::path::Path::new("/data/sandboxes/abc/disk.img")
         );
         assert_eq!(
             d.socket(),
-            std::path::Path::new("/data/sandboxes/abc/run/toolbox.sock")
+            std::path::Path::new("/data/sandboxes/abc/toolbox.sock")
         );
     }
 }

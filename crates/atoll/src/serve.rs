@@ -127,6 +127,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         archive_url: args.archive_url.clone(),
         pooled_disk_bytes: (atoll_api::service::DEFAULT_DISK_GIB as u64) << 30,
         network,
+        uid_slots_dir: PathBuf::from(atoll_runner::runtime::DEFAULT_UID_SLOTS_DIR),
     })
     .context("starting the sandbox runtime")?;
 

@@ -63,7 +63,7 @@ pub async fn forward(
     if !skip_activity {
         s.record_activity(&sandbox.id).await;
     }
-    let socket = s.runtime.socket(&sandbox.id);
+    let socket = s.toolbox_endpoint(&sandbox.id);
     let resp = atoll_proxy::forward(&socket, req, &path_and_query, &[])
         .await
         .map_err(|e| ApiError::BadGateway(e.to_string()))?;

@@ -159,6 +159,23 @@ pub async fn serve(listener: UnixListener, cfg: DaemonConfig) -> Result<(), Serv
         .map_err(ServeError::Io)
 }
 
+/// Serves on an inherited bound socket: we call `listen`, which makes this
+/// process the peer clients see (`SO_PEERCRED`).
+pub fn listen_on(fd: std::os::fd::OwnedFd) -> Result<UnixListener, ServeError> {
+    let err = |source| ServeError::Bind {
+        path: PathBuf::from("<inherited socket>"),
+        source,
+    };
+    nix::sys::socket::listen(
+        &fd,
+        nix::sys::socket::Backlog::new(1024).unwrap_or(nix::sys::socket::Backlog::MAXCONN),
+    )
+    .map_err(|e| err(std::io::Error::from(e)))?;
+    let std_listener = std::os::unix::net::UnixListener::from(fd);
+    std_listener.set_nonblocking(true).map_err(err)?;
+    UnixListener::from_std(std_listener).map_err(err)
+}
+
 /// Binds the socket: a stale socket file is removed first, anything else
 /// at the path is an error; the socket is created mode 0600.
 pub fn bind_socket(path: &Path) -> Result<UnixListener, ServeError> {
