@@ -187,11 +187,9 @@ fn sandbox_pid1(req: &InitRequest, last_cap: u32) -> Result<Never, InitError> {
             libc::CLOSE_RANGE_CLOEXEC,
         )
     };
-    let programs = seccomp::sandbox_programs()?;
+    let program = seccomp::sandbox_program()?;
     caps::restrict_bounding_set(last_cap)?;
-    for p in &programs {
-        seccomp::install(p)?;
-    }
+    seccomp::install(&program)?;
     caps::set_process_caps()?;
     exec_daemon()
 }
