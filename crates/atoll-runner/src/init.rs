@@ -327,11 +327,9 @@ fn sandbox_pid1(req: &InitRequest, last_cap: u32, fds: Fds) -> Result<Never, Ini
             ));
         }
     }
-    let programs = seccomp::sandbox_programs()?;
+    let program = seccomp::sandbox_program()?;
     caps::restrict_bounding_set(last_cap)?;
-    for p in &programs {
-        seccomp::install(p)?;
-    }
+    seccomp::install(&program)?;
     caps::set_process_caps()?;
     exec_daemon(&fds)
 }
