@@ -98,10 +98,16 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), path = %info.path, error = %self, "request failed");
         }
+        // Server-side failures may quote the runtime: never a host path.
+        let message = if status.is_server_error() {
+            atoll_runner::safe_fs::scrub_host_paths(&self.to_string())
+        } else {
+            self.to_string()
+        };
         let body = ErrorBody::new(
             status.as_u16(),
             generic_code(status.as_u16()),
-            self.to_string(),
+            message,
             &info.method,
             &info.path,
             SOURCE_API,

@@ -191,13 +191,14 @@ impl AppState {
             Err(e) if crate::error::is_out_of_space(&e.to_string()) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "no space left to start the sandbox");
                 Err(ApiError::InsufficientStorage(format!(
-                    "not enough disk space on the server to start sandbox {}: {e}",
-                    r.id
+                    "not enough disk space on the server to start sandbox {}: {}",
+                    r.id,
+                    e.public_message()
                 )))
             }
             Err(e) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "sandbox failed to start");
-                self.save(r, state::ERROR, Some(e.to_string())).await
+                self.save(r, state::ERROR, Some(e.public_message())).await
             }
         }
     }

@@ -195,8 +195,25 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
     }
 }
 
+impl RuntimeError {
+    /// The error as a client may see it: host paths replaced (the full
+    /// error goes to the log).
+    pub fn public_message(&self) -> String {
+        crate::safe_fs::scrub_host_paths(&self.to_string())
+    }
+}
+
 impl NamespaceRuntime {
     pub fn new(cfg: RuntimeConfig) -> Result<NamespaceRuntime, RuntimeError> {
+        for d in [&cfg.state_dir, &cfg.sandboxes_dir, &cfg.archive_dir] {
+            crate::safe_fs::register_host_dir(d);
+            if let Ok(c) = d.canonicalize() {
+                crate::safe_fs::register_host_dir(&c);
+            }
+            if let Some(parent) = d.parent() {
+                crate::safe_fs::register_host_dir(parent);
+            }
+        }
         std::fs::create_dir_all(&cfg.state_dir).map_err(io("creating", &cfg.state_dir))?;
         std::fs::create_dir_all(&cfg.sandboxes_dir).map_err(io("creating", &cfg.sandboxes_dir))?;
         let canonical = cfg

@@ -101,3 +101,67 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 }
+
+/// Host directories whose paths must never reach a client (error reasons,
+/// API errors): registered by the runtime at start.
+static HOST_PREFIXES: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
+
+/// Registers a host directory as private (see [`scrub_host_paths`]).
+pub fn register_host_dir(dir: &Path) {
+    let s = dir.to_string_lossy().trim_end_matches('/').to_string();
+    if s.is_empty() {
+        return;
+    }
+    let mut v = HOST_PREFIXES.write().unwrap_or_else(|p| p.into_inner());
+    if !v.contains(&s) {
+        v.push(s);
+    }
+}
+
+/// `message` with every host path replaced by `<host path>`: paths under
+/// a registered directory, and the host's own cgroup, run, loop-device and
+/// proc paths the runtime works with.
+pub fn scrub_host_paths(message: &str) -> String {
+    const FIXED: &[&str] = &["/sys/fs/cgroup", "/run/atoll", "/dev/loop", "/proc/"];
+    let dirs = HOST_PREFIXES.read().unwrap_or_else(|p| p.into_inner());
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(i) = rest.find('/') {
+        let (head, tail) = rest.split_at(i);
+        out.push_str(head);
+        let private = dirs
+            .iter()
+            .map(String::as_str)
+            .chain(FIXED.iter().copied())
+            .any(|p| tail.starts_with(p));
+        let end = tail
+            .find(|c: char| c.is_whitespace() || matches!(c, ':' | ',' | ')' | '"' | '\'' | ';'))
+            .unwrap_or(tail.len());
+        if private {
+            out.push_str("<host path>");
+        } else {
+            out.push_str(&tail[..end.max(1)]);
+        }
+        rest = &tail[end.max(1)..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_are_replaced_and_sandbox_paths_kept() {
+        register_host_dir(Path::new("/srv/atoll-data/"));
+        let m = scrub_host_paths(
+            "mount sandbox disk at /srv/atoll-data/sandboxes/ab/disk: EINVAL; cgroup /sys/fs/cgroup/pids/atoll/x, file /home/daytona/a.txt",
+        );
+        assert_eq!(
+            m,
+            "mount sandbox disk at <host path>: EINVAL; cgroup <host path>, file /home/daytona/a.txt"
+        );
+        assert_eq!(scrub_host_paths("no paths"), "no paths");
+    }
+}

@@ -243,7 +243,8 @@ fn write_atomic(path: &Path, body: &[u8]) -> Result<(), UsernsError> {
 }
 
 /// Creates a user namespace with `range` mapped as 0..count inside, for
-/// uids and gids, and returns it as an open `/proc/<pid>/ns/user`.
+/// uids and gids, owned by the range's first host uid, and returns it as an
+/// open `/proc/<pid>/ns/user`.
 ///
 /// Must be called from a single-threaded process (it forks).
 pub fn create_userns(range: &UidRange) -> Result<File, UsernsError> {
@@ -256,9 +257,17 @@ pub fn create_userns(range: &UidRange) -> Result<File, UsernsError> {
         nix::unistd::ForkResult::Child => {
             drop(ready_r);
             drop(done_w);
-            // SAFETY: unshare/write/read/_exit on fds we own; no allocation.
+            // SAFETY: setres[ug]id/unshare/write/read/_exit on fds we own;
+            // no allocation.
             unsafe {
-                let ok = libc::unshare(libc::CLONE_NEWUSER) == 0;
+                // The namespace's owner is the sandbox's own host uid, not
+                // root: per-user kernel counters (inotify instances,
+                // processes) charged inside are charged to that uid
+                // outside, so one sandbox cannot exhaust another's or the
+                // host's.
+                let ok = libc::setresgid(range.base, range.base, range.base) == 0
+                    && libc::setresuid(range.base, range.base, range.base) == 0
+                    && libc::unshare(libc::CLONE_NEWUSER) == 0;
                 let b = [u8::from(ok)];
                 libc::write(ready_w.as_raw_fd(), b.as_ptr().cast(), 1);
                 let mut x = [0u8; 1];
