@@ -204,3 +204,25 @@ def test_running_session_command_or_pty_counts_as_activity(fast_server):
     pty.kill()
     # with neither left, it stops once idle
     wait_state(sb, "stopped", timeout=4 * MINUTE_S)
+
+
+def test_sandboxes_created_under_a_busy_scheduler_stay_started(atoll_bin, images_dir):
+    """Regression: the scheduler observed the runtime before reading the
+    rows, so a sandbox whose create finished in between looked dead and was
+    marked `stopped` (39 of 2,000 creates at concurrency 20). With the
+    scheduler running back to back and creates finishing all the while,
+    every sandbox stays started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running_server(atoll_bin, images_dir, {"ATOLL_LIFECYCLE_TICK_SECS": "0.01"}) as srv:
+        d = srv.client()
+        params = CreateSandboxFromSnapshotParams(auto_stop_interval=0)
+        with ThreadPoolExecutor(8) as pool:
+            made = list(pool.map(lambda _: d.create(params), range(48)))
+        # Let the scheduler pass over the finished creates a while longer.
+        time.sleep(1)
+        status, _, data = srv.http("GET", "/api/sandbox?limit=200")
+        assert status == 200, data
+        states = {i["id"]: i["state"] for i in json.loads(data)["items"]}
+        assert states == {sb.id: "started" for sb in made}, states
+        assert "marking it stopped" not in srv.log()

@@ -1,15 +1,24 @@
-"""Per-sandbox networking through the official SDK (SECURITY.md item 12).
+"""Per-sandbox networking through the official SDK (SECURITY.md items 12
+and 28).
 
 The test builds its own "internet" on the host: a network namespace joined
 to the host by a veth pair, holding HTTP servers on 198.51.100.2 and
-203.0.113.2 (two documentation networks) and a fake metadata service on
-169.254.169.254. Nothing leaves the machine. Sandboxes reach it through
-their routed veth and the host's NAT unless their policy says otherwise:
-`networkBlockAll` leaves loopback only, `networkAllowList` only the listed
-CIDRs, both changeable live through `update_network_settings`. Whatever
-the policy, a sandbox never reaches the host's own ports, the metadata
-address or another sandbox."""
+203.0.113.2 (two documentation networks), on one address in each private
+range (10/8, 172.16/12, 192.168/16, 100.64/10) and a fake metadata service
+on 169.254.169.254. Nothing leaves the machine. Sandboxes reach the public
+part through their routed veth and the host's NAT unless their policy says
+otherwise: `networkBlockAll` leaves loopback only, `networkAllowList` only
+the listed CIDRs, both changeable live through `update_network_settings`.
+Private ranges stay closed unless the operator opens them
+(`ATOLL_EGRESS_ALLOW_PRIVATE`). Whatever the policy, a sandbox never
+reaches the host's own ports (nor one the host DNATs elsewhere), the
+metadata address or another sandbox, and its tracked connections are
+capped (`ATOLL_SANDBOX_MAX_CONNECTIONS`). A server whose network block is
+full refuses a create at once, leaving no row behind."""
+import concurrent.futures
+import json
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -19,10 +28,17 @@ import uuid
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, SessionExecuteRequest
 
+from conftest import running_server
+
 NET_A = "198.51.100"
 NET_B = "203.0.113"
 METADATA = "169.254.169.254"
 PORT = 8080
+# One server address per private range (third octet varied per run, so
+# concurrent runs on one host do not fight over routes). Outside
+# 10.208.0.0/12, where servers take their sandbox blocks.
+_O = random.randrange(1, 250)
+PRIVATE = [f"10.254.{_O}.2", f"172.31.{_O}.2", f"192.168.{_O}.2", f"100.100.{_O}.2"]
 
 PROBE = (
     "python3 -c \"import socket,sys\n"
@@ -55,11 +71,15 @@ def internet():
         ip(*inside, "addr", "add", f"{NET_A}.2/24", "dev", peer_if)
         ip(*inside, "addr", "add", f"{NET_B}.2/24", "dev", "lo")
         ip(*inside, "addr", "add", f"{METADATA}/32", "dev", "lo")
+        for a in PRIVATE:
+            ip(*inside, "addr", "add", f"{a}/32", "dev", "lo")
         ip(*inside, "link", "set", "lo", "up")
         ip(*inside, "link", "set", peer_if, "up")
         ip(*inside, "route", "add", "default", "via", f"{NET_A}.1")
         ip("route", "add", f"{NET_B}.0/24", "via", f"{NET_A}.2")
         ip("route", "add", f"{METADATA}/32", "via", f"{NET_A}.2")
+        for a in PRIVATE:
+            ip("route", "add", f"{a}/32", "via", f"{NET_A}.2")
         www = f"/tmp/atoll-inet-{tag}"
         os.makedirs(www, exist_ok=True)
         with open(f"{www}/ok.txt", "w") as f:
@@ -68,7 +88,7 @@ def internet():
             ["ip", "netns", "exec", ns, "/usr/bin/python3", "-m", "http.server", str(PORT),
              "--bind", "0.0.0.0", "--directory", www],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for host in (f"{NET_A}.2", f"{NET_B}.2", METADATA):
+        for host in (f"{NET_A}.2", f"{NET_B}.2", METADATA, *PRIVATE):
             deadline = time.time() + 10
             while True:
                 try:
@@ -84,6 +104,8 @@ def internet():
             p.kill()
         ip("route", "del", f"{NET_B}.0/24", check=False)
         ip("route", "del", f"{METADATA}/32", check=False)
+        for a in PRIVATE:
+            ip("route", "del", f"{a}/32", check=False)
         ip("link", "del", host_if, check=False)
         ip("netns", "del", ns, check=False)
 
@@ -232,10 +254,10 @@ def server_address():
 
 
 def gateway_candidates(sandbox_ip):
-    """The sandbox block's gateway is its first address: the /22 a server
+    """The sandbox block's gateway is its first address: the /20 a server
     picks by default, and the /24 in case it was configured smaller."""
     a, b, c, d = (int(x) for x in sandbox_ip.split("."))
-    return {f"{a}.{b}.{c & ~3}.1", f"{a}.{b}.{c}.1"}
+    return {f"{a}.{b}.{c & ~15}.1", f"{a}.{b}.{c}.1"}
 
 
 def test_sandboxes_cannot_reach_each_other(internet, make_sandbox):
@@ -353,3 +375,225 @@ def test_spoofed_sources_are_dropped(internet, make_sandbox):
         listener.kill()
         if os.path.exists(seen):
             os.remove(seen)
+
+
+def test_private_ranges_are_closed_by_default(internet, server, sandbox):
+    """RFC 1918 and CGNAT addresses answer the host but no sandbox; an
+    allow list cannot open them (the request is refused, naming the
+    operator's flag), and the sandbox's resolvers stay reachable on port 53
+    even when private."""
+    for a in PRIVATE:
+        socket.create_connection((a, PORT), 2).close()  # the path exists
+        assert not probe(sandbox, a), a
+    assert probe(sandbox, f"{NET_A}.2")
+    for entry in ("10.0.0.0/8", f"192.168.{_O}.0/24", "172.31.0.1", "100.64.0.0/10"):
+        status, _, data = server.http("POST", f"/api/sandbox/{sandbox.id}/network-settings",
+                                      json={"networkAllowList": entry})
+        assert status == 400, (entry, status, data)
+        assert b"--egress-allow-private" in data, data
+        status, _, data = server.http("POST", "/api/sandbox", json={"networkAllowList": entry})
+        assert status == 400, (entry, status, data)
+    for entry in ("169.254.169.254", "127.0.0.1/8", "224.0.0.0/4"):
+        status, _, data = server.http("POST", "/api/sandbox", json={"networkAllowList": entry})
+        assert status == 400 and b"never reach" in data, (entry, status, data)
+    # The resolvers the sandbox was given answer it on port 53, private or not.
+    for r in resolvers_of(sandbox):
+        if dns_answers(r):
+            assert sandbox.process.exec(DNS_QUERY.format(server=r)).result.strip() == "ANSWER", r
+    # A list that merely overlaps a closed range is fine; the closed part stays closed.
+    sandbox.update_network_settings(network_allow_list="0.0.0.0/0")
+    assert probe(sandbox, f"{NET_A}.2")
+    assert not probe(sandbox, PRIVATE[0])
+    assert not probe(sandbox, METADATA)
+
+
+DNS_QUERY = (
+    "python3 -c \"import socket,struct\n"
+    "q=struct.pack('!HHHHHH',0x1234,0x0100,1,0,0,0)+b'\\x07example\\x03com\\x00'+struct.pack('!HH',1,1)\n"
+    "s=socket.socket(2,2); s.settimeout(3)\n"
+    "try:\n"
+    " s.sendto(q,('{server}',53)); s.recv(512); print('ANSWER')\n"
+    "except Exception as e:\n"
+    " print('NONE', type(e).__name__)\""
+)
+
+
+def resolvers_of(sb):
+    conf = sb.fs.download_file("/etc/resolv.conf").decode()
+    return [l.split()[1] for l in conf.splitlines()
+            if l.startswith("nameserver") and l.split()[1].count(".") == 3]
+
+
+def dns_answers(server_ip):
+    """Does the resolver answer the host (it may be unreachable from here)?"""
+    out = subprocess.run(["sh", "-c", DNS_QUERY.format(server=server_ip)],
+                         capture_output=True, text=True).stdout.strip()
+    return out == "ANSWER"
+
+
+def test_a_port_the_host_dnats_elsewhere_is_closed(internet, sandbox):
+    """A connection to one of the host's addresses is dropped before the
+    host's own DNAT rules see it: a port the host forwards to a server
+    elsewhere (here a public one, which the sandbox may reach directly)
+    does not answer the sandbox, though it answers any other client."""
+    host = server_address()
+    port = random.randrange(20000, 30000)
+    table = f"atoll_test_dnat_{uuid.uuid4().hex[:6]}"
+    rules = f"""table ip {table} {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {host} tcp dport {port} dnat to {NET_B}.2:{PORT}
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    ct status dnat ip daddr {NET_B}.2 tcp dport {PORT} masquerade
+  }}
+}}
+"""
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True)
+    try:
+        ns = next(n.split()[0] for n in ip("netns", "list").stdout.splitlines()
+                  if n.startswith("atoll-inet-"))
+        # Another client (the "internet" namespace) goes through the DNAT.
+        other = subprocess.run(
+            ["ip", "netns", "exec", ns, "sh", "-c", PROBE.format(host=host, port=port)],
+            capture_output=True, text=True, check=True).stdout.strip()
+        assert other == "OPEN", other
+        assert probe(sandbox, f"{NET_B}.2")
+        assert not probe(sandbox, host, port)
+    finally:
+        subprocess.run(["nft", "delete", "table", "ip", table], check=False)
+
+
+def test_the_operator_can_open_private_ranges(internet, atoll_bin, images_dir):
+    """`ATOLL_EGRESS_ALLOW_PRIVATE` opens private ranges, and allow lists may
+    name them; the host, the metadata address and other sandboxes stay
+    closed."""
+    with running_server(atoll_bin, images_dir, {"ATOLL_EGRESS_ALLOW_PRIVATE": "1"}) as srv:
+        d = srv.client()
+        sb = d.create()
+        other = d.create()
+        for a in PRIVATE:
+            assert probe(sb, a), a
+        assert not probe(sb, METADATA)
+        me = address_of(sb)
+        for host in [server_address(), *gateway_candidates(me)]:
+            assert not probe(sb, host, srv.port), host
+        other.process.create_session("web")
+        other.process.execute_session_command(
+            "web", SessionExecuteRequest(command="python3 -m http.server 8000 --bind 0.0.0.0", run_async=True))
+        other_ip = address_of(other)
+        wait_listening(other_ip, 8000)
+        assert not probe(sb, other_ip, 8000)
+        limited = d.create(CreateSandboxFromSnapshotParams(network_allow_list=f"{PRIVATE[1]}/32"))
+        assert probe(limited, PRIVATE[1])
+        assert not probe(limited, PRIVATE[0])
+        assert not probe(limited, f"{NET_A}.2")
+        status, _, data = srv.http("POST", "/api/sandbox", json={"networkAllowList": "169.254.0.0/16"})
+        assert status == 400, data
+
+
+def wait_listening(host, port):
+    deadline = time.time() + 10
+    while True:  # the host reaches it: the path exists
+        try:
+            socket.create_connection((host, port), 1).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+# Holds up to {n} connections open at once and says how many it got.
+HOLD = (
+    "python3 -c \"import socket\n"
+    "held=[]\n"
+    "try:\n"
+    " for i in range({n}): held.append(socket.create_connection(('{host}',{port}),3))\n"
+    " print(len(held), 'all')\n"
+    "except Exception as e:\n"
+    " print(len(held), type(e).__name__)\""
+)
+
+
+def test_connections_per_sandbox_are_capped(internet, atoll_bin, images_dir):
+    """Past `ATOLL_SANDBOX_MAX_CONNECTIONS` open connections a sandbox's next
+    connect is refused; the cap is per sandbox, and closed connections stop
+    counting."""
+    cap = 8
+    with running_server(atoll_bin, images_dir, {"ATOLL_SANDBOX_MAX_CONNECTIONS": str(cap)}) as srv:
+        d = srv.client()
+        sb = d.create()
+        neighbour = d.create()
+        script = (
+            "import socket,os,time,sys\n"
+            "held=[]\n"
+            "try:\n"
+            f" for i in range({cap + 4}): held.append(socket.create_connection(('{NET_A}.2',{PORT}),3))\n"
+            "except Exception as e: print(len(held), type(e).__name__, flush=True)\n"
+            "open('/tmp/holding','w').close()\n"
+            "while not os.path.exists('/tmp/release'): time.sleep(0.05)\n"
+        )
+        sb.fs.upload_file(script.encode(), "/tmp/hold.py")
+        sb.process.create_session("hold")
+        cmd = sb.process.execute_session_command(
+            "hold", SessionExecuteRequest(command="python3 /tmp/hold.py", run_async=True))
+        for _ in range(200):
+            if sb.process.exec("test -e /tmp/holding").exit_code == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the holder never got going")
+        logs = sb.process.get_session_command_logs("hold", cmd.cmd_id)
+        out = (logs.stdout or logs.output or "").strip()
+        assert out == f"{cap} ConnectionRefusedError", out
+        # While it holds its cap, another sandbox connects freely.
+        assert neighbour.process.exec(HOLD.format(n=cap, host=f"{NET_A}.2", port=PORT)).result.strip() \
+            == f"{cap} all"
+        sb.process.exec("touch /tmp/release")
+        for _ in range(200):
+            if sb.process.get_session_command("hold", cmd.cmd_id).exit_code is not None:
+                break
+            time.sleep(0.1)
+        # Closed connections leave the count (once their close completes).
+        for _ in range(100):
+            if probe(sb, f"{NET_A}.2"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("closed connections still count against the cap")
+
+
+def test_a_full_network_refuses_a_create_at_once(atoll_bin, images_dir):
+    """With every address of the block taken, a create fails with 503 and
+    a message saying the sandbox network is full; it leaves no row behind.
+    Freeing an address makes room again."""
+    from daytona import DaytonaError
+
+    block = f"10.199.{random.randrange(0, 256)}.{16 * random.randrange(0, 16)}/28"
+    with running_server(atoll_bin, images_dir, {"ATOLL_NETWORK": block}) as srv:
+        d = srv.client()
+        # A /28 holds 13 sandboxes (network, gateway and broadcast aside).
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            made = list(pool.map(lambda _: d.create(), range(13)))
+        status, _, data = srv.http("POST", "/api/sandbox", json={})
+        assert status == 503, (status, data)
+        body = json.loads(data)
+        assert body["statusCode"] == 503 and "sandbox network is full" in body["message"], body
+        with pytest.raises(DaytonaError, match="sandbox network is full"):
+            d.create()
+        status, _, data = srv.http("GET", "/api/sandbox?limit=200")
+        items = json.loads(data)["items"]
+        assert sorted(i["state"] for i in items) == ["started"] * 13, items
+        # A stopped sandbox gives its address back; starting it again
+        # while the network is full fails the same way and leaves it stopped.
+        made[0].stop()
+        extra = d.create()
+        with pytest.raises(DaytonaError, match="sandbox network is full"):
+            made[0].start()
+        made[0].refresh_data()
+        assert made[0].state == "stopped", made[0].state
+        extra.delete()
+        made[0].start()
+        assert made[0].process.exec("echo ok").result.strip() == "ok"

@@ -35,6 +35,9 @@ pub struct ApiConfig {
     /// Snapshot used when a create names none.
     pub default_snapshot: String,
     pub lifecycle: scheduler::LifecycleTiming,
+    /// The operator lets sandboxes reach private ranges (`atoll serve
+    /// --egress-allow-private`); allow lists may then name them.
+    pub egress_allow_private: bool,
 }
 
 #[derive(Clone)]

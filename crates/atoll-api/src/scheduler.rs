@@ -5,6 +5,13 @@
 //! from outside becomes `stopped`; a runtime leftover without a row is
 //! destroyed). Deadlines come from stored timestamps, so a restart loses
 //! nothing; sandboxes whose lock is held are left to their operation.
+//!
+//! The pass's bulk observation is taken before the rows are read, so a
+//! sandbox created in between is `started` in its row and absent from the
+//! observation. Absence is therefore never taken for death: a `started`
+//! sandbox is marked stopped only when the runtime, asked about that one
+//! sandbox under its lock (so after its create or start finished), sees it
+//! dead.
 
 use crate::lifecycle::{self, state};
 use crate::AppState;
@@ -87,6 +94,24 @@ impl AppState {
             .is_some_and(|list| list.iter().any(|p| p["active"].as_bool() == Some(true)))
     }
 
+    /// Has the runtime, looking now, seen this sandbox dead? Only a sandbox
+    /// it knows and finds not running is; one it does not know (or is
+    /// still starting) is not known to be dead. The caller holds the
+    /// sandbox's lock, so no create or start of it is under way.
+    async fn observed_dead(&self, id: &str) -> bool {
+        matches!(self.observe_now(id).await, Some(Observed::Stopped { .. }))
+    }
+
+    /// The runtime's view of one sandbox, taken now.
+    pub(crate) async fn observe_now(&self, id: &str) -> Option<Observed> {
+        let runtime = self.runtime.clone();
+        let id = id.to_string();
+        tokio::task::spawn_blocking(move || runtime.observe_one(&id))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// One pass of the scheduler over every sandbox.
     pub async fn lifecycle_tick(&self) -> Result<(), crate::error::ApiError> {
         let runtime = self.runtime.clone();
@@ -111,6 +136,11 @@ impl AppState {
             let Some(mut r) = self.store.sandbox(&row.id).await? else {
                 continue;
             };
+            // Seen running in the bulk observation: alive (a death since
+            // shows up next pass). Otherwise ask about this one, now.
+            let dead = r.state == state::STARTED
+                && seen.get(&r.id) != Some(&true)
+                && self.observed_dead(&r.id).await;
             let now = now_millis();
             if let Some(limit) = lifecycle::transition_timeout(&r.state) {
                 if now - r.state_changed_at > limit.as_millis() as i64 {
@@ -125,7 +155,7 @@ impl AppState {
                 continue;
             }
             match r.state.as_str() {
-                state::STARTED if seen.get(&r.id) == Some(&false) || !seen.contains_key(&r.id) => {
+                state::STARTED if dead => {
                     tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
                     let runtime = self.runtime.clone();
                     let id = r.id.clone();
@@ -183,5 +213,224 @@ impl AppState {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reconciling part of a pass, against a scripted runtime: the bulk
+    //! observation and the per-sandbox one are set by the test, so the race
+    //! found under load (a sandbox started between the observation and the
+    //! read of the rows) is reproduced exactly.
+    use super::*;
+    use crate::ApiConfig;
+    use atoll_runner::image::ImageStore;
+    use atoll_runner::network::NetworkPolicy;
+    use atoll_runner::runtime::{Handle, RuntimeError};
+    use atoll_runner::{Limits, Runtime, SandboxSpec};
+    use atoll_store::{OrgRecord, SandboxRecord, Store};
+    use std::path::PathBuf;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Default)]
+    struct ScriptedRuntime {
+        /// What `observe` (the bulk observation) returns.
+        bulk: Vec<Observed>,
+        /// What `observe_one` returns, per id (absent: unknown).
+        now: HashMap<String, Observed>,
+        stopped: Mutex<Vec<String>>,
+    }
+
+    impl Runtime for ScriptedRuntime {
+        fn start(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
+            Ok(Handle {
+                id: spec.id.clone(),
+                pid: 1,
+                socket: PathBuf::new(),
+            })
+        }
+        fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+            self.stopped.lock().unwrap().push(id.into());
+            Ok(())
+        }
+        fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+            self.stop(id)
+        }
+        fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+            Ok(self.bulk.clone())
+        }
+        fn observe(&self) -> Vec<Observed> {
+            self.bulk.clone()
+        }
+        fn observe_one(&self, id: &str) -> Option<Observed> {
+            self.now.get(id).cloned()
+        }
+        fn socket(&self, _: &str) -> PathBuf {
+            PathBuf::from("/nonexistent/toolbox.sock")
+        }
+        fn memory_usage(&self, _: &str) -> Option<u64> {
+            None
+        }
+        fn archive(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn restore(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn is_archived(&self, _: &str) -> bool {
+            false
+        }
+        fn has_disk(&self, _: &str) -> bool {
+            true
+        }
+        fn discard_archive(&self, _: &str) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn update_limits(&self, _: &str, _: &Limits) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn update_network(&self, _: &str, _: &NetworkPolicy) -> Result<(), RuntimeError> {
+            Ok(())
+        }
+        fn open_netns(&self, _: &str) -> Option<std::fs::File> {
+            None
+        }
+    }
+
+    fn started(id: &str, org: &str) -> SandboxRecord {
+        let now = now_millis();
+        SandboxRecord {
+            id: id.into(),
+            organization_id: org.into(),
+            name: id.into(),
+            snapshot: "snap".into(),
+            os_user: "daytona".into(),
+            env: Default::default(),
+            labels: Default::default(),
+            public: false,
+            network_block_all: false,
+            network_allow_list: None,
+            cpu: 1,
+            gpu: 0,
+            memory: 1,
+            disk: 3,
+            state: state::STARTED.into(),
+            desired_state: state::STARTED.into(),
+            error_reason: None,
+            recoverable: false,
+            auto_stop_interval: 0,
+            auto_archive_interval: 0,
+            auto_delete_interval: -1,
+            volumes: vec![],
+            created_at: now,
+            updated_at: now,
+            last_activity_at: now,
+            state_changed_at: now,
+        }
+    }
+
+    async fn app_with(runtime: Arc<ScriptedRuntime>, ids: &[&str]) -> (AppState, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("atoll-sched-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.join("atoll.db").display()))
+            .await
+            .unwrap();
+        let org = OrgRecord {
+            id: "org".into(),
+            name: "default".into(),
+            created_at: now_millis(),
+        };
+        store.insert_org(&org).await.unwrap();
+        for id in ids {
+            store.insert_sandbox(&started(id, &org.id)).await.unwrap();
+        }
+        let images = Arc::new(ImageStore::open(&dir.join("images")).unwrap());
+        let config = ApiConfig {
+            public_url: "http://127.0.0.1:1".into(),
+            preview_domain: None,
+            default_snapshot: "snap".into(),
+            lifecycle: LifecycleTiming::default(),
+            egress_allow_private: false,
+        };
+        let state = AppState::new(store, runtime, images, config, "k".into());
+        (state, dir)
+    }
+
+    async fn state_of(app: &AppState, id: &str) -> String {
+        app.store.sandbox(id).await.unwrap().unwrap().state
+    }
+
+    #[tokio::test]
+    async fn a_sandbox_missing_from_the_observation_is_not_marked_stopped() {
+        let running = |id: &str| Observed::Running {
+            id: id.into(),
+            pid: 1,
+        };
+        let runtime = Arc::new(ScriptedRuntime {
+            // The bulk observation was taken before `fresh` started and
+            // before `killed` died; `unknown` the runtime has no record of.
+            bulk: vec![running("killed")],
+            now: HashMap::from([
+                ("fresh".to_string(), running("fresh")),
+                (
+                    "killed".to_string(),
+                    Observed::Stopped {
+                        id: "killed".into(),
+                    },
+                ),
+            ]),
+            ..Default::default()
+        });
+        let (app, dir) = app_with(runtime.clone(), &["fresh", "killed", "unknown"]).await;
+        app.lifecycle_tick().await.unwrap();
+        assert_eq!(state_of(&app, "fresh").await, state::STARTED);
+        assert_eq!(state_of(&app, "unknown").await, state::STARTED);
+        // Seen running in the bulk observation: its death shows next pass.
+        assert_eq!(state_of(&app, "killed").await, state::STARTED);
+        assert!(runtime.stopped.lock().unwrap().is_empty());
+
+        // Observed dead in bulk and then on its own: stopped.
+        let runtime = Arc::new(ScriptedRuntime {
+            bulk: vec![Observed::Stopped {
+                id: "killed".into(),
+            }],
+            now: HashMap::from([(
+                "killed".to_string(),
+                Observed::Stopped {
+                    id: "killed".into(),
+                },
+            )]),
+            ..Default::default()
+        });
+        let (app2, dir2) = app_with(runtime.clone(), &["killed", "fresh"]).await;
+        app2.lifecycle_tick().await.unwrap();
+        assert_eq!(state_of(&app2, "killed").await, state::STOPPED);
+        assert_eq!(state_of(&app2, "fresh").await, state::STARTED);
+        assert_eq!(*runtime.stopped.lock().unwrap(), ["killed"]);
+        for d in [dir, dir2] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[tokio::test]
+    async fn boot_keeps_a_sandbox_started_after_recovery() {
+        // Recovery saw nothing running; by the time the rows are read,
+        // `fresh` runs (started by another API process on this runner).
+        let runtime = Arc::new(ScriptedRuntime {
+            bulk: vec![],
+            now: HashMap::from([(
+                "fresh".to_string(),
+                Observed::Running {
+                    id: "fresh".into(),
+                    pid: 1,
+                },
+            )]),
+            ..Default::default()
+        });
+        let (app, dir) = app_with(runtime, &["fresh", "gone"]).await;
+        app.reconcile_on_boot().await.unwrap();
+        assert_eq!(state_of(&app, "fresh").await, state::STARTED);
+        assert_eq!(state_of(&app, "gone").await, state::STOPPED);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

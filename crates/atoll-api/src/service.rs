@@ -188,6 +188,16 @@ impl AppState {
             .map_err(|e| ApiError::Internal(format!("start task: {e}")))?;
         match result {
             Ok(_) => self.save(r, state::STARTED, None).await,
+            Err(e) if e.is_network_full() => {
+                tracing::warn!(sandbox = %r.id, error = %e, "no network address left for the sandbox");
+                if r.state != state::CREATING {
+                    // Nothing of it was lost: it stays stopped until an
+                    // address is free. (A create is undone by the caller.)
+                    r.desired_state = state::STOPPED.into();
+                    self.save(r, state::STOPPED, None).await?;
+                }
+                Err(ApiError::Unavailable(e.to_string()))
+            }
             Err(e) if crate::error::is_out_of_space(&e.to_string()) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "no space left to start the sandbox");
                 Err(ApiError::InsufficientStorage(format!(
@@ -260,7 +270,7 @@ impl AppState {
             labels: req.labels.unwrap_or_default(),
             public: req.public.unwrap_or(false),
             network_block_all: req.network_block_all.unwrap_or(false),
-            network_allow_list: normalized_allow_list(req.network_allow_list.as_deref())?,
+            network_allow_list: self.normalized_allow_list(req.network_allow_list.as_deref())?,
             cpu: in_range("cpu", req.cpu.unwrap_or(DEFAULT_CPU), 1, MAX_CPU)?,
             gpu: in_range("gpu", req.gpu.unwrap_or(0), 0, 0)?,
             memory: in_range(
@@ -308,8 +318,12 @@ impl AppState {
         self.store.insert_sandbox(&row).await?;
         atoll_types::failpoint::hit("create.after_insert");
         if let Err(e) = self.run_start(&mut row).await {
-            if matches!(e, ApiError::InsufficientStorage(_)) {
-                // The host is full: undo the create so nothing changed.
+            if matches!(
+                e,
+                ApiError::InsufficientStorage(_) | ApiError::Unavailable(_)
+            ) {
+                // The host's disk or the sandbox network is full: undo the
+                // create so nothing changed (no row left in `error`).
                 let runtime = self.runtime.clone();
                 let id = row.id.clone();
                 let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
@@ -658,7 +672,7 @@ impl AppState {
         }
         refuse_domain_allow_list(req.domain_allow_list.as_deref())?;
         let allow = match req.network_allow_list.as_deref() {
-            Some(list) => Some(normalized_allow_list(Some(list))?),
+            Some(list) => Some(self.normalized_allow_list(Some(list))?),
             None => None,
         };
         let r = self.find(p, id_or_name).await?;
@@ -818,6 +832,14 @@ impl AppState {
                     self.save(&mut r, settled, reason).await?;
                 }
                 (state::STARTED, false) => {
+                    // Recovery ran before the rows were read: another API
+                    // process sharing this runner may have started it since.
+                    if matches!(
+                        self.observe_now(&r.id).await,
+                        Some(Observed::Running { .. })
+                    ) {
+                        continue;
+                    }
                     tracing::info!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
                     self.save(&mut r, state::STOPPED, None).await?;
                 }
@@ -875,18 +897,28 @@ impl Interval {
     }
 }
 
-/// Validates Daytona's comma-separated CIDR allow list and stores it in a
-/// canonical form (blank means none).
-fn normalized_allow_list(list: Option<&str>) -> Result<Option<String>, ApiError> {
-    let Some(list) = list else { return Ok(None) };
-    let parsed = NetworkPolicy::parse_allow_list(list)
-        .map_err(|e| ApiError::BadRequest(format!("networkAllowList: {e}")))?;
-    Ok(parsed.map(|v| {
-        v.iter()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    }))
+impl AppState {
+    /// Validates Daytona's comma-separated CIDR allow list and stores it in
+    /// a canonical form (blank means none). An entry no sandbox could reach
+    /// through it (inside link-local or loopback, or a private range while
+    /// the operator keeps those closed) is refused: an allow list narrows
+    /// what the operator allows, it never widens it.
+    fn normalized_allow_list(&self, list: Option<&str>) -> Result<Option<String>, ApiError> {
+        let Some(list) = list else { return Ok(None) };
+        let bad = |e: atoll_runner::network::NetworkError| {
+            ApiError::BadRequest(format!("networkAllowList: {e}"))
+        };
+        let parsed = NetworkPolicy::parse_allow_list(list).map_err(bad)?;
+        if let Some(v) = &parsed {
+            NetworkPolicy::check_reachable(v, self.config.egress_allow_private).map_err(bad)?;
+        }
+        Ok(parsed.map(|v| {
+            v.iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }))
+    }
 }
 
 /// Domain allow lists need DNS-aware enforcement, which this server does

@@ -39,6 +39,8 @@ fn main() {
         block: Some(Cidr::parse("10.213.248.0/22").expect("cidr")),
         lock_dir: dir.join("locks"),
         pool_size: 0,
+        allow_private: false,
+        max_connections: 0,
     };
     let net = Network::start(&cfg, instance, &dir, &[]).expect("network");
     let mut ours = Vec::with_capacity(n);

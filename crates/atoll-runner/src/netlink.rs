@@ -40,6 +40,7 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const IFLA_IFNAME: u16 = 3;
@@ -314,6 +315,19 @@ impl Netlink {
             .end()
             .end();
         self.request("creating a veth pair", m)
+    }
+
+    /// Deletes the link `name` (for a veth, both ends); a link that is
+    /// already gone is not an error.
+    pub fn del_link(&mut self, name: &str) -> Result<(), NetlinkError> {
+        let seq = self.next_seq();
+        let mut m =
+            Msg::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq).fixed(&ifinfomsg(0, 0, 0));
+        m.attr_str(IFLA_IFNAME, name);
+        match self.request("deleting a link", m) {
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        }
     }
 
     /// Brings the link with this index up.

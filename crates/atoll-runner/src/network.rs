@@ -6,11 +6,14 @@
 //!
 //! Policy lives on the host side, in one nftables table per runner
 //! instance (`inet atoll_<instance>`), where root in a sandbox cannot touch
-//! it: nothing but replies enters a sandbox, nothing from a sandbox reaches
-//! the host itself (API, runner, database, SSH) or link-local addresses
-//! (169.254.169.254), spoofed sources are dropped, and per-sandbox policy
-//! (`networkBlockAll`, `networkAllowList`) is membership in the table's
-//! sets, changed live over netlink.
+//! it: nothing but replies enters a sandbox; nothing from a sandbox reaches
+//! the host itself on any of its addresses or ports (API, runner, database,
+//! SSH, DNAT'd ports), link-local addresses (169.254.169.254), loopback or
+//! multicast; private ranges (RFC 1918, 100.64/10) stay closed unless the
+//! operator opens them; spoofed sources are dropped; each sandbox has a cap
+//! on its tracked connections; and per-sandbox policy (`networkBlockAll`,
+//! `networkAllowList`) is membership in the table's sets, changed live over
+//! netlink.
 //!
 //! Network slots (namespace + veth pair + addresses + routes) are prepared
 //! ahead of time by a background thread, so a create only takes one. An
@@ -43,10 +46,30 @@ pub enum NetworkError {
     BadCidr(String),
     #[error("network block {0} is in use by another atoll server on this host")]
     BlockInUse(Cidr),
-    #[error("no free network block of /{prefix} left in {range}")]
+    #[error(
+        "no free network block of /{prefix} left in {range}: give this server a block with --network <CIDR>"
+    )]
     NoBlock { range: Cidr, prefix: u8 },
-    #[error("network block {0} has no free addresses left")]
-    Exhausted(Cidr),
+    #[error(
+        "the sandbox network is full: all {capacity} addresses of {block} are taken by running sandboxes; \
+         stop or delete some, or give the server a larger block (--network)"
+    )]
+    Full { block: Cidr, capacity: u32 },
+    #[error("{entry} lies inside {range} ({kind}), which sandboxes never reach")]
+    NeverReachable {
+        entry: Cidr,
+        range: Cidr,
+        kind: &'static str,
+    },
+    #[error(
+        "{entry} lies inside {range} ({kind}), which this server keeps sandboxes out of \
+         (the operator opens private ranges with --egress-allow-private)"
+    )]
+    PrivateClosed {
+        entry: Cidr,
+        range: Cidr,
+        kind: &'static str,
+    },
     #[error("network block {0} is too small: use /28 or larger")]
     BlockTooSmall(Cidr),
     #[error("loading the firewall ruleset with nft: {0}")]
@@ -122,6 +145,16 @@ impl Cidr {
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & Cidr::mask_of(self.prefix) == self.first()
     }
+
+    /// Does every address of `self` lie in `other`?
+    pub fn within(&self, other: &Cidr) -> bool {
+        self.prefix >= other.prefix && other.contains(self.addr)
+    }
+
+    /// Do the two networks share any address?
+    pub fn overlaps(&self, other: &Cidr) -> bool {
+        self.within(other) || other.within(self)
+    }
 }
 
 impl std::fmt::Display for Cidr {
@@ -146,6 +179,33 @@ impl From<Cidr> for String {
 /// Most CIDRs one allow list may hold.
 pub const MAX_ALLOW_LIST: usize = 256;
 
+/// Destinations no sandbox ever reaches, whatever its policy or the
+/// operator's flags (besides the host's own addresses, the sandbox block
+/// and other sandboxes, which are closed by their own rules).
+pub const NEVER_REACHABLE: [(&str, &str); 4] = [
+    ("0.0.0.0/8", "\"this\" network"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local, the cloud metadata address"),
+    ("224.0.0.0/3", "multicast, reserved and broadcast"),
+];
+
+/// Private ranges: closed to sandboxes unless the operator opens them
+/// (`NetworkConfig::allow_private`). An allow list cannot open them: it
+/// only narrows what the operator allows.
+pub const PRIVATE_RANGES: [(&str, &str); 4] = [
+    ("10.0.0.0/8", "private, RFC 1918"),
+    ("172.16.0.0/12", "private, RFC 1918"),
+    ("192.168.0.0/16", "private, RFC 1918"),
+    ("100.64.0.0/10", "shared address space, CGNAT"),
+];
+
+fn ranges(
+    list: &'static [(&'static str, &'static str)],
+) -> impl Iterator<Item = (Cidr, &'static str)> {
+    list.iter()
+        .filter_map(|(c, kind)| Cidr::parse(c).ok().map(|c| (c, *kind)))
+}
+
 /// What a sandbox may reach beyond its own loopback.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -159,6 +219,34 @@ pub struct NetworkPolicy {
 }
 
 impl NetworkPolicy {
+    /// Refuses an allow list with an entry that no sandbox on this server
+    /// could ever reach through it: one wholly inside a never-reachable
+    /// range, or inside a private range while those are closed. (An entry
+    /// that only overlaps one, like `0.0.0.0/0`, is fine: the closed part
+    /// stays closed.)
+    pub fn check_reachable(list: &[Cidr], allow_private: bool) -> Result<(), NetworkError> {
+        for entry in list {
+            if let Some((range, kind)) = ranges(&NEVER_REACHABLE).find(|(r, _)| entry.within(r)) {
+                return Err(NetworkError::NeverReachable {
+                    entry: *entry,
+                    range,
+                    kind,
+                });
+            }
+            if allow_private {
+                continue;
+            }
+            if let Some((range, kind)) = ranges(&PRIVATE_RANGES).find(|(r, _)| entry.within(r)) {
+                return Err(NetworkError::PrivateClosed {
+                    entry: *entry,
+                    range,
+                    kind,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Parses Daytona's comma-separated allow list (`"10.0.0.0/8,1.2.3.4"`).
     /// An empty or blank list means no allow list.
     pub fn parse_allow_list(s: &str) -> Result<Option<Vec<Cidr>>, NetworkError> {
@@ -214,25 +302,97 @@ pub struct Slot {
 
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
-    /// The addresses this runner gives sandboxes; `None` picks a free /22
-    /// of `AUTO_RANGE`.
+    /// The addresses this runner gives sandboxes; `None` picks a free
+    /// /`AUTO_PREFIX` of `AUTO_RANGE`.
     pub block: Option<Cidr>,
     /// Where block locks live (`/run/atoll/net`): a block belongs to the
     /// runner holding its lock.
     pub lock_dir: PathBuf,
     /// Slots kept ready.
     pub pool_size: usize,
+    /// Let sandboxes reach `PRIVATE_RANGES`. The host itself, the
+    /// never-reachable ranges and other sandboxes stay closed.
+    pub allow_private: bool,
+    /// Most connections one sandbox may have in the host's connection
+    /// tracking table at once (new ones past it are refused); 0: no cap.
+    pub max_connections: u32,
 }
 
-/// Where automatically chosen blocks come from, and their size.
-pub const AUTO_RANGE: &str = "10.213.0.0/16";
-pub const AUTO_PREFIX: u8 = 22;
+/// Most tracked connections per sandbox unless configured.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 4096;
+
+/// Where automatically chosen blocks come from, and their size: a /20
+/// holds 4,093 sandboxes (network, gateway and broadcast addresses aside),
+/// and the /12 holds 256 such blocks for runners sharing a host.
+pub const AUTO_RANGE: &str = "10.208.0.0/12";
+pub const AUTO_PREFIX: u8 = 20;
 /// Every host-side veth of every instance starts with this.
 pub const IF_PREFIX: &str = "atl";
 
+/// Which offsets of the block are taken. Offsets never handed out are
+/// implied by a cursor, so a block of any size costs memory only for the
+/// addresses in use and those given back.
 struct Addresses {
-    free: VecDeque<u32>,
+    /// The next never-used offset: every offset from here to `end` is free
+    /// unless `used` has it (sandboxes adopted at start).
+    next: u32,
+    /// One past the last usable offset (the broadcast address's).
+    end: u32,
+    /// Offsets given back, oldest first. They are reused only once no
+    /// never-used offset is left, and then oldest first: a stopped
+    /// sandbox's address rests as long as possible.
+    released: VecDeque<u32>,
     used: HashSet<u32>,
+}
+
+impl Addresses {
+    /// Offset 0 is the network, 1 the gateway, the last the broadcast.
+    fn new(block: Cidr, used: HashSet<u32>) -> Addresses {
+        Addresses {
+            next: 2,
+            end: (block.size() - 1) as u32,
+            released: VecDeque::new(),
+            used,
+        }
+    }
+
+    fn capacity(&self) -> u32 {
+        self.end.saturating_sub(2)
+    }
+
+    fn take(&mut self) -> Option<u32> {
+        while self.next < self.end {
+            let off = self.next;
+            self.next += 1;
+            if self.used.insert(off) {
+                return Some(off);
+            }
+        }
+        let off = self.released.pop_front()?;
+        self.used.insert(off);
+        Some(off)
+    }
+
+    fn give_back(&mut self, off: u32) {
+        if self.used.remove(&off) {
+            self.released.push_back(off);
+        }
+    }
+
+    fn any_free(&self) -> bool {
+        !self.released.is_empty() || (self.next..self.end).any(|o| !self.used.contains(&o))
+    }
+}
+
+/// What the firewall lets sandboxes reach beyond per-sandbox policy.
+#[derive(Debug, Clone)]
+struct Egress {
+    allow_private: bool,
+    max_connections: u32,
+    /// The resolvers of the sandboxes' `/etc/resolv.conf`: reachable on
+    /// port 53 even inside a closed range (a cloud VPC's resolver often
+    /// is private).
+    resolvers: Vec<Ipv4Addr>,
 }
 
 struct Inner {
@@ -240,6 +400,7 @@ struct Inner {
     gateway: Ipv4Addr,
     table: String,
     if_prefix: String,
+    egress: Egress,
     addresses: Mutex<Addresses>,
     /// Elements currently in the firewall sets, per sandbox address.
     rules: Mutex<HashMap<Ipv4Addr, NetworkPolicy>>,
@@ -281,12 +442,14 @@ impl Network {
                 rules.insert(l.ip, l.policy.clone());
             }
         }
-        let free = (2..(block.size() as u32 - 1))
-            .filter(|o| !used.contains(o))
-            .collect();
         let table = format!("atoll_{instance}");
+        let egress = Egress {
+            allow_private: cfg.allow_private,
+            max_connections: cfg.max_connections,
+            resolvers: ipv4_nameservers(sandbox_resolv_conf()),
+        };
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
-        load_ruleset(&ruleset(&table, &if_prefix, block, &rules))?;
+        load_ruleset(&ruleset(&table, &if_prefix, block, &egress, &rules))?;
         remove_stale_tables(instance, &cfg.lock_dir);
         let host = (Netlink::route()?, netlink::ioctl_socket()?);
         let inner = Arc::new(Inner {
@@ -294,7 +457,8 @@ impl Network {
             gateway,
             table,
             if_prefix,
-            addresses: Mutex::new(Addresses { free, used }),
+            egress,
+            addresses: Mutex::new(Addresses::new(block, used)),
             rules: Mutex::new(rules),
             host: Mutex::new(host),
             nft: Mutex::new(Netlink::netfilter()?),
@@ -310,8 +474,31 @@ impl Network {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "no network pool thread; slots are made on demand");
         }
-        tracing::info!(block = %block, gateway = %gateway, "sandbox network ready");
+        tracing::info!(
+            block = %block,
+            gateway = %gateway,
+            allow_private = cfg.allow_private,
+            max_connections = cfg.max_connections,
+            "sandbox network ready"
+        );
         Ok(Network { inner })
+    }
+
+    /// Fails at once with `NetworkError::Full` when no address is left (no
+    /// ready slot, no free address), so a create can be refused before it
+    /// prepares anything.
+    pub fn check_capacity(&self) -> Result<(), NetworkError> {
+        if !lock(&self.inner.pool).is_empty() {
+            return Ok(());
+        }
+        let a = lock(&self.inner.addresses);
+        if a.any_free() {
+            return Ok(());
+        }
+        Err(NetworkError::Full {
+            block: self.inner.block,
+            capacity: a.capacity(),
+        })
     }
 
     /// A ready slot from the pool, or a fresh one if the pool is empty.
@@ -368,17 +555,20 @@ impl Network {
 
     /// Gives a sandbox's address back (its namespace is gone or going) and
     /// clears its rules first, so the next holder starts clean; if they
-    /// cannot be cleared the address stays taken.
+    /// cannot be cleared the address stays taken. The host end of its veth
+    /// is deleted now (taking the peer with it) rather than when the kernel
+    /// gets round to the dying namespace, so the address is reusable at once.
     pub fn release(&self, ip: Ipv4Addr) -> Result<(), NetworkError> {
         self.apply(ip, &NetworkPolicy::default())?;
         let block = self.inner.block;
         if block.contains(ip) {
             let off = u32::from(ip) - block.first();
-            let mut a = lock(&self.inner.addresses);
-            if a.used.remove(&off) {
-                // To the back: the old veth may take a moment to disappear.
-                a.free.push_back(off);
+            let name = self.inner.if_name(off);
+            if let Err(e) = lock(&self.inner.host).0.del_link(&name) {
+                tracing::warn!(error = %e, veth = %name, "deleting a stopped sandbox's veth failed");
             }
+            lock(&self.inner.addresses).give_back(off);
+            self.inner.wake.notify_one();
         }
         Ok(())
     }
@@ -432,10 +622,22 @@ fn elements(ip: Ipv4Addr, p: &NetworkPolicy) -> Elements {
 }
 
 /// The instance's nftables table, rebuilt whole at start.
+///
+/// - `prerouting` (before any DNAT of the host's): a new connection from
+///   any sandbox to an address of the host (any interface's, not just the
+///   gateway) is dropped, so a port the host DNATs elsewhere is closed too;
+/// - `input`: from sandbox veths only replies reach the host;
+/// - `forward`: nothing but replies enters a sandbox (any instance's), and
+///   this instance's sandboxes go through `egress`: spoofed sources, IPv6,
+///   `blocked` sources, allow lists (`limited` sources pass only to
+///   `allowed`), the resolvers on port 53, never-reachable ranges and the
+///   sandbox block, private ranges unless opened; what passes goes to
+///   `admit`, which caps each source's tracked connections.
 fn ruleset(
     table: &str,
     if_prefix: &str,
     block: Cidr,
+    egress: &Egress,
     rules: &HashMap<Ipv4Addr, NetworkPolicy>,
 ) -> String {
     let mut blocked = Vec::new();
@@ -462,6 +664,22 @@ fn ruleset(
         }
     };
     let (b, l, a) = (els(&blocked), els(&limited), els(&allowed));
+    let resolvers: Vec<String> = egress.resolvers.iter().map(|r| r.to_string()).collect();
+    let r = els(&resolvers);
+    let cidrs = |list: &[(&str, &str)]| list.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ");
+    let never = cidrs(&NEVER_REACHABLE);
+    let private = if egress.allow_private {
+        String::new()
+    } else {
+        format!("\n    ip daddr {{ {} }} drop", cidrs(&PRIVATE_RANGES))
+    };
+    let cap = match egress.max_connections {
+        0 => String::new(),
+        n => format!(
+            "\n    meta l4proto tcp add @connections {{ ip saddr ct count over {n} }} reject with tcp reset\
+             \n    meta l4proto != tcp add @connections {{ ip saddr ct count over {n} }} reject"
+        ),
+    };
     format!(
         r#"table inet {table}
 delete table inet {table}
@@ -469,6 +687,12 @@ table inet {table} {{
   set blocked {{ type ipv4_addr;{b} }}
   set limited {{ type ipv4_addr;{l} }}
   set allowed {{ type ipv4_addr . ipv4_addr; flags interval;{a} }}
+  set resolvers {{ type ipv4_addr;{r} }}
+  set connections {{ type ipv4_addr; size 65535; flags dynamic; }}
+  chain prerouting {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname "{IF_PREFIX}*" ct state != {{ established, related }} fib daddr type local drop
+  }}
   chain input {{
     type filter hook input priority filter - 10; policy accept;
     iifname "{IF_PREFIX}*" ct state established,related accept
@@ -486,9 +710,13 @@ table inet {table} {{
     fib saddr . iif oif missing drop
     ip saddr != {block} drop
     ip saddr @blocked drop
-    ip daddr {{ 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, {block} }} drop
-    ip saddr . ip daddr @allowed accept
-    ip saddr @limited drop
+    ip saddr @limited ip saddr . ip daddr != @allowed drop
+    ip daddr @resolvers meta l4proto {{ tcp, udp }} th dport 53 goto admit
+    ip daddr {{ {never}, {block} }} drop{private}
+    goto admit
+  }}
+  chain admit {{
+    ct state != new accept{cap}
     accept
   }}
   chain postrouting {{
@@ -621,7 +849,10 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetworkError> {
 
 /// Picks this runner's address block and takes its lock: the configured
 /// one, else the one it had before, else the first free block of
-/// `AUTO_RANGE` that no other runner holds and no host route uses.
+/// `AUTO_RANGE` that no other runner holds and no host route overlaps. A
+/// block counts as held when any held lock names a block overlapping it,
+/// so runners with different block sizes (or an explicit `--network`
+/// inside the automatic range) never share addresses.
 fn claim_block(
     cfg: &NetworkConfig,
     instance: &str,
@@ -642,7 +873,7 @@ fn claim_block(
             .write(true)
             .open(&path)
             .map_err(io_err("opening", &path))?;
-        if !flock_nb(&f) {
+        if !flock_nb(&f) || overlapping_lock_held(&cfg.lock_dir, c, &path) {
             return Ok(None);
         }
         // Who holds it: a starting runner keeps this holder's table.
@@ -670,9 +901,11 @@ fn claim_block(
     let mut start = range.first();
     while start <= range.last() {
         let c = Cidr::new(Ipv4Addr::from(start), AUTO_PREFIX);
-        let busy = routes
-            .iter()
-            .any(|(dst, ifname)| c.contains(*dst) && !ifname.starts_with(if_prefix));
+        // Another runner's sandboxes (which outlive it), or a network the
+        // host reaches through some interface: addresses there are taken.
+        let busy = routes.iter().any(|(dst, ifname)| {
+            dst.prefix > 0 && dst.overlaps(&c) && !ifname.starts_with(if_prefix)
+        });
         if !busy {
             if let Some(f) = try_lock(c)? {
                 remember(c)?;
@@ -687,28 +920,64 @@ fn claim_block(
     })
 }
 
+/// Is a lock other than `own` held that names a block overlapping `c`?
+/// (Probing a lock takes it for an instant, as `lock_holders` does.)
+fn overlapping_lock_held(lock_dir: &Path, c: Cidr, own: &Path) -> bool {
+    std::fs::read_dir(lock_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path() != own)
+        .filter(|e| {
+            lock_file_block(&e.file_name().to_string_lossy()).is_some_and(|b| b.overlaps(&c))
+        })
+        .any(|e| File::open(e.path()).is_ok_and(|f| !flock_nb(&f)))
+}
+
+/// The block a lock file is named for (`10.213.0.0-20.lock`).
+fn lock_file_block(name: &str) -> Option<Cidr> {
+    let (addr, prefix) = name.strip_suffix(".lock")?.rsplit_once('-')?;
+    Cidr::parse(&format!("{addr}/{prefix}")).ok()
+}
+
 /// Destinations and interfaces of the host's IPv4 routes.
-fn host_routes() -> Vec<(Ipv4Addr, String)> {
+fn host_routes() -> Vec<(Cidr, String)> {
     parse_routes(&std::fs::read_to_string("/proc/net/route").unwrap_or_default())
 }
 
-/// `/proc/net/route`: a header line, then `Iface Destination …` with the
-/// destination as a native-endian hex u32.
-fn parse_routes(text: &str) -> Vec<(Ipv4Addr, String)> {
+/// `/proc/net/route`: a header line, then `Iface Destination Gateway Flags
+/// RefCnt Use Metric Mask …` with destination and mask as native-endian
+/// hex u32s.
+fn parse_routes(text: &str) -> Vec<(Cidr, String)> {
     text.lines()
         .skip(1)
         .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let ifname = f.next()?.to_string();
-            let dst = u32::from_str_radix(f.next()?, 16).ok()?;
-            Some((Ipv4Addr::from(dst.to_le_bytes()), ifname))
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |i: usize| -> Option<Ipv4Addr> {
+                let v = u32::from_str_radix(f.get(i)?, 16).ok()?;
+                Some(Ipv4Addr::from(v.to_le_bytes()))
+            };
+            let (dst, mask) = (hex(1)?, hex(7)?);
+            let prefix = u32::from(mask).leading_ones() as u8;
+            Some((Cidr::new(dst, prefix), f.first()?.to_string()))
         })
         .collect()
 }
 
 impl Inner {
     fn reload(&self, rules: &HashMap<Ipv4Addr, NetworkPolicy>) -> Result<(), NetworkError> {
-        load_ruleset(&ruleset(&self.table, &self.if_prefix, self.block, rules))
+        load_ruleset(&ruleset(
+            &self.table,
+            &self.if_prefix,
+            self.block,
+            &self.egress,
+            rules,
+        ))
+    }
+
+    /// The host end of the veth of the sandbox at offset `off`.
+    fn if_name(&self, off: u32) -> String {
+        format!("{}{off:04x}", self.if_prefix)
     }
 
     /// Puts the table back if something removed it: without it, nothing
@@ -726,19 +995,14 @@ impl Inner {
 
     fn allocate(&self) -> Result<u32, NetworkError> {
         let mut a = lock(&self.addresses);
-        let off = a
-            .free
-            .pop_front()
-            .ok_or(NetworkError::Exhausted(self.block))?;
-        a.used.insert(off);
-        Ok(off)
+        a.take().ok_or(NetworkError::Full {
+            block: self.block,
+            capacity: a.capacity(),
+        })
     }
 
     fn unallocate(&self, off: u32) {
-        let mut a = lock(&self.addresses);
-        if a.used.remove(&off) {
-            a.free.push_back(off);
-        }
+        lock(&self.addresses).give_back(off);
     }
 
     fn make_slot(&self) -> Result<Slot, NetworkError> {
@@ -760,12 +1024,15 @@ impl Inner {
                 }
             }
         }
-        Err(last.unwrap_or(NetworkError::Exhausted(self.block)))
+        Err(last.unwrap_or(NetworkError::Full {
+            block: self.block,
+            capacity: lock(&self.addresses).capacity(),
+        }))
     }
 
     fn build_slot(&self, off: u32) -> Result<Slot, NetworkError> {
         let ip = Ipv4Addr::from(self.block.first() + off);
-        let host_if = format!("{}{off:04x}", self.if_prefix);
+        let host_if = self.if_name(off);
         // A fresh namespace, made by a short-lived thread so this one stays
         // where it is; sockets opened there stay bound to it.
         let made = std::thread::scope(|s| {
@@ -825,7 +1092,12 @@ fn fill_pool(inner: std::sync::Weak<Inner>) {
             match me.make_slot() {
                 Ok(s) => lock(&me.pool).push(s),
                 Err(e) => {
-                    tracing::warn!(error = %e, "preparing a network slot failed");
+                    if matches!(e, NetworkError::Full { .. }) {
+                        // Not a fault: a release wakes us.
+                        tracing::debug!(error = %e, "no address for a ready network slot");
+                    } else {
+                        tracing::warn!(error = %e, "preparing a network slot failed");
+                    }
                     let g = lock(&me.pool);
                     let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(5));
                 }
@@ -836,6 +1108,11 @@ fn fill_pool(inner: std::sync::Weak<Inner>) {
         // Wake up now and then to notice the runtime is gone, or the
         // firewall table removed.
         let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(2));
+        if Arc::strong_count(&me) == 1 {
+            // The network was dropped while we waited: its table is not
+            // ours to put back.
+            return;
+        }
         me.check_table();
     }
 }
@@ -855,6 +1132,17 @@ pub fn sandbox_resolv_conf() -> &'static str {
         }
         String::new()
     })
+}
+
+/// The IPv4 `nameserver`s of a resolv.conf.
+fn ipv4_nameservers(text: &str) -> Vec<Ipv4Addr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some("nameserver")).then_some(())?;
+            f.next()?.parse().ok()
+        })
+        .collect()
 }
 
 fn resolv_conf_without_loopback(text: &str) -> String {
@@ -946,10 +1234,16 @@ mod tests {
                 allow_list: Some(vec![Cidr::parse("1.2.3.0/24").unwrap()]),
             },
         );
+        let egress = Egress {
+            allow_private: false,
+            max_connections: 0,
+            resolvers: vec![],
+        };
         let text = ruleset(
             "atoll_x",
             "atlabc",
             Cidr::parse("10.213.0.0/22").unwrap(),
+            &egress,
             &rules,
         );
         assert!(text.contains("set blocked { type ipv4_addr; elements = { 10.213.0.2 }; }"));
@@ -979,14 +1273,126 @@ mod tests {
 
     #[test]
     fn host_routes_decode_proc_net_route() {
-        let text = "Iface\tDestination\tGateway\tFlags\n\
-                    eth0\t00000000\t010200C0\t0003\n\
-                    atlab0002\t0200D50A\t00000000\t0001\n";
+        let text = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                    eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n\
+                    atlab0002\t0200D50A\t00000000\t0001\t0\t0\t0\tFFFFFFFF\n\
+                    eth1\t0000000A\t00000000\t0001\t0\t0\t0\t000000FF\n";
         let r = parse_routes(text);
-        assert_eq!(r[0], (Ipv4Addr::UNSPECIFIED, "eth0".to_string()));
+        assert_eq!(
+            r[0],
+            (Cidr::parse("0.0.0.0/0").unwrap(), "eth0".to_string())
+        );
         assert_eq!(
             r[1],
-            ("10.213.0.2".parse().unwrap(), "atlab0002".to_string())
+            (
+                Cidr::parse("10.213.0.2/32").unwrap(),
+                "atlab0002".to_string()
+            )
+        );
+        assert_eq!(
+            r[2],
+            (Cidr::parse("10.0.0.0/8").unwrap(), "eth1".to_string())
+        );
+        assert_eq!(
+            lock_file_block("10.213.16.0-20.lock"),
+            Some(Cidr::parse("10.213.16.0/20").unwrap())
+        );
+        assert_eq!(lock_file_block("junk.lock"), None);
+    }
+
+    #[test]
+    fn overlap_and_containment() {
+        let c = |s| Cidr::parse(s).unwrap();
+        assert!(c("10.213.4.0/22").within(&c("10.213.0.0/20")));
+        assert!(!c("10.213.0.0/20").within(&c("10.213.4.0/22")));
+        assert!(c("10.213.0.0/20").overlaps(&c("10.213.4.0/22")));
+        assert!(c("10.213.4.0/22").overlaps(&c("10.213.0.0/20")));
+        assert!(!c("10.213.16.0/20").overlaps(&c("10.213.0.0/20")));
+        assert!(c("0.0.0.0/0").overlaps(&c("1.2.3.4/32")));
+    }
+
+    #[test]
+    fn addresses_hand_out_never_used_ones_first_and_reuse_oldest_released() {
+        let block = Cidr::parse("10.0.0.0/29").unwrap();
+        // Offset 3 belongs to a sandbox adopted at start.
+        let mut a = Addresses::new(block, HashSet::from([3]));
+        assert_eq!(a.capacity(), 5);
+        let got: Vec<u32> = std::iter::from_fn(|| a.take()).collect();
+        assert_eq!(got, [2, 4, 5, 6]);
+        assert!(!a.any_free());
+        a.give_back(5);
+        a.give_back(3);
+        a.give_back(3); // twice is once
+        a.give_back(7); // never handed out: ignored
+        assert!(a.any_free());
+        assert_eq!((a.take(), a.take(), a.take()), (Some(5), Some(3), None));
+        // A /8 costs nothing up front.
+        let big = Addresses::new(Cidr::parse("10.0.0.0/8").unwrap(), HashSet::new());
+        assert_eq!(big.capacity(), (1 << 24) - 3);
+        assert!(big.released.is_empty() && big.used.is_empty());
+    }
+
+    #[test]
+    fn allow_lists_cannot_name_closed_ranges() {
+        let list = |s| NetworkPolicy::parse_allow_list(s).unwrap().unwrap();
+        for open in ["198.51.100.0/24", "0.0.0.0/0", "8.0.0.0/5", "1.2.3.4"] {
+            NetworkPolicy::check_reachable(&list(open), false).unwrap();
+        }
+        for private in [
+            "10.1.0.0/16",
+            "172.20.0.1",
+            "192.168.0.0/16",
+            "100.100.0.0/16",
+        ] {
+            let e = NetworkPolicy::check_reachable(&list(private), false).unwrap_err();
+            assert!(
+                matches!(e, NetworkError::PrivateClosed { .. }),
+                "{private}: {e}"
+            );
+            assert!(e.to_string().contains("--egress-allow-private"), "{e}");
+            NetworkPolicy::check_reachable(&list(private), true).unwrap();
+        }
+        for never in ["169.254.169.254", "127.0.0.0/8", "224.0.0.1", "0.0.0.0/8"] {
+            for allow_private in [false, true] {
+                let e = NetworkPolicy::check_reachable(&list(never), allow_private).unwrap_err();
+                assert!(
+                    matches!(e, NetworkError::NeverReachable { .. }),
+                    "{never}: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn closed_ranges_and_the_connection_cap_are_in_the_ruleset() {
+        let block = Cidr::parse("10.213.0.0/20").unwrap();
+        let mut egress = Egress {
+            allow_private: false,
+            max_connections: 4096,
+            resolvers: vec!["10.255.255.53".parse().unwrap()],
+        };
+        let text = ruleset("atoll_x", "atlabc", block, &egress, &HashMap::new());
+        assert!(text.contains(
+            "ip daddr { 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16, 224.0.0.0/3, 10.213.0.0/20 } drop"
+        ));
+        assert!(text.contains(
+            "ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10 } drop"
+        ));
+        assert!(text.contains("set resolvers { type ipv4_addr; elements = { 10.255.255.53 }; }"));
+        assert!(text.contains("ct count over 4096 } reject with tcp reset"));
+        assert!(text.contains("fib daddr type local drop"));
+        egress.allow_private = true;
+        egress.max_connections = 0;
+        let text = ruleset("atoll_x", "atlabc", block, &egress, &HashMap::new());
+        assert!(!text.contains("192.168.0.0/16"));
+        assert!(!text.contains("ct count"));
+        assert!(text.contains("169.254.0.0/16"));
+        assert_eq!(
+            ipv4_nameservers("nameserver 10.0.0.2\nnameserver ::1\n# x\nnameserver 1.1.1.1\n"),
+            [
+                "10.0.0.2".parse::<Ipv4Addr>().unwrap(),
+                "1.1.1.1".parse().unwrap()
+            ]
         );
     }
 }

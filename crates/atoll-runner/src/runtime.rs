@@ -40,6 +40,16 @@ pub enum RuntimeError {
     NotReady { id: String, secs: u64 },
 }
 
+impl RuntimeError {
+    /// No network address is left for another running sandbox.
+    pub fn is_network_full(&self) -> bool {
+        matches!(
+            self,
+            RuntimeError::Network(crate::network::NetworkError::Full { .. })
+        )
+    }
+}
+
 /// What the runtime sees of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
@@ -55,6 +65,16 @@ pub enum Observed {
         id: String,
         reason: String,
     },
+}
+
+impl Observed {
+    pub fn id(&self) -> &str {
+        match self {
+            Observed::Running { id, .. }
+            | Observed::Stopped { id }
+            | Observed::Failed { id, .. } => id,
+        }
+    }
 }
 
 /// A started sandbox.
@@ -113,6 +133,12 @@ pub trait Runtime: Send + Sync {
     fn recover(&self) -> Result<Vec<Observed>, RuntimeError>;
     /// Current state of every sandbox the runtime knows.
     fn observe(&self) -> Vec<Observed>;
+    /// Current state of one sandbox, looked at now; `None` if the runtime
+    /// knows no such sandbox (which says nothing about whether it runs
+    /// elsewhere, or is about to).
+    fn observe_one(&self, id: &str) -> Option<Observed> {
+        self.observe().into_iter().find(|o| o.id() == id)
+    }
     /// The toolbox socket of a sandbox, on the host.
     fn socket(&self, id: &str) -> PathBuf;
     /// Who must be at the other end of that socket (`None`: the sandbox
@@ -388,6 +414,10 @@ impl Runtime for NamespaceRuntime {
             }
             self.cleanup(id)?;
         }
+        if let Some(n) = &self.network {
+            // A full network refuses the start before anything is prepared.
+            n.check_capacity()?;
+        }
         let t0 = Instant::now();
         // The sandbox's host directory: the runner's alone (nothing in it
         // is visible inside the sandbox).
@@ -635,21 +665,12 @@ impl Runtime for NamespaceRuntime {
     }
 
     fn observe(&self) -> Vec<Observed> {
-        self.journal
-            .entries()
-            .into_iter()
-            .map(|e| match (e.state, journal::is_alive(&e)) {
-                (EntryState::Running, true) => Observed::Running {
-                    id: e.id,
-                    pid: e.pid.unwrap_or(0),
-                },
-                (EntryState::Creating, _) => Observed::Failed {
-                    id: e.id,
-                    reason: "starting".into(),
-                },
-                (EntryState::Running, false) => Observed::Stopped { id: e.id },
-            })
-            .collect()
+        self.journal.entries().into_iter().map(observed).collect()
+    }
+
+    fn observe_one(&self, id: &str) -> Option<Observed> {
+        self.dirs(id).ok()?;
+        self.journal.get(id).map(observed)
     }
 
     fn socket(&self, id: &str) -> PathBuf {
@@ -744,6 +765,21 @@ impl Runtime for NamespaceRuntime {
         // PID 1 now, it did when we opened (a pid never comes back), so a
         // reused pid can never hand out another process's namespace.
         journal::is_alive(&e).then_some(ns)
+    }
+}
+
+/// What a journal entry says of its sandbox, checked against `/proc` now.
+fn observed(e: Entry) -> Observed {
+    match (e.state, journal::is_alive(&e)) {
+        (EntryState::Running, true) => Observed::Running {
+            id: e.id,
+            pid: e.pid.unwrap_or(0),
+        },
+        (EntryState::Creating, _) => Observed::Failed {
+            id: e.id,
+            reason: "starting".into(),
+        },
+        (EntryState::Running, false) => Observed::Stopped { id: e.id },
     }
 }
 

@@ -48,6 +48,8 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
         block: Some(block),
         lock_dir: dir.join("locks"),
         pool_size: 1,
+        allow_private: false,
+        max_connections: 0,
     };
     // A runner that died with nothing running left its table behind.
     let stale = "table inet atoll_0dead0000001 {\n  chain c {\n    type filter hook forward priority 0;\n  }\n}\n";
@@ -69,6 +71,8 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
         block: Some(Cidr::parse("10.213.252.16/28").unwrap()),
         lock_dir: dir.join("locks"),
         pool_size: 0,
+        allow_private: false,
+        max_connections: 0,
     };
     std::fs::create_dir_all(dir.join("idle")).unwrap();
     std::fs::create_dir_all(dir.join("other")).unwrap();
@@ -86,6 +90,21 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
     atoll_runner::network::drop_table("7e57ab000003");
     // A second runner cannot take the same block.
     let taken = Network::start(&cfg, "7e57ab000002", &dir.join("other"), &[]);
+    assert!(
+        matches!(
+            taken,
+            Err(atoll_runner::network::NetworkError::BlockInUse(_))
+        ),
+        "{:?}",
+        taken.err()
+    );
+
+    // Nor a block overlapping it, whatever its size.
+    let wider = NetworkConfig {
+        block: Some(Cidr::parse("10.213.252.0/27").unwrap()),
+        ..cfg.clone()
+    };
+    let taken = Network::start(&wider, "7e57ab000002", &dir.join("other"), &[]);
     assert!(
         matches!(
             taken,
@@ -171,9 +190,42 @@ fn slots_are_routed_and_policies_reach_the_firewall() {
     net.release(slot.ip).unwrap();
     assert!(!nft_set(&table, "blocked").contains(&slot.ip.to_string()));
     assert!(!nft_set(&table, "limited").contains(&slot.ip.to_string()));
-
+    // Its veth goes with the release, so the address is reusable at once.
+    let veth = format!("/sys/class/net/{}", slot.host_if);
+    assert!(!std::path::Path::new(&veth).exists(), "{veth}");
     drop(slot);
+
     drop(net);
     atoll_runner::network::drop_table(instance);
+
+    // A /28 holds 13 sandboxes; past that a take fails at once, and so
+    // does the capacity check, until an address comes back.
+    let small = NetworkConfig {
+        block: Some(Cidr::parse("10.213.252.32/28").unwrap()),
+        lock_dir: dir.join("locks"),
+        pool_size: 0,
+        allow_private: false,
+        max_connections: 0,
+    };
+    std::fs::create_dir_all(dir.join("small")).unwrap();
+    let net = Network::start(&small, "5a1100000005", &dir.join("small"), &[]).unwrap();
+    let mut held: Vec<_> = (0..13).map(|_| net.take().unwrap()).collect();
+    let full = net.take().err().unwrap();
+    assert!(
+        matches!(
+            full,
+            atoll_runner::network::NetworkError::Full { capacity: 13, .. }
+        ),
+        "{full}"
+    );
+    assert!(full.to_string().contains("network is full"), "{full}");
+    assert!(net.check_capacity().is_err());
+    let back = held.pop().unwrap();
+    net.release(back.ip).unwrap();
+    net.check_capacity().unwrap();
+    assert_eq!(net.take().unwrap().ip, back.ip);
+    drop(held);
+    drop(net);
+    atoll_runner::network::drop_table("5a1100000005");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -41,10 +41,20 @@ pub struct ServeArgs {
     #[arg(long, env = "ATOLL_PREVIEW_DOMAIN")]
     preview_domain: Option<String>,
     /// Sandbox network: `auto` (each sandbox gets a routed veth with NAT
-    /// egress, addresses from a free /22 of 10.213.0.0/16), a CIDR to take
-    /// addresses from (e.g. `10.50.0.0/20`), or `off` (loopback only).
+    /// egress, addresses from a free /20 of 10.208.0.0/12: 4,093
+    /// sandboxes), a CIDR to take addresses from (e.g. `10.50.0.0/16`), or
+    /// `off` (loopback only).
     #[arg(long, env = "ATOLL_NETWORK", default_value = "auto")]
     network: String,
+    /// Let sandboxes reach private networks (RFC 1918, 100.64.0.0/10),
+    /// closed by default. The host itself, link-local addresses (cloud
+    /// metadata) and other sandboxes stay closed.
+    #[arg(long, env = "ATOLL_EGRESS_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    egress_allow_private: bool,
+    /// Most connections one sandbox may have open (tracked by the host)
+    /// at once; new ones past it are refused. 0: no cap.
+    #[arg(long, env = "ATOLL_SANDBOX_MAX_CONNECTIONS", default_value_t = atoll_runner::network::DEFAULT_MAX_CONNECTIONS)]
+    sandbox_max_connections: u32,
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
@@ -103,6 +113,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             },
             lock_dir: PathBuf::from("/run/atoll/net"),
             pool_size: 4,
+            allow_private: args.egress_allow_private,
+            max_connections: args.sandbox_max_connections,
         }),
     };
     std::fs::create_dir_all(&args.data_dir)
@@ -161,6 +173,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 preview_domain: preview_domain.clone(),
                 default_snapshot: image.name.clone(),
                 lifecycle: lifecycle_timing()?,
+                egress_allow_private: args.egress_allow_private,
             },
             preview_secret,
         );
