@@ -268,6 +268,9 @@ mod tests {
         fn socket(&self, _: &str) -> PathBuf {
             PathBuf::from("/nonexistent/toolbox.sock")
         }
+        fn toolbox_peer(&self, _: &str) -> Option<atoll_runner::runtime::ToolboxPeer> {
+            None
+        }
         fn memory_usage(&self, _: &str) -> Option<u64> {
             None
         }

@@ -359,11 +359,16 @@ impl ArchiveStore {
             id: id.into(),
             detail: "no output pipe".into(),
         })?;
+        // Only the one member we expect, as a regular file: an archive is
+        // data from a bucket, so nothing else in it is unpacked.
+        let name = disk_image.file_name().unwrap_or_default();
         let tar = Command::new("tar")
-            .args(["--sparse", "--numeric-owner", "-C"])
+            .args(["--sparse", "--numeric-owner", "--no-same-permissions", "-C"])
             .arg(&staging)
             .arg("-xf")
             .arg("-")
+            .arg("--")
+            .arg(name)
             .stdin(z_out)
             .stderr(Stdio::piped())
             .output()
@@ -385,12 +390,11 @@ impl ArchiveStore {
         if !tar.status.success() {
             return Err(fail("tar", tar.stderr));
         }
-        let name = disk_image.file_name().unwrap_or_default();
         let unpacked = staging.join(name);
-        if !unpacked.exists() {
+        if !fs::symlink_metadata(&unpacked).is_ok_and(|m| m.file_type().is_file()) {
             return Err(fail(
                 "tar",
-                b"the archive does not contain the disk image".to_vec(),
+                b"the archive does not contain the disk image as a regular file".to_vec(),
             ));
         }
         fsync_path(&unpacked)?;
@@ -470,6 +474,37 @@ mod tests {
             store.restore("sb", &image),
             Err(ArchiveError::Missing(_))
         ));
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_hostile_archive_unpacks_nothing_but_a_regular_disk_image() {
+        let root = std::env::temp_dir().join(format!("atoll-archive-evil-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let work = root.join("work");
+        fs::create_dir_all(&work).unwrap();
+        let target = root.join("host-target");
+        // disk.img is a symlink to a host path, plus an extra member.
+        std::os::unix::fs::symlink(&target, work.join("disk.img")).unwrap();
+        fs::write(work.join("extra"), "x").unwrap();
+        let store = ArchiveStore::open(&root.join("archives")).unwrap();
+        let tar = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "tar -C {} -cf - disk.img extra | zstd -q -c > {}",
+                work.display(),
+                store.path("sb").display()
+            ))
+            .status()
+            .unwrap();
+        assert!(tar.success());
+        let sb = root.join("sb");
+        fs::create_dir_all(&sb).unwrap();
+        let image = sb.join("disk.img");
+        assert!(store.restore("sb", &image).is_err());
+        assert!(fs::symlink_metadata(&image).is_err(), "nothing installed");
+        assert!(!target.exists() && !sb.join("extra").exists());
+        assert!(store.exists("sb"), "the archive is kept for inspection");
         fs::remove_dir_all(root).unwrap();
     }
 }

@@ -44,7 +44,65 @@ pub struct Cgroups {
     parent: PathBuf,
 }
 
-const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "devices"];
+const V1_CONTROLLERS: &[&str] = &["memory", "pids", "cpu", "devices", "blkio"];
+
+/// I/O limits of every sandbox's disk (0: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IoLimits {
+    /// Bytes per second, reads and writes each.
+    pub bps: u64,
+    /// Operations per second, reads and writes each.
+    pub iops: u64,
+}
+
+/// Where a sandbox's I/O limits are written once its disk's device is
+/// known (the init helper attaches the loop device).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum IoThrottle {
+    /// The v1 blkio controller's cgroup directory.
+    V1(PathBuf),
+    /// The unified hierarchy's cgroup directory (`io.max`).
+    V2(PathBuf),
+}
+
+impl IoThrottle {
+    /// Limits I/O to the block device `major:minor` (v1: blkio throttle
+    /// files; v2: one `io.max` line).
+    pub fn apply(&self, major: u64, minor: u64, l: &IoLimits) -> Result<(), CgroupError> {
+        let dev = format!("{major}:{minor}");
+        let v = |x: u64| {
+            if x == 0 {
+                "max".to_string()
+            } else {
+                x.to_string()
+            }
+        };
+        match self {
+            IoThrottle::V1(dir) => {
+                // v1 takes 0 as "no limit".
+                for (file, value) in [
+                    ("blkio.throttle.read_bps_device", l.bps),
+                    ("blkio.throttle.write_bps_device", l.bps),
+                    ("blkio.throttle.read_iops_device", l.iops),
+                    ("blkio.throttle.write_iops_device", l.iops),
+                ] {
+                    write(&dir.join(file), &format!("{dev} {value}"))?;
+                }
+                Ok(())
+            }
+            IoThrottle::V2(dir) => write(
+                &dir.join("io.max"),
+                &format!(
+                    "{dev} rbps={} wbps={} riops={} wiops={}",
+                    v(l.bps),
+                    v(l.bps),
+                    v(l.iops),
+                    v(l.iops)
+                ),
+            ),
+        }
+    }
+}
 
 /// Character devices a sandbox may open (v1 devices controller):
 /// null, zero, full, random, urandom, tty, ptmx and the pts range.
@@ -103,6 +161,22 @@ impl Cgroups {
                 .iter()
                 .map(|(n, m)| (n.clone(), m.join(&rel)))
                 .collect(),
+        }
+    }
+
+    /// Where the sandbox's disk I/O is throttled (`None`: no io/blkio
+    /// controller on this host).
+    pub fn io_throttle(&self, id: &str) -> Option<IoThrottle> {
+        let rel = self.parent.join(id);
+        match &self.hierarchy {
+            Hierarchy::V2 { root } => {
+                let dir = root.join(rel);
+                dir.join("io.max").exists().then_some(IoThrottle::V2(dir))
+            }
+            Hierarchy::V1 { controllers } => controllers
+                .iter()
+                .find(|(n, _)| n == "blkio")
+                .map(|(_, m)| IoThrottle::V1(m.join(&rel))),
         }
     }
 
@@ -285,7 +359,7 @@ impl Cgroups {
 
 fn enable_v2_controllers(dir: &Path) {
     // Best effort: the root may already delegate them.
-    let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu");
+    let _ = fs::write(dir.join("cgroup.subtree_control"), "+memory +pids +cpu +io");
 }
 
 fn read_pids(file: &Path) -> Vec<i32> {

@@ -55,6 +55,8 @@ pub enum InitError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     Userns(#[from] crate::userns::UsernsError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> InitError {
@@ -133,7 +135,10 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     let root = &req.dirs.root;
     let root_dir = open_dir_nofollow(root)?;
     nix::unistd::fchdir(&root_dir).map_err(sys("entering the sandbox directory"))?;
-    mounts::prepare_host_side()?;
+    let disk_dev = mounts::prepare_host_side()?;
+    if let (Some((throttle, limits)), Some((major, minor))) = (&req.io, disk_dev) {
+        throttle.apply(major, minor, limits)?;
+    }
     let listener = bind_toolbox_socket()?;
     let userns = crate::userns::create_userns(&req.uids)?;
     let disk = crate::userns::idmap_clone(Path::new(spec::DISK_DIR), &userns, false)?;

@@ -128,7 +128,8 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 
 /// Host-side preparation, as host root with the cwd at the sandbox's
 /// directory: mount points, the disk with `upper` and `work`, and `sysfs`.
-pub fn prepare_host_side() -> Result<(), MountError> {
+/// Returns the disk's loop device number.
+pub fn prepare_host_side() -> Result<Option<(u64, u64)>, MountError> {
     use crate::spec::{DISK_DIR, DISK_IMAGE, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
     let d = |p: &str| PathBuf::from(p);
     let mut ops = Vec::new();
@@ -287,8 +288,10 @@ fn prep(path: &Path) -> impl FnOnce(std::io::Error) -> MountError + '_ {
     }
 }
 
-/// Executes a plan. Must run inside a private mount namespace.
-pub fn execute(ops: &[MountOp]) -> Result<(), MountError> {
+/// Executes a plan. Must run inside a private mount namespace. Returns the
+/// device number (major, minor) of the last loop device it attached.
+pub fn execute(ops: &[MountOp]) -> Result<Option<(u64, u64)>, MountError> {
+    let mut loop_dev = None;
     for op in ops {
         match op {
             MountOp::LoopMount { image, target } => {
@@ -308,6 +311,11 @@ pub fn execute(ops: &[MountOp]) -> Result<(), MountError> {
                     target: target.clone(),
                     source: e,
                 })?;
+                if let Ok(md) = std::fs::metadata(&dev.path) {
+                    use std::os::unix::fs::MetadataExt;
+                    let rdev = md.rdev();
+                    loop_dev = Some((nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev)));
+                }
                 // The mount holds the device now; closing ours lets autoclear
                 // detach it when the sandbox's namespace goes away.
                 drop(dev);
@@ -462,7 +470,7 @@ pub fn execute(ops: &[MountOp]) -> Result<(), MountError> {
             }
         }
     }
-    Ok(())
+    Ok(loop_dev)
 }
 
 #[cfg(test)]

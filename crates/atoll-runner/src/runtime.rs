@@ -192,6 +192,8 @@ pub struct RuntimeConfig {
     /// The host-wide registry of uid slices (shared by every runner on
     /// the host; on a tmpfs, as sandboxes do not outlive a reboot).
     pub uid_slots_dir: PathBuf,
+    /// I/O limits of each sandbox's disk.
+    pub io_limits: crate::cgroup::IoLimits,
 }
 
 /// Where runners on this host register sandboxes' uid slices.
@@ -509,6 +511,10 @@ impl Runtime for NamespaceRuntime {
             etc: crate::etc::EtcFiles::new(&spec.hostname, crate::network::sandbox_resolv_conf()),
             uids,
             cgroup_procs,
+            io: (self.cfg.io_limits != crate::cgroup::IoLimits::default())
+                .then(|| self.cgroups.io_throttle(id))
+                .flatten()
+                .map(|t| (t, self.cfg.io_limits)),
             netns,
         };
         let log = crate::safe_fs::open_file(

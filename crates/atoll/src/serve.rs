@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// at once; new ones past it are refused. 0: no cap.
     #[arg(long, env = "ATOLL_SANDBOX_MAX_CONNECTIONS", default_value_t = atoll_runner::network::DEFAULT_MAX_CONNECTIONS)]
     sandbox_max_connections: u32,
+    /// Disk bandwidth of each sandbox, reads and writes each, in MiB/s
+    /// (blkio/io controller on its disk's device). 0: unlimited.
+    #[arg(long, env = "ATOLL_SANDBOX_IO_MBPS", default_value_t = 256)]
+    sandbox_io_mbps: u64,
+    /// Disk operations per second of each sandbox, reads and writes each.
+    /// 0: unlimited.
+    #[arg(long, env = "ATOLL_SANDBOX_IO_IOPS", default_value_t = 10_000)]
+    sandbox_io_iops: u64,
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
@@ -140,6 +148,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         pooled_disk_bytes: (atoll_api::service::DEFAULT_DISK_GIB as u64) << 30,
         network,
         uid_slots_dir: PathBuf::from(atoll_runner::runtime::DEFAULT_UID_SLOTS_DIR),
+        io_limits: atoll_runner::cgroup::IoLimits {
+            bps: args.sandbox_io_mbps << 20,
+            iops: args.sandbox_io_iops,
+        },
     })
     .context("starting the sandbox runtime")?;
 
