@@ -36,13 +36,13 @@ def test_two_hundred_cycles_leave_nothing_behind(fresh_server):
     assert os.listdir(os.path.join(data, "sandboxes")) == []
     assert [p for p in os.listdir(os.path.join(data, "runner", "journal"))] == []
     assert os.listdir(os.path.join(data, "archives")) == []
-    for ctrl in ("memory", "pids", "cpu", "devices"):
+    for ctrl in ("memory", "pids", "cpu", "devices", "blkio"):
         d = f"/sys/fs/cgroup/{ctrl}/atoll/{inst}"
         if os.path.isdir(d):
             assert [e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e))] == [], ctrl
     assert host_mounts_under(data) == []
     assert loop_devices_backed_by(data) == []
-    # no process of a sandbox survived (daemons run /.atoll/atoll-daemon)
+    # no process of a sandbox survived
     leftovers = []
     for pid in set(os.listdir("/proc")) - pids_before:
         try:

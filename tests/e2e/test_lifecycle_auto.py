@@ -168,9 +168,9 @@ def test_recover_brings_an_errored_sandbox_back(fast_server):
     sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
     sb.fs.upload_file(b"x", "/home/daytona/x.txt")
     # Break it: its image layer path is fine, but kill it and make the next
-    # start fail by occupying the socket path with a directory.
+    # start fail by occupying the socket path (host side) with a directory.
     sb.stop()
-    sock = os.path.join(fast_server.data_dir, "sandboxes", sb.id, "run", "toolbox.sock")
+    sock = os.path.join(fast_server.data_dir, "sandboxes", sb.id, "toolbox.sock")
     os.makedirs(sock, exist_ok=True)
     with pytest.raises(DaytonaError):
         sb.start(timeout=60)

@@ -47,6 +47,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// (when it is PID 1: fork, the parent reaps and forwards signals, the child
 /// serves) or serves directly.
 pub fn main_entry() -> ! {
+    // Exec'd from a memfd, the kernel names us "memfd:atoll-dae"; ps and
+    // /proc/<pid>/status should say what we are.
+    let _ = nix::sys::prctl::set_name(c"atoll-daemon");
     tune_allocator();
     init_tracing();
     let cfg = match inherited_fd(CONFIG_FD_ENV) {
