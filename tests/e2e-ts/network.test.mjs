@@ -32,9 +32,9 @@ test('network settings and previews', { timeout: TEST_TIMEOUT_MS }, async (t) =>
       await waitFor(() => listening(sandbox, 8000), 'http.server on 127.0.0.1:8000')
 
       await t.test('updateNetworkSettings: allow list, then everything, live', async () => {
-        await sandbox.updateNetworkSettings({ networkAllowList: '198.51.100.0/24, 10.1.0.0/16' })
+        await sandbox.updateNetworkSettings({ networkAllowList: '198.51.100.0/24, 203.0.113.0/25' })
         assert.equal(sandbox.networkBlockAll, false)
-        assert.equal(sandbox.networkAllowList, '10.1.0.0/16,198.51.100.0/24')
+        assert.equal(sandbox.networkAllowList, '198.51.100.0/24,203.0.113.0/25')
         await sandbox.updateNetworkSettings({ networkBlockAll: false })
         assert.equal(sandbox.networkAllowList ?? null, null)
         await assert.rejects(() => sandbox.updateNetworkSettings({ networkAllowList: '10.0.0.0/99' }))

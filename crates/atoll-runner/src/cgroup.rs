@@ -213,6 +213,17 @@ impl Cgroups {
         Ok(())
     }
 
+    /// The `cgroup.procs` files of the sandbox's cgroup (which [`create`]
+    /// makes).
+    ///
+    /// [`create`]: Cgroups::create
+    pub fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+        self.dirs(id)
+            .into_iter()
+            .map(|(_, d)| d.join("cgroup.procs"))
+            .collect()
+    }
+
     /// Creates the sandbox's cgroup with `limits` and returns the
     /// `cgroup.procs` files a process writes itself into to join it.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<Vec<PathBuf>, CgroupError> {

@@ -140,7 +140,10 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
         throttle.apply(major, minor, limits)?;
     }
     let listener = bind_toolbox_socket()?;
-    let userns = crate::userns::create_userns(&req.uids)?;
+    let userns = match &req.userns {
+        Some(path) => std::fs::File::open(path).map_err(io("opening the user namespace"))?,
+        None => crate::userns::create_userns(&req.uids)?,
+    };
     let disk = crate::userns::idmap_clone(Path::new(spec::DISK_DIR), &userns, false)?;
     crate::userns::attach(&disk, Path::new(spec::DISK_DIR))?;
     let lower = crate::userns::idmap_clone(&req.spec.image_rootfs, &userns, true)?;

@@ -207,7 +207,7 @@ pub struct NamespaceRuntime {
     cgroups: Cgroups,
     journal: Journal,
     network: Option<Network>,
-    uid_slots: crate::userns::UidSlots,
+    userns: crate::userns::UsernsPool,
     /// A sealed in-memory copy of the daemon, exec'd by every sandbox.
     daemon: std::fs::File,
     /// Toolbox peers of running sandboxes (rebuilt from the journal).
@@ -277,11 +277,12 @@ impl NamespaceRuntime {
                     reason: e.to_string(),
                 }
             })?;
+        let userns = crate::userns::UsernsPool::start(uid_slots, 4);
         let daemon = sealed_copy(&cfg.daemon_exe).map_err(io("copying", &cfg.daemon_exe))?;
         Ok(NamespaceRuntime {
             cfg,
             archives,
-            uid_slots,
+            userns,
             daemon,
             peers: Default::default(),
             disks,
@@ -325,7 +326,7 @@ impl NamespaceRuntime {
         self.release_lease(entry.as_ref().and_then(|e| e.net.as_ref()));
         let _ = self.cgroups.remove(id);
         if let Some(u) = entry.as_ref().and_then(|e| e.uids) {
-            self.uid_slots.release(&u, id);
+            self.userns.release(&u, id);
         }
         self.forget_peer(id);
         let _ = self.journal.remove(id);
@@ -356,7 +357,7 @@ impl NamespaceRuntime {
         }
         if let Some(u) = entry.as_ref().and_then(|e| e.uids) {
             // Only now: its cgroup is gone, so no process holds the slice.
-            self.uid_slots.release(&u, id);
+            self.userns.release(&u, id);
         }
         self.release_lease(entry.and_then(|e| e.net).as_ref());
         self.journal.remove(id)?;
@@ -456,6 +457,18 @@ impl Runtime for NamespaceRuntime {
             host_if: s.host_if.clone(),
             policy: spec.network.clone(),
         });
+        // A uid slice with its user namespace (ready from the pool), held
+        // from here by the sandbox's cgroup.
+        let (uids, userns) = match self.userns.take(id, &self.cgroups.procs_files(id)) {
+            Ok(u) => u,
+            Err(e) => {
+                self.release_lease(lease.as_ref());
+                return Err(RuntimeError::Spawn {
+                    id: id.into(),
+                    reason: e.to_string(),
+                });
+            }
+        };
         let mut entry = Entry {
             id: id.into(),
             state: EntryState::Creating,
@@ -463,11 +476,12 @@ impl Runtime for NamespaceRuntime {
             start_time: None,
             updated_at_ms: atoll_types::time::now_millis(),
             net: lease.clone(),
-            uids: None,
+            uids: Some(uids),
             pid_ns: None,
         };
         if let Err(e) = self.journal.write(&entry) {
             self.release_lease(lease.as_ref());
+            self.userns.release(&uids, id);
             return Err(e.into());
         }
         if let (Some(n), Some(l)) = (&self.network, &lease) {
@@ -491,14 +505,6 @@ impl Runtime for NamespaceRuntime {
             Err(e) => return Err(self.spawn_failed(id, e.to_string())),
         };
         atoll_types::failpoint::hit("runtime.start.after_cgroup");
-        let uids = match self.uid_slots.reserve(id, &cgroup_procs) {
-            Ok(u) => u,
-            Err(e) => return Err(self.spawn_failed(id, e.to_string())),
-        };
-        entry.uids = Some(uids);
-        if let Err(e) = self.journal.write(&entry) {
-            return Err(self.spawn_failed(id, e.to_string()));
-        }
         let req = InitRequest {
             spec: spec.clone(),
             dirs: dirs.clone(),
@@ -510,6 +516,11 @@ impl Runtime for NamespaceRuntime {
             daemon_config,
             etc: crate::etc::EtcFiles::new(&spec.hostname, crate::network::sandbox_resolv_conf()),
             uids,
+            userns: Some(PathBuf::from(format!(
+                "/proc/{}/fd/{}",
+                std::process::id(),
+                userns.as_raw_fd()
+            ))),
             cgroup_procs,
             io: (self.cfg.io_limits != crate::cgroup::IoLimits::default())
                 .then(|| self.cgroups.io_throttle(id))
@@ -545,8 +556,9 @@ impl Runtime for NamespaceRuntime {
             None => Err("no report pipe".to_string()),
         };
         let _ = child.wait();
-        // The helper has joined the namespace (or failed): ours can go.
+        // The helper has joined the namespaces (or failed): ours can go.
         drop(slot);
+        drop(userns);
         let (pid, error) = match report {
             Ok(r) => r,
             Err(e) => return Err(self.spawn_failed(id, e)),

@@ -114,6 +114,11 @@ pub struct InitRequest {
     pub etc: crate::etc::EtcFiles,
     /// The sandbox's slice of host uids and gids.
     pub uids: crate::userns::UidRange,
+    /// Its user namespace, made ahead of time by the runner (a
+    /// `/proc/<runner>/fd/<n>` path, valid while the runner waits); `None`:
+    /// the helper makes it.
+    #[serde(default)]
+    pub userns: Option<PathBuf>,
     /// `cgroup.procs` files the helper joins before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
     /// Where and how much to throttle the disk's I/O, once attached.

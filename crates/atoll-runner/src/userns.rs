@@ -216,6 +216,29 @@ impl UidSlots {
         Err(UsernsError::Exhausted)
     }
 
+    /// Hands a reserved slice (by this runner) to `sandbox`, whose cgroup
+    /// will be `cgroup_procs`: from here the slice is held while that
+    /// cgroup has a process, even if this runner dies.
+    pub fn assign(
+        &self,
+        range: &UidRange,
+        sandbox: &str,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<(), UsernsError> {
+        let _lock = self.lock()?;
+        let me = std::process::id() as i32;
+        let record = SlotRecord {
+            runner_pid: me,
+            runner_start: crate::journal::process_start_time(me).unwrap_or(0),
+            sandbox: sandbox.into(),
+            cgroup_procs: cgroup_procs.to_vec(),
+        };
+        write_atomic(
+            &self.dir.join(range.slot().to_string()),
+            record.render().as_bytes(),
+        )
+    }
+
     /// Gives the slice back, if it still names `sandbox`.
     pub fn release(&self, range: &UidRange, sandbox: &str) {
         let Ok(_lock) = self.lock() else { return };
@@ -242,17 +265,131 @@ fn write_atomic(path: &Path, body: &[u8]) -> Result<(), UsernsError> {
     std::fs::rename(&tmp, path).map_err(io_err("renaming", path))
 }
 
+/// Name a pooled slice is reserved under until a sandbox takes it.
+const POOLED: &str = "-";
+
+/// Slices with their user namespaces made ahead of time by a background
+/// thread (like the network slots), so a create does not pay for the
+/// throw-away process that makes one.
+pub struct UsernsPool {
+    inner: std::sync::Arc<PoolInner>,
+}
+
+struct PoolInner {
+    slots: UidSlots,
+    ready: std::sync::Mutex<Vec<(UidRange, File)>>,
+    want: usize,
+    wake: std::sync::Condvar,
+}
+
+impl Drop for PoolInner {
+    fn drop(&mut self) {
+        let ready = std::mem::take(self.ready.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for (range, _) in ready {
+            self.slots.release(&range, POOLED);
+        }
+    }
+}
+
+impl UsernsPool {
+    /// Starts the filler keeping `want` namespaces ready (0: none, every
+    /// take makes its own).
+    pub fn start(slots: UidSlots, want: usize) -> UsernsPool {
+        let inner = std::sync::Arc::new(PoolInner {
+            slots,
+            ready: Default::default(),
+            want,
+            wake: Default::default(),
+        });
+        if want > 0 {
+            let weak = std::sync::Arc::downgrade(&inner);
+            let _ = std::thread::Builder::new()
+                .name("atoll-userns-pool".into())
+                .spawn(move || fill(weak));
+        }
+        UsernsPool { inner }
+    }
+
+    /// A slice and its user namespace for `sandbox` (whose cgroup will be
+    /// `cgroup_procs`): a ready one, or one made now.
+    pub fn take(
+        &self,
+        sandbox: &str,
+        cgroup_procs: &[PathBuf],
+    ) -> Result<(UidRange, File), UsernsError> {
+        let pooled = self
+            .inner
+            .ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        self.inner.wake.notify_one();
+        let (range, ns) = match pooled {
+            Some(p) => p,
+            None => {
+                let range = self.inner.slots.reserve(sandbox, cgroup_procs)?;
+                match create_userns(&range) {
+                    Ok(ns) => (range, ns),
+                    Err(e) => {
+                        self.inner.slots.release(&range, sandbox);
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        if let Err(e) = self.inner.slots.assign(&range, sandbox, cgroup_procs) {
+            self.inner.slots.release(&range, POOLED);
+            return Err(e);
+        }
+        Ok((range, ns))
+    }
+
+    /// Gives a slice back (its sandbox's cgroup is gone).
+    pub fn release(&self, range: &UidRange, sandbox: &str) {
+        self.inner.slots.release(range, sandbox);
+    }
+}
+
+fn fill(inner: std::sync::Weak<PoolInner>) {
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        let short = me.ready.lock().unwrap_or_else(|p| p.into_inner()).len() < me.want;
+        if short {
+            let made = me.slots.reserve(POOLED, &[]).and_then(|range| {
+                create_userns(&range)
+                    .inspect_err(|_| me.slots.release(&range, POOLED))
+                    .map(|ns| (range, ns))
+            });
+            match made {
+                Ok(p) => me.ready.lock().unwrap_or_else(|p| p.into_inner()).push(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "preparing a user namespace failed");
+                    let g = me.ready.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(5));
+                }
+            }
+            continue;
+        }
+        let g = me.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(2));
+    }
+}
+
 /// Creates a user namespace with `range` mapped as 0..count inside, for
 /// uids and gids, owned by the range's first host uid, and returns it as an
 /// open `/proc/<pid>/ns/user`.
 ///
-/// Must be called from a single-threaded process (it forks).
+/// Forks a child that makes only raw system calls before `_exit`, so it
+/// may be called from a multi-threaded process.
 pub fn create_userns(range: &UidRange) -> Result<File, UsernsError> {
     // The child unshares, tells us, and waits until we have what we need.
-    let (ready_r, ready_w) = nix::unistd::pipe().map_err(|e| sys("pipe")(e.into()))?;
-    let (done_r, done_w) = nix::unistd::pipe().map_err(|e| sys("pipe")(e.into()))?;
-    // SAFETY: the caller is single-threaded (documented above); the child
-    // only makes raw syscalls and _exits.
+    let (ready_r, ready_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
+    let (done_r, done_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| sys("pipe")(e.into()))?;
+    // SAFETY: the child only makes raw, async-signal-safe syscalls on
+    // descriptors it owns and _exits: sound after fork even from a
+    // multi-threaded process.
     match unsafe { nix::unistd::fork() }.map_err(|e| sys("fork")(e.into()))? {
         nix::unistd::ForkResult::Child => {
             drop(ready_r);
