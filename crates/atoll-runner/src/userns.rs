@@ -158,10 +158,12 @@ impl UidSlots {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(io_err("securing", dir))?;
         let seed = u32::from_str_radix(instance.get(..6).unwrap_or("0"), 16).unwrap_or(0) % SLOTS;
-        Ok(UidSlots {
+        let slots = UidSlots {
             dir: dir.into(),
             hint: std::sync::Arc::new(std::sync::atomic::AtomicU32::new(seed)),
-        })
+        };
+        slots.sweep();
+        Ok(slots)
     }
 
     fn lock(&self) -> Result<nix::fcntl::Flock<File>, UsernsError> {
@@ -180,6 +182,24 @@ impl UidSlots {
                 source: e.into(),
             }
         })
+    }
+
+    /// Removes the records of slices nobody holds any more (runners that
+    /// died with slices reserved, sandboxes whose cgroup is gone).
+    fn sweep(&self) {
+        let Ok(_lock) = self.lock() else { return };
+        for e in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            if name.to_string_lossy().parse::<u32>().is_err() {
+                continue;
+            }
+            let stale = std::fs::read_to_string(e.path())
+                .map(|t| SlotRecord::parse(&t).is_none_or(|r| !r.in_use()))
+                .unwrap_or(false);
+            if stale {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
     }
 
     /// Reserves a slice for `sandbox`, whose cgroup will be `cgroup_procs`.
