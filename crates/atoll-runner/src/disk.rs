@@ -369,12 +369,23 @@ pub fn attach(image: &Path) -> Result<LoopDevice, DiskError> {
         path: image.into(),
         source,
     };
+    // Never through a link, never blocking on a FIFO, only a regular file.
     let backing = OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(image)
         .map_err(lerr)?;
+    if !backing.metadata().map_err(lerr)?.file_type().is_file() {
+        return Err(lerr(io::Error::other(
+            "the disk image is not a regular file",
+        )));
+    }
+    // The loop device does blocking I/O on it.
+    let fl =
+        nix::fcntl::fcntl(&backing, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| lerr(e.into()))?;
+    let fl = nix::fcntl::OFlag::from_bits_truncate(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&backing, nix::fcntl::FcntlArg::F_SETFL(fl)).map_err(|e| lerr(e.into()))?;
     let control = OpenOptions::new()
         .read(true)
         .write(true)
