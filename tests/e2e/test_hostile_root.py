@@ -313,12 +313,22 @@ def test_item27_disk_io_is_throttled_per_sandbox(server, sandbox):
     # overlay reports its own anonymous device; find the disk via the host:
     # the loop device the sandbox's cgroup throttles must back its disk.img.
     if cgroup_v2():
-        text = read_host(os.path.join(sandbox_cgroup(server, "io", sandbox.id), "io.max"))
+        import time
+        io_max = os.path.join(sandbox_cgroup(server, "io", sandbox.id), "io.max")
+        deadline = time.time() + 10
+        while time.time() < deadline and "rbps" not in read_host(io_max):
+            time.sleep(0.05)
+        text = read_host(io_max)
         lines = [l for l in text.splitlines() if "rbps=268435456" in l]
         assert lines and "riops=10000" in lines[0], text
         major_minor = lines[0].split()[0]
     else:
         cg = sandbox_cgroup(server, "blkio", sandbox.id)
+        # Applied right after the create returns (off the create path).
+        import time
+        deadline = time.time() + 10
+        while time.time() < deadline and not read_host(os.path.join(cg, "blkio.throttle.read_iops_device")):
+            time.sleep(0.05)
         bps = read_host(os.path.join(cg, "blkio.throttle.write_bps_device")).split()
         iops = read_host(os.path.join(cg, "blkio.throttle.read_iops_device")).split()
         assert len(bps) == 2 and bps[1] == str(256 << 20), bps

@@ -17,7 +17,8 @@
 //! from a descriptor, handing it its config and listening socket as
 //! descriptors: nothing on any filesystem the sandbox can reach.
 //!
-//! Report protocol on stdout: `pid <host pid>` from the helper, then either
+//! Report protocol on stdout: `disk <major>:<minor>` (the disk's loop
+//! device) and `pid <host pid>` from the helper, then either
 //! `error <message>` from PID 1 or EOF when the daemon was exec'd (the
 //! report pipe is close-on-exec).
 
@@ -55,8 +56,6 @@ pub enum InitError {
     Seccomp(#[from] seccomp::SeccompError),
     #[error(transparent)]
     Userns(#[from] crate::userns::UsernsError),
-    #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
 }
 
 fn sys(step: &'static str) -> impl FnOnce(nix::Error) -> InitError {
@@ -135,9 +134,10 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     let root = &req.dirs.root;
     let root_dir = open_dir_nofollow(root)?;
     nix::unistd::fchdir(&root_dir).map_err(sys("entering the sandbox directory"))?;
-    let disk_dev = mounts::prepare_host_side()?;
-    if let (Some((throttle, limits)), Some((major, minor))) = (&req.io, disk_dev) {
-        throttle.apply(major, minor, limits)?;
+    if let Some((major, minor)) = mounts::prepare_host_side()? {
+        // The runner throttles the disk's I/O off the create path
+        // (configuring a block device's throttle waits for RCU).
+        let _ = writeln!(report, "disk {major}:{minor}");
     }
     let listener = bind_toolbox_socket()?;
     let userns = match &req.userns {

@@ -522,10 +522,6 @@ impl Runtime for NamespaceRuntime {
                 userns.as_raw_fd()
             ))),
             cgroup_procs,
-            io: (self.cfg.io_limits != crate::cgroup::IoLimits::default())
-                .then(|| self.cgroups.io_throttle(id))
-                .flatten()
-                .map(|t| (t, self.cfg.io_limits)),
             netns,
         };
         let log = crate::safe_fs::open_file(
@@ -559,7 +555,7 @@ impl Runtime for NamespaceRuntime {
         // The helper has joined the namespaces (or failed): ours can go.
         drop(slot);
         drop(userns);
-        let (pid, error) = match report {
+        let (pid, error, disk_dev) = match report {
             Ok(r) => r,
             Err(e) => return Err(self.spawn_failed(id, e)),
         };
@@ -617,6 +613,24 @@ impl Runtime for NamespaceRuntime {
                 });
             }
             std::thread::sleep(Duration::from_micros(200));
+        }
+        // Disk I/O limits, off the create path: configuring a block
+        // device's throttle waits for RCU grace periods (tens of ms).
+        if let (Some((major, minor)), Some(throttle), true) = (
+            disk_dev,
+            self.cgroups.io_throttle(id),
+            self.cfg.io_limits != crate::cgroup::IoLimits::default(),
+        ) {
+            let limits = self.cfg.io_limits;
+            let sandbox = id.to_string();
+            let _ = std::thread::Builder::new()
+                .name("atoll-io-limits".into())
+                .spawn(move || {
+                    if let Err(e) = throttle.apply(major, minor, &limits) {
+                        // A sandbox stopped at once has no cgroup left.
+                        tracing::debug!(sandbox = %sandbox, error = %e, "disk I/O limits not applied");
+                    }
+                });
         }
         tracing::debug!(
             sandbox = %id,
@@ -801,11 +815,12 @@ fn observed(e: Entry) -> Observed {
     }
 }
 
+/// What the helper reported: PID 1's host pid, an error, the disk's
+/// loop device number.
+type Report = (Option<i32>, Option<String>, Option<(u64, u64)>);
+
 /// Reads the helper's report until EOF (daemon exec'd) or timeout.
-fn read_report(
-    mut out: std::process::ChildStdout,
-    timeout: Duration,
-) -> Result<(Option<i32>, Option<String>), String> {
+fn read_report(mut out: std::process::ChildStdout, timeout: Duration) -> Result<Report, String> {
     let deadline = Instant::now() + timeout;
     let mut buf = Vec::new();
     let fd = out.as_raw_fd();
@@ -845,12 +860,18 @@ fn read_report(
     let text = String::from_utf8_lossy(&buf);
     let mut pid = None;
     let mut error = None;
+    let mut disk = None;
     for line in text.lines() {
         if let Some(p) = line.strip_prefix("pid ") {
             pid = p.trim().parse().ok();
         } else if let Some(e) = line.strip_prefix("error ") {
             error = Some(e.to_string());
+        } else if let Some(d) = line.strip_prefix("disk ") {
+            disk = d
+                .trim()
+                .split_once(':')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
         }
     }
-    Ok((pid, error))
+    Ok((pid, error, disk))
 }

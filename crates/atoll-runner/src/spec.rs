@@ -121,9 +121,6 @@ pub struct InitRequest {
     pub userns: Option<PathBuf>,
     /// `cgroup.procs` files the helper joins before unsharing.
     pub cgroup_procs: Vec<PathBuf>,
-    /// Where and how much to throttle the disk's I/O, once attached.
-    #[serde(default)]
-    pub io: Option<(crate::cgroup::IoThrottle, crate::cgroup::IoLimits)>,
     /// The prepared network namespace to join (a `/proc/<runner>/fd/<n>`
     /// path, valid while the runner waits for the helper); `None` gives the
     /// sandbox a fresh one with loopback only.
