@@ -5,6 +5,7 @@
 //! from outside becomes `stopped`; a runtime leftover without a row is
 //! destroyed). Deadlines come from stored timestamps, so a restart loses
 //! nothing; sandboxes whose lock is held are left to their operation.
+//! Each pass also deletes expired signed preview tokens.
 
 use crate::lifecycle::{self, state};
 use crate::AppState;
@@ -40,6 +41,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             if let Err(e) = state.lifecycle_tick().await {
                 tracing::warn!(error = %e, "lifecycle pass failed");
             }
+            state.sweep_signed_previews().await;
         }
     })
 }

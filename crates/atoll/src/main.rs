@@ -4,6 +4,7 @@
 
 mod progress;
 mod serve;
+mod tenancy;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
