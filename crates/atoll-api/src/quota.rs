@@ -199,18 +199,31 @@ impl AppState {
     }
 
     /// Moves `r` to `state` as `save` does, but only if the organization's
-    /// quotas admit the sandbox holding `wants` afterwards (by default
-    /// what `r` holds in `state`). A refusal writes nothing and leaves `r`
-    /// as it was.
+    /// quotas admit what the sandbox holds in `state`. A refusal writes
+    /// nothing and leaves `r` as it was.
     pub(crate) async fn save_within_quota(
         &self,
         r: &mut SandboxRecord,
         state: &str,
-        wants: Option<SandboxHolding>,
     ) -> Result<(), ApiError> {
         let before = holding(r);
+        let mut after = before.clone();
+        after.state = state.to_string();
+        self.save_within_quota_as(r, state, before, after).await
+    }
+
+    /// [`AppState::save_within_quota`] for a sandbox that held `before`
+    /// (its stored state) and is checked as holding `wants`, which may
+    /// differ from what `r` says (a resize is checked as the sandbox will
+    /// be after it, and holds the larger of old and new meanwhile).
+    pub(crate) async fn save_within_quota_as(
+        &self,
+        r: &mut SandboxRecord,
+        state: &str,
+        before: SandboxHolding,
+        wants: SandboxHolding,
+    ) -> Result<(), ApiError> {
         let next = crate::service::moved(r, state, None);
-        let wants = wants.unwrap_or_else(|| holding(&next));
         let defaults = self.config.quota_defaults;
         let write = SandboxWrite::Update {
             record: &next,
@@ -334,7 +347,12 @@ mod tests {
     fn what_each_state_holds() {
         for s in ALL {
             let compute = [
-                "creating", "starting", "started", "stopping", "restoring", "resizing",
+                "creating",
+                "starting",
+                "started",
+                "stopping",
+                "restoring",
+                "resizing",
             ]
             .contains(s);
             let disk = compute || ["stopped", "archiving", "error"].contains(s);
@@ -404,7 +422,10 @@ mod tests {
             total_disk,
         };
         assert_eq!(Quota::default().admits(&others, None, &new), Ok(()));
-        assert_eq!(q(Some(3), Some(2), Some(2), Some(9)).admits(&others, None, &new), Ok(()));
+        assert_eq!(
+            q(Some(3), Some(2), Some(2), Some(9)).admits(&others, None, &new),
+            Ok(())
+        );
         assert_eq!(
             q(Some(2), None, None, None).admits(&others, None, &new),
             Err(QuotaExceeded::Sandboxes { max: 2, have: 2 })
@@ -434,7 +455,9 @@ mod tests {
             })
         );
         // A limit of 0 admits nothing.
-        assert!(q(Some(0), None, None, None).admits(&[], None, &new).is_err());
+        assert!(q(Some(0), None, None, None)
+            .admits(&[], None, &new)
+            .is_err());
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl Bucket {
             self.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / limit.per_sec()))
+            Err(Duration::from_secs_f64(
+                (1.0 - self.tokens) / limit.per_sec(),
+            ))
         }
     }
 }

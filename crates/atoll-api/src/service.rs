@@ -369,7 +369,7 @@ impl AppState {
             Err(dto) => return Ok(dto),
         };
         r.desired_state = state::STARTED.into();
-        self.save_within_quota(&mut r, via, None).await?;
+        self.save_within_quota(&mut r, via).await?;
         atoll_types::failpoint::hit(if via == state::RESTORING {
             "restore.after_transition"
         } else {
@@ -457,7 +457,7 @@ impl AppState {
             Err(dto) => return Ok(dto),
         };
         r.desired_state = state::STARTED.into();
-        self.save_within_quota(&mut r, via, None).await?;
+        self.save_within_quota(&mut r, via).await?;
         let runtime = self.runtime.clone();
         let id = r.id.clone();
         let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
@@ -560,17 +560,18 @@ impl AppState {
         // Checked as the sandbox will be; while resizing, the row holds the
         // larger of old and new, so a racing create or start never counts
         // on what this resize may yet take or fail to give back.
+        let before = crate::quota::holding(&r);
         let wants = atoll_store::SandboxHolding {
-            id: r.id.clone(),
-            state: settled.clone(),
             cpu,
             memory,
             disk,
+            ..before.clone()
         };
         r.cpu = r.cpu.max(cpu);
         r.memory = r.memory.max(memory);
         r.disk = r.disk.max(disk);
-        self.save_within_quota(&mut r, via, Some(wants)).await?;
+        self.save_within_quota_as(&mut r, via, before, wants)
+            .await?;
         if settled == state::STARTED && (cpu != old.0 || memory != old.1) {
             let mut spec = self.spec_for(&r)?;
             spec.limits.cpus = cpu as u32;

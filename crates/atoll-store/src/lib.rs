@@ -192,7 +192,10 @@ impl Store {
     }
 
     /// An organization by id or, failing that, by name.
-    pub async fn org_by_id_or_name(&self, id_or_name: &str) -> Result<Option<OrgRecord>, StoreError> {
+    pub async fn org_by_id_or_name(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<OrgRecord>, StoreError> {
         let row = sqlx::query(
             "SELECT id, name, created_at FROM organizations WHERE id = $1 OR name = $1 \
              ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
@@ -619,7 +622,8 @@ async fn update_sandbox_row<'c>(
     s: &SandboxRecord,
     expected_state: &str,
 ) -> Result<(), StoreError> {
-    let sql = "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
+    let sql =
+        "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
          public = $8, network_block_all = $9, network_allow_list = $10, cpu = $11, gpu = $12, \
          memory = $13, disk = $14, state = $15, desired_state = $16, error_reason = $17, \
          recoverable = $18, auto_stop_interval = $19, auto_archive_interval = $20, \

@@ -231,13 +231,25 @@ async fn recent_sandbox_rows_show_own_writes_at_once_and_others_after_max_age() 
 #[tokio::test(flavor = "current_thread")]
 async fn expired_signed_preview_tokens_are_swept() {
     let (store, dir) = fresh().await;
-    store.insert_signed_preview("a", "s1", 3000, 10).await.unwrap();
-    store.insert_signed_preview("b", "s1", 3000, 20).await.unwrap();
-    store.insert_signed_preview("c", "s1", 3000, 30).await.unwrap();
+    store
+        .insert_signed_preview("a", "s1", 3000, 10)
+        .await
+        .unwrap();
+    store
+        .insert_signed_preview("b", "s1", 3000, 20)
+        .await
+        .unwrap();
+    store
+        .insert_signed_preview("c", "s1", 3000, 30)
+        .await
+        .unwrap();
     assert_eq!(store.delete_expired_signed_previews(20).await.unwrap(), 2);
     assert_eq!(store.signed_preview_sandbox("a").await.unwrap(), None);
     assert_eq!(store.signed_preview_sandbox("b").await.unwrap(), None);
-    assert!(store.signed_preview_valid("c", "s1", 3000, 20).await.unwrap());
+    assert!(store
+        .signed_preview_valid("c", "s1", 3000, 20)
+        .await
+        .unwrap());
     assert_eq!(store.delete_expired_signed_previews(20).await.unwrap(), 0);
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
@@ -252,8 +264,14 @@ async fn org_quota_overrides_round_trip_and_orgs_resolve_by_id_or_name() {
         created_at: 0,
     };
     store.insert_org(&org).await.unwrap();
-    assert_eq!(store.org_by_id_or_name("o1").await.unwrap(), Some(org.clone()));
-    assert_eq!(store.org_by_id_or_name("team").await.unwrap(), Some(org.clone()));
+    assert_eq!(
+        store.org_by_id_or_name("o1").await.unwrap(),
+        Some(org.clone())
+    );
+    assert_eq!(
+        store.org_by_id_or_name("team").await.unwrap(),
+        Some(org.clone())
+    );
     assert_eq!(store.org_by_id_or_name("nope").await.unwrap(), None);
     assert_eq!(store.org_quota("o1").await.unwrap(), None);
     let mut q = OrgQuotaRecord {
@@ -358,7 +376,10 @@ async fn checked_writes_never_overrun_a_limit_under_concurrency() {
         .await
         .unwrap();
     assert_eq!(refused, Err("no"));
-    assert_eq!(store.sandbox(&s.id).await.unwrap().unwrap().state, "stopped");
+    assert_eq!(
+        store.sandbox(&s.id).await.unwrap().unwrap().state,
+        "stopped"
+    );
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

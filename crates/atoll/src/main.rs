@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server with a local runner.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage images (Daytona "snapshots").
     Image {
         #[command(subcommand)]
@@ -58,7 +58,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Image {
             command: ImageCommand::BuildDefault { images_dir },
         } => {

@@ -73,8 +73,7 @@ impl TenancyArgs {
 /// it had. A shared directory (world-writable or sticky, like `/tmp`) or
 /// `/` is refused rather than locked down.
 pub fn private_data_dir(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data dir {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let mode = std::fs::metadata(&dir)?.permissions().mode();
     anyhow::ensure!(
