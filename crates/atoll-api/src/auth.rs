@@ -1,11 +1,15 @@
 //! Authentication: `Authorization: Bearer <api key>` resolved to the
 //! organization it belongs to. Keys are stored as SHA-256 hashes only and
-//! checked against the store on every request (no cache to go stale).
+//! checked against the store on every request (no cache to go stale). On
+//! `/api` a middleware authenticates first, to count the request against
+//! the key's rate limit, and hands the caller on to the handler.
 
 use crate::error::ApiError;
 use crate::AppState;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 pub const ROLE_ADMIN: &str = "admin";
@@ -63,6 +67,9 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        if let Some(p) = parts.extensions.get::<Principal>() {
+            return Ok(p.clone());
+        }
         let token = bearer(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <api key>".into())
         })?;
@@ -84,4 +91,26 @@ impl FromRequestParts<AppState> for Principal {
             role: key.role,
         })
     }
+}
+
+/// Middleware on `/api`: a request with a valid API key is counted against
+/// that key's token bucket (429 with `Retry-After` past it) and its
+/// `Principal` is handed to the handler. Requests without a valid key pass
+/// untouched (the handler answers 401 where a key is needed), so only
+/// authenticated keys ever get a bucket.
+pub async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(limiter) = s.rate_limiter.clone() else {
+        return next.run(req).await;
+    };
+    let (mut parts, body) = req.into_parts();
+    if bearer(&parts).is_some() {
+        if let Ok(p) = Principal::from_request_parts(&mut parts, &s).await {
+            if let Err(limited) = limiter.check(&p.key_id) {
+                tracing::debug!(key = %p.key_id, retry_after = limited.retry_after_secs, "rate limited");
+                return ApiError::from(limited).into_response();
+            }
+            parts.extensions.insert(p);
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
 }

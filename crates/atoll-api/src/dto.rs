@@ -205,3 +205,52 @@ pub struct ResizeSandbox {
     pub memory: Option<i64>,
     pub disk: Option<i64>,
 }
+
+/// An organization's quota overrides, as `PUT /api/admin/organizations/{id}/quota`
+/// sets them (all at once). Per field: absent or `null` follows the
+/// server's default (`atoll serve --max-…-per-org`), `-1` is unlimited,
+/// `n >= 0` a limit. Memory and disk in GiB.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateOrganizationQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_cpu_quota: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_memory_quota: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_disk_quota: Option<i64>,
+}
+
+/// What an organization's sandboxes hold now, as its quotas count it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationUsage {
+    /// Every sandbox of the organization, in any state.
+    pub sandboxes: i64,
+    /// Cpus of sandboxes that run (or are starting, stopping, resizing).
+    pub cpu: i64,
+    /// GiB of memory of those.
+    pub memory: i64,
+    /// GiB of disk of sandboxes whose disk is on the host (all but archived).
+    pub disk: i64,
+}
+
+/// An organization's quotas in force (`null` = unlimited), the overrides
+/// they come from, and its usage.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationQuota {
+    pub organization_id: String,
+    pub max_sandboxes: Option<i64>,
+    pub total_cpu_quota: Option<i64>,
+    /// GiB.
+    pub total_memory_quota: Option<i64>,
+    /// GiB.
+    pub total_disk_quota: Option<i64>,
+    /// The organization's own settings; fields not present follow the
+    /// server's defaults.
+    pub overrides: UpdateOrganizationQuota,
+    pub usage: OrganizationUsage,
+}

@@ -21,6 +21,12 @@ pub enum ApiError {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 429 with `Retry-After: retry_after_secs`.
+    #[error("{message}")]
+    TooManyRequests {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -40,6 +46,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
@@ -59,6 +66,24 @@ pub fn is_out_of_space(message: &str) -> bool {
     message.contains("No space left on device")
         || message.contains("os error 28")
         || message.contains("disk is full")
+}
+
+impl From<crate::quota::QuotaExceeded> for ApiError {
+    fn from(e: crate::quota::QuotaExceeded) -> ApiError {
+        ApiError::Forbidden(e.to_string())
+    }
+}
+
+impl From<crate::ratelimit::Limited> for ApiError {
+    fn from(l: crate::ratelimit::Limited) -> ApiError {
+        ApiError::TooManyRequests {
+            message: format!(
+                "Too Many Requests: this API key may send {} requests a minute to the API (bursts of {}); retry in {} s",
+                l.limit.per_minute, l.limit.burst, l.retry_after_secs
+            ),
+            retry_after_secs: l.retry_after_secs,
+        }
+    }
 }
 
 impl From<atoll_store::StoreError> for ApiError {
@@ -94,6 +119,12 @@ tokio::task_local! {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match &self {
+            ApiError::TooManyRequests {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
+        };
         let info = REQUEST_INFO.try_with(|i| i.clone()).unwrap_or_default();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), path = %info.path, error = %self, "request failed");
@@ -117,6 +148,10 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         resp
     }
 }

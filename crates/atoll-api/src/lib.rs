@@ -10,6 +10,8 @@ pub mod extract;
 pub mod lifecycle;
 pub mod openapi;
 pub mod preview;
+pub mod quota;
+pub mod ratelimit;
 pub mod routes;
 pub mod scheduler;
 pub mod service;
@@ -38,6 +40,10 @@ pub struct ApiConfig {
     /// The operator lets sandboxes reach private ranges (`atoll serve
     /// --egress-allow-private`); allow lists may then name them.
     pub egress_allow_private: bool,
+    /// Quotas of organizations that have no override of their own.
+    pub quota_defaults: quota::Quota,
+    /// Per-API-key rate limit on `/api`; `None`: unlimited.
+    pub rate_limit: Option<ratelimit::RateLimit>,
 }
 
 #[derive(Clone)]
@@ -54,6 +60,8 @@ pub struct AppState {
     /// Idle keep-alive connections to apps inside sandboxes (previews), by
     /// sandbox and port.
     pub app_connections: atoll_proxy::pool::ConnPool<(String, u16)>,
+    /// Token buckets of API keys; `None` when rate limiting is off.
+    pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
 }
 
 impl AppState {
@@ -64,7 +72,12 @@ impl AppState {
         config: ApiConfig,
         preview_secret: String,
     ) -> AppState {
+        let rate_limiter = config
+            .rate_limit
+            .and_then(ratelimit::RateLimiter::new)
+            .map(Arc::new);
         AppState {
+            rate_limiter,
             store,
             runtime,
             images,
@@ -116,6 +129,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(system::health))
         .route("/openapi.json", get(system::openapi))
         .route("/admin/organizations", post(system::create_organization))
+        .route(
+            "/admin/organizations/{id}/quota",
+            get(system::get_quota).put(system::put_quota),
+        )
         .route("/sandbox", get(sandbox::list).post(sandbox::create))
         .route("/sandbox/{id}", get(sandbox::get).delete(sandbox::delete))
         .route("/sandbox/{id}/start", post(sandbox::start))
@@ -159,7 +176,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandbox/{id}/last-activity", post(sandbox::last_activity))
         .route("/snapshots", get(snapshots::list))
-        .route("/snapshots/{id}", get(snapshots::get));
+        .route("/snapshots/{id}", get(snapshots::get))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::limit_rate,
+        ));
     Router::new()
         .nest("/api", api)
         .route("/toolbox/{id}/{*path}", any(toolbox::forward))

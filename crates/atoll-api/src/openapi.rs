@@ -15,12 +15,13 @@ use utoipa::OpenApi;
         crate::routes::preview::signed_preview_url, crate::routes::preview::expire_signed_preview_url,
         crate::routes::preview::set_public, sandbox::last_activity,
         snapshots::list, snapshots::get, system::health,
-        system::create_organization,
+        system::create_organization, system::get_quota, system::put_quota,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
         dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots,
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
+        dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

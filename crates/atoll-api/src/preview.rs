@@ -221,6 +221,20 @@ impl AppState {
             .await?)
     }
 
+    /// Deletes signed preview tokens past their expiry (the scheduler
+    /// calls this every pass; an expired token opens nothing either way).
+    pub async fn sweep_signed_previews(&self) {
+        match self
+            .store
+            .delete_expired_signed_previews(atoll_types::time::now_millis())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(count = n, "expired signed preview tokens deleted"),
+            Err(e) => tracing::warn!(error = %e, "deleting expired signed preview tokens failed"),
+        }
+    }
+
     /// A new signed preview token for `port` of `r`, valid `secs` seconds.
     pub async fn sign_preview(
         &self,

@@ -12,6 +12,8 @@
 //! sandbox is marked stopped only when the runtime, asked about that one
 //! sandbox under its lock (so after its create or start finished), sees it
 //! dead.
+//!
+//! Each pass also deletes expired signed preview tokens.
 
 use crate::lifecycle::{self, state};
 use crate::AppState;
@@ -47,6 +49,7 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
             if let Err(e) = state.lifecycle_tick().await {
                 tracing::warn!(error = %e, "lifecycle pass failed");
             }
+            state.sweep_signed_previews().await;
         }
     })
 }
@@ -354,6 +357,8 @@ mod tests {
             default_snapshot: "snap".into(),
             lifecycle: LifecycleTiming::default(),
             egress_allow_private: false,
+            quota_defaults: crate::quota::Quota::default(),
+            rate_limit: None,
         };
         let state = AppState::new(store, runtime, images, config, "k".into());
         (state, dir)

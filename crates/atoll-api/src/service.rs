@@ -77,6 +77,21 @@ fn in_range(what: &str, v: i64, min: i64, max: i64) -> Result<i64, ApiError> {
     Ok(v)
 }
 
+/// `r` as it is written when it moves to `state` (with `error` as its
+/// reason, for `error`).
+pub(crate) fn moved(r: &SandboxRecord, state: &str, error: Option<String>) -> SandboxRecord {
+    let now = now_millis();
+    let mut next = r.clone();
+    if r.state != state {
+        next.state_changed_at = now;
+    }
+    next.state = state.to_string();
+    next.recoverable = state == state::ERROR && error.is_some();
+    next.error_reason = error;
+    next.updated_at = now;
+    next
+}
+
 /// A hostname derived from a server-generated id (names are user input).
 fn hostname_for(id: &str) -> String {
     id.chars()
@@ -162,15 +177,8 @@ impl AppState {
         state: &str,
         error: Option<String>,
     ) -> Result<(), ApiError> {
-        let now = now_millis();
         let previous = r.state.clone();
-        if previous != state {
-            r.state_changed_at = now;
-        }
-        r.state = state.to_string();
-        r.recoverable = state == state::ERROR && error.is_some();
-        r.error_reason = error;
-        r.updated_at = now;
+        *r = moved(r, state, error);
         if let Err(e) = self.store.update_sandbox(r, &previous).await {
             // Keep the in-memory record what the database holds.
             r.state = previous;
@@ -315,7 +323,7 @@ impl AppState {
         };
         let lock = self.locks.get(&id);
         let _guard = lock.lock().await;
-        self.store.insert_sandbox(&row).await?;
+        self.insert_within_quota(&row).await?;
         atoll_types::failpoint::hit("create.after_insert");
         if let Err(e) = self.run_start(&mut row).await {
             if matches!(
@@ -376,7 +384,7 @@ impl AppState {
             Err(dto) => return Ok(dto),
         };
         r.desired_state = state::STARTED.into();
-        self.save(&mut r, via, None).await?;
+        self.save_within_quota(&mut r, via).await?;
         atoll_types::failpoint::hit(if via == state::RESTORING {
             "restore.after_transition"
         } else {
@@ -464,7 +472,7 @@ impl AppState {
             Err(dto) => return Ok(dto),
         };
         r.desired_state = state::STARTED.into();
-        self.save(&mut r, via, None).await?;
+        self.save_within_quota(&mut r, via).await?;
         let runtime = self.runtime.clone();
         let id = r.id.clone();
         let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
@@ -563,8 +571,23 @@ impl AppState {
             }
         }
         let settled = r.state.clone();
-        self.save(&mut r, via, None).await?;
-        if settled == state::STARTED && (cpu != r.cpu || memory != r.memory) {
+        let old = (r.cpu, r.memory, r.disk);
+        // Checked as the sandbox will be; while resizing, the row holds the
+        // larger of old and new, so a racing create or start never counts
+        // on what this resize may yet take or fail to give back.
+        let before = crate::quota::holding(&r);
+        let wants = atoll_store::SandboxHolding {
+            cpu,
+            memory,
+            disk,
+            ..before.clone()
+        };
+        r.cpu = r.cpu.max(cpu);
+        r.memory = r.memory.max(memory);
+        r.disk = r.disk.max(disk);
+        self.save_within_quota_as(&mut r, via, before, wants)
+            .await?;
+        if settled == state::STARTED && (cpu != old.0 || memory != old.1) {
             let mut spec = self.spec_for(&r)?;
             spec.limits.cpus = cpu as u32;
             spec.limits.memory_bytes = (memory as u64) << 30;
@@ -576,6 +599,7 @@ impl AppState {
                     .map_err(|e| ApiError::Internal(format!("resize task: {e}")))?;
             if let Err(e) = result {
                 // The old limits still apply: back to where it was.
+                (r.cpu, r.memory, r.disk) = old;
                 self.save(&mut r, &settled, None).await?;
                 return Err(ApiError::Conflict(format!(
                     "resizing sandbox {}: {e}",

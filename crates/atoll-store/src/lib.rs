@@ -5,10 +5,12 @@
 
 mod records;
 
-pub use records::{ApiKeyRecord, OrgRecord, SandboxRecord, VolumeMount};
+pub use records::{
+    ApiKeyRecord, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord, VolumeMount,
+};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{Any, AnyPool, Executor, Row};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -189,6 +191,54 @@ impl Store {
         }))
     }
 
+    /// An organization by id or, failing that, by name.
+    pub async fn org_by_id_or_name(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Option<OrgRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, name, created_at FROM organizations WHERE id = $1 OR name = $1 \
+             ORDER BY CASE WHEN id = $1 THEN 0 ELSE 1 END LIMIT 1",
+        )
+        .bind(id_or_name)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| OrgRecord {
+            id: r.get(0),
+            name: r.get(1),
+            created_at: r.get(2),
+        }))
+    }
+
+    /// The organization's quota overrides, if any were ever set.
+    pub async fn org_quota(
+        &self,
+        organization_id: &str,
+    ) -> Result<Option<OrgQuotaRecord>, StoreError> {
+        org_quota_row(&self.pool, organization_id).await
+    }
+
+    /// Replaces the organization's quota overrides.
+    pub async fn put_org_quota(&self, q: &OrgQuotaRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO organization_quotas \
+             (organization_id, max_sandboxes, total_cpu, total_memory, total_disk, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (organization_id) DO UPDATE SET max_sandboxes = excluded.max_sandboxes, \
+             total_cpu = excluded.total_cpu, total_memory = excluded.total_memory, \
+             total_disk = excluded.total_disk, updated_at = excluded.updated_at",
+        )
+        .bind(&q.organization_id)
+        .bind(q.max_sandboxes)
+        .bind(q.total_cpu)
+        .bind(q.total_memory)
+        .bind(q.total_disk)
+        .bind(q.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     // ---- API keys ------------------------------------------------------
 
     pub async fn insert_api_key(&self, k: &ApiKeyRecord) -> Result<(), StoreError> {
@@ -243,21 +293,7 @@ impl Store {
 
     pub async fn insert_sandbox(&self, s: &SandboxRecord) -> Result<(), StoreError> {
         let _forget = Forget(&self.recent, &s.id);
-        let sql = format!(
-            "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
-             ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
-        );
-        s.bind_all(sqlx::query(&sql))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("a sandbox named {:?} already exists", s.name))
-                } else {
-                    e.into()
-                }
-            })?;
-        Ok(())
+        insert_sandbox_row(&self.pool, s).await
     }
 
     /// A sandbox of `organization_id` by id or, failing that, by name.
@@ -336,26 +372,78 @@ impl Store {
         expected_state: &str,
     ) -> Result<(), StoreError> {
         let _forget = Forget(&self.recent, &s.id);
-        let sql =
-            "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
-             public = $8, network_block_all = $9, network_allow_list = $10, cpu = $11, gpu = $12, \
-             memory = $13, disk = $14, state = $15, desired_state = $16, error_reason = $17, \
-             recoverable = $18, auto_stop_interval = $19, auto_archive_interval = $20, \
-             auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
-             last_activity_at = $25, state_changed_at = $26 \
-             WHERE id = $1 AND organization_id = $2 AND state = $27";
-        let done = s
-            .bind_all(sqlx::query(sql))
-            .bind(expected_state)
-            .execute(&self.pool)
+        update_sandbox_row(&self.pool, s, expected_state).await
+    }
+
+    /// Applies `write` only if `check` accepts what the rest of the
+    /// sandbox's organization holds (every other sandbox row of it), in one
+    /// transaction that first takes the organization's row lock: two
+    /// writers of one organization, in this process or another API
+    /// process on the same database, check and write one after the other,
+    /// so they never both take the last of a quota. `check` is also given
+    /// the organization's quota overrides. A refusal changes nothing and
+    /// is returned as `Ok(Err(..))`.
+    pub async fn write_sandbox_checked<E>(
+        &self,
+        write: SandboxWrite<'_>,
+        check: impl FnOnce(Option<&OrgQuotaRecord>, &[SandboxHolding]) -> Result<(), E>,
+    ) -> Result<Result<(), E>, StoreError> {
+        let s = write.record();
+        let _forget = Forget(&self.recent, &s.id);
+        let mut tx = self.pool.begin().await?;
+        // A write that changes nothing, for its lock: PostgreSQL locks the
+        // row until commit; SQLite takes the database's write lock before
+        // this transaction reads anything (so a waiting writer never works
+        // from a stale snapshot).
+        let locked = sqlx::query("UPDATE organizations SET name = name WHERE id = $1")
+            .bind(&s.organization_id)
+            .execute(&mut *tx)
             .await?;
-        if done.rows_affected() == 0 {
+        if locked.rows_affected() == 0 {
             return Err(StoreError::Conflict(format!(
-                "sandbox {} was changed by another operation (it is no longer {expected_state}); retry",
-                s.id
+                "organization {} does not exist",
+                s.organization_id
             )));
         }
-        Ok(())
+        let quota = org_quota_row(&mut *tx, &s.organization_id).await?;
+        let others: Vec<SandboxHolding> = sqlx::query(
+            "SELECT id, state, cpu, memory, disk FROM sandboxes \
+             WHERE organization_id = $1 AND id <> $2",
+        )
+        .bind(&s.organization_id)
+        .bind(&s.id)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(holding_from_row)
+        .collect::<Result<_, _>>()?;
+        if let Err(refused) = check(quota.as_ref(), &others) {
+            tx.rollback().await?;
+            return Ok(Err(refused));
+        }
+        match write {
+            SandboxWrite::Insert(s) => insert_sandbox_row(&mut *tx, s).await?,
+            SandboxWrite::Update {
+                record,
+                expected_state,
+            } => update_sandbox_row(&mut *tx, record, expected_state).await?,
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// What every sandbox of an organization holds (for quota usage).
+    pub async fn holdings_in_org(
+        &self,
+        organization_id: &str,
+    ) -> Result<Vec<SandboxHolding>, StoreError> {
+        sqlx::query("SELECT id, state, cpu, memory, disk FROM sandboxes WHERE organization_id = $1")
+            .bind(organization_id)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(holding_from_row)
+            .collect()
     }
 
     /// Records activity on a sandbox (never moves the clock backwards).
@@ -461,6 +549,16 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Deletes signed preview tokens that expired at or before `now`
+    /// (revoked ones included: they expire too); returns how many.
+    pub async fn delete_expired_signed_previews(&self, now: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM signed_preview_tokens WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), StoreError> {
         let _forget = Forget(&self.recent, id);
         sqlx::query("DELETE FROM signed_preview_tokens WHERE sandbox_id = $1")
@@ -477,6 +575,107 @@ impl Store {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// A sandbox write that may take more of its organization's quota.
+pub enum SandboxWrite<'a> {
+    Insert(&'a SandboxRecord),
+    /// A compare-and-set on `expected_state`, as [`Store::update_sandbox`].
+    Update {
+        record: &'a SandboxRecord,
+        expected_state: &'a str,
+    },
+}
+
+impl SandboxWrite<'_> {
+    fn record(&self) -> &SandboxRecord {
+        match self {
+            SandboxWrite::Insert(r) => r,
+            SandboxWrite::Update { record, .. } => record,
+        }
+    }
+}
+
+async fn insert_sandbox_row<'c>(
+    x: impl Executor<'c, Database = Any>,
+    s: &SandboxRecord,
+) -> Result<(), StoreError> {
+    let sql = format!(
+        "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+    );
+    s.bind_all(sqlx::query(&sql))
+        .execute(x)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("a sandbox named {:?} already exists", s.name))
+            } else {
+                e.into()
+            }
+        })?;
+    Ok(())
+}
+
+async fn update_sandbox_row<'c>(
+    x: impl Executor<'c, Database = Any>,
+    s: &SandboxRecord,
+    expected_state: &str,
+) -> Result<(), StoreError> {
+    let sql =
+        "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
+         public = $8, network_block_all = $9, network_allow_list = $10, cpu = $11, gpu = $12, \
+         memory = $13, disk = $14, state = $15, desired_state = $16, error_reason = $17, \
+         recoverable = $18, auto_stop_interval = $19, auto_archive_interval = $20, \
+         auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
+         last_activity_at = $25, state_changed_at = $26 \
+         WHERE id = $1 AND organization_id = $2 AND state = $27";
+    let done = s
+        .bind_all(sqlx::query(sql))
+        .bind(expected_state)
+        .execute(x)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::Conflict(format!(
+            "sandbox {} was changed by another operation (it is no longer {expected_state}); retry",
+            s.id
+        )));
+    }
+    Ok(())
+}
+
+async fn org_quota_row<'c>(
+    x: impl Executor<'c, Database = Any>,
+    organization_id: &str,
+) -> Result<Option<OrgQuotaRecord>, StoreError> {
+    let row = sqlx::query(
+        "SELECT organization_id, max_sandboxes, total_cpu, total_memory, total_disk, updated_at \
+         FROM organization_quotas WHERE organization_id = $1",
+    )
+    .bind(organization_id)
+    .fetch_optional(x)
+    .await?;
+    row.map(|r| -> Result<OrgQuotaRecord, StoreError> {
+        Ok(OrgQuotaRecord {
+            organization_id: r.try_get(0)?,
+            max_sandboxes: r.try_get(1)?,
+            total_cpu: r.try_get(2)?,
+            total_memory: r.try_get(3)?,
+            total_disk: r.try_get(4)?,
+            updated_at: r.try_get(5)?,
+        })
+    })
+    .transpose()
+}
+
+fn holding_from_row(r: &AnyRow) -> Result<SandboxHolding, StoreError> {
+    Ok(SandboxHolding {
+        id: r.try_get(0)?,
+        state: r.try_get(1)?,
+        cpu: r.try_get(2)?,
+        memory: r.try_get(3)?,
+        disk: r.try_get(4)?,
+    })
 }
 
 /// Drops sandbox `id` from the recent rows when the write it guards is

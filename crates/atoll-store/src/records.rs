@@ -13,6 +13,33 @@ pub struct OrgRecord {
     pub created_at: i64,
 }
 
+/// An organization's quota overrides. `None` follows the server's
+/// default; `Some(-1)` is unlimited; `Some(n)`, `n >= 0`, a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrgQuotaRecord {
+    pub organization_id: String,
+    pub max_sandboxes: Option<i64>,
+    /// Cpus.
+    pub total_cpu: Option<i64>,
+    /// GiB.
+    pub total_memory: Option<i64>,
+    /// GiB.
+    pub total_disk: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// What one sandbox row holds, as quota accounting sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxHolding {
+    pub id: String,
+    pub state: String,
+    pub cpu: i64,
+    /// GiB.
+    pub memory: i64,
+    /// GiB.
+    pub disk: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiKeyRecord {
     pub id: String,

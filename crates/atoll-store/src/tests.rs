@@ -227,3 +227,159 @@ async fn recent_sandbox_rows_show_own_writes_at_once_and_others_after_max_age() 
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn expired_signed_preview_tokens_are_swept() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_signed_preview("a", "s1", 3000, 10)
+        .await
+        .unwrap();
+    store
+        .insert_signed_preview("b", "s1", 3000, 20)
+        .await
+        .unwrap();
+    store
+        .insert_signed_preview("c", "s1", 3000, 30)
+        .await
+        .unwrap();
+    assert_eq!(store.delete_expired_signed_previews(20).await.unwrap(), 2);
+    assert_eq!(store.signed_preview_sandbox("a").await.unwrap(), None);
+    assert_eq!(store.signed_preview_sandbox("b").await.unwrap(), None);
+    assert!(store
+        .signed_preview_valid("c", "s1", 3000, 20)
+        .await
+        .unwrap());
+    assert_eq!(store.delete_expired_signed_previews(20).await.unwrap(), 0);
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn org_quota_overrides_round_trip_and_orgs_resolve_by_id_or_name() {
+    let (store, dir) = fresh().await;
+    let org = OrgRecord {
+        id: "o1".into(),
+        name: "team".into(),
+        created_at: 0,
+    };
+    store.insert_org(&org).await.unwrap();
+    assert_eq!(
+        store.org_by_id_or_name("o1").await.unwrap(),
+        Some(org.clone())
+    );
+    assert_eq!(
+        store.org_by_id_or_name("team").await.unwrap(),
+        Some(org.clone())
+    );
+    assert_eq!(store.org_by_id_or_name("nope").await.unwrap(), None);
+    assert_eq!(store.org_quota("o1").await.unwrap(), None);
+    let mut q = OrgQuotaRecord {
+        organization_id: "o1".into(),
+        max_sandboxes: Some(3),
+        total_cpu: None,
+        total_memory: Some(-1),
+        total_disk: Some(0),
+        updated_at: 7,
+    };
+    store.put_org_quota(&q).await.unwrap();
+    assert_eq!(store.org_quota("o1").await.unwrap(), Some(q.clone()));
+    q.max_sandboxes = None;
+    q.total_cpu = Some(8);
+    store.put_org_quota(&q).await.unwrap();
+    assert_eq!(store.org_quota("o1").await.unwrap(), Some(q));
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Many writers racing for the last slot of an organization: the check and
+/// the write are one step, so exactly as many win as fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn checked_writes_never_overrun_a_limit_under_concurrency() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_org(&OrgRecord {
+            id: "o1".into(),
+            name: "one".into(),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    const LIMIT: usize = 3;
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let s = sandbox(&format!("s{i}"), "o1", &format!("box{i}"));
+                store
+                    .write_sandbox_checked(SandboxWrite::Insert(&s), |quota, others| {
+                        assert_eq!(quota, None);
+                        if others.len() >= LIMIT {
+                            Err(others.len())
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for t in tasks {
+        if t.await.unwrap().is_ok() {
+            won += 1;
+        }
+    }
+    assert_eq!(won, LIMIT);
+    assert_eq!(store.holdings_in_org("o1").await.unwrap().len(), LIMIT);
+
+    // An update sees every row but its own, and keeps the compare-and-set.
+    let first = store.holdings_in_org("o1").await.unwrap()[0].id.clone();
+    let mut s = store.sandbox(&first).await.unwrap().unwrap();
+    s.state = "stopped".into();
+    let seen = store
+        .write_sandbox_checked(
+            SandboxWrite::Update {
+                record: &s,
+                expected_state: "started",
+            },
+            |_, others| {
+                assert!(others.iter().all(|o| o.id != s.id));
+                Ok::<_, ()>(())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seen, Ok(()));
+    let stale = store
+        .write_sandbox_checked(
+            SandboxWrite::Update {
+                record: &s,
+                expected_state: "started",
+            },
+            |_, _| Ok::<_, ()>(()),
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    // A refusal writes nothing.
+    let mut t = s.clone();
+    t.state = "starting".into();
+    let refused = store
+        .write_sandbox_checked(
+            SandboxWrite::Update {
+                record: &t,
+                expected_state: "stopped",
+            },
+            |_, _| Err("no"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, Err("no"));
+    assert_eq!(
+        store.sandbox(&s.id).await.unwrap().unwrap().state,
+        "stopped"
+    );
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}

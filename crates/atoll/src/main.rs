@@ -4,6 +4,7 @@
 
 mod progress;
 mod serve;
+mod tenancy;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -22,7 +23,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the API server with a local runner.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Manage images (Daytona "snapshots").
     Image {
         #[command(subcommand)]
@@ -57,7 +58,7 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Image {
             command: ImageCommand::BuildDefault { images_dir },
         } => {

@@ -66,6 +66,8 @@ pub struct ServeArgs {
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tenancy: crate::tenancy::TenancyArgs,
 }
 
 pub fn init_logging() {
@@ -125,9 +127,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_connections: args.sandbox_max_connections,
         }),
     };
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
-    let data_dir = args.data_dir.canonicalize()?;
+    let data_dir = crate::tenancy::private_data_dir(&args.data_dir)?;
     let images_dir = args
         .images_dir
         .clone()
@@ -164,7 +164,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", data_dir.join("atoll.db").display()),
         };
+        let db_file = crate::tenancy::sqlite_file(&url);
+        if let Some(db) = &db_file {
+            crate::tenancy::precreate_database(db)?;
+        }
         let store = Store::open(&url).await.context("opening the database")?;
+        if let Some(db) = &db_file {
+            crate::tenancy::private_database(db)?;
+        }
         let key = bootstrap(&store).await?;
         let public_url = args
             .public_url
@@ -186,6 +193,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 default_snapshot: image.name.clone(),
                 lifecycle: lifecycle_timing()?,
                 egress_allow_private: args.egress_allow_private,
+                quota_defaults: args.tenancy.quota_defaults(),
+                rate_limit: args.tenancy.rate_limit(),
             },
             preview_secret,
         );

@@ -1,12 +1,15 @@
 //! Health, the OpenAPI document, and the admin routes of this server.
 
 use crate::auth::{self, Principal};
-use crate::dto::{CreateOrganization, CreatedOrganization, Health, OrganizationDto};
+use crate::dto::{
+    CreateOrganization, CreatedOrganization, Health, OrganizationDto, OrganizationQuota,
+    UpdateOrganizationQuota,
+};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::AppState;
 use atoll_store::{ApiKeyRecord, OrgRecord};
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::Json;
 
 #[utoipa::path(get, path = "/api/health", responses((status = 200, body = Health)))]
@@ -63,4 +66,33 @@ pub async fn create_organization(
         },
         api_key: key,
     }))
+}
+
+/// An organization's quotas in force, its overrides and its usage. Admin only.
+#[utoipa::path(get, path = "/api/admin/organizations/{organizationIdOrName}/quota",
+    params(("organizationIdOrName" = String, Path)),
+    responses((status = 200, body = OrganizationQuota), (status = 403), (status = 404)))]
+pub async fn get_quota(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<OrganizationQuota>, ApiError> {
+    p.require_admin()?;
+    Ok(Json(s.org_quota(&id).await?))
+}
+
+/// Replaces an organization's quota overrides (absent or null: the
+/// server's default; -1: unlimited). Admin only.
+#[utoipa::path(put, path = "/api/admin/organizations/{organizationIdOrName}/quota",
+    params(("organizationIdOrName" = String, Path)),
+    request_body = UpdateOrganizationQuota,
+    responses((status = 200, body = OrganizationQuota), (status = 400), (status = 403), (status = 404)))]
+pub async fn put_quota(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateOrganizationQuota>,
+) -> Result<Json<OrganizationQuota>, ApiError> {
+    p.require_admin()?;
+    Ok(Json(s.set_org_quota(&id, req).await?))
 }
