@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DAYTONA_SDK_VERSION="${DAYTONA_SDK_VERSION:-0.226.1}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
-APT_PACKAGES=(debootstrap zstd tar e2fsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv)
+APT_PACKAGES=(debootstrap zstd tar e2fsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv python3-pylsp)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -92,6 +92,14 @@ if [[ -f "$TS_DIR/package-lock.json" ]]; then
     else
         say "note: node/npm not found; the TypeScript SDK tests (tests/e2e-ts) will be skipped"
     fi
+fi
+
+# --- Language servers for the daemon's LSP tests ------------------------------
+# pylsp comes from apt above; typescript-language-server (and the TypeScript it
+# drives) from npm, the versions the default image carries.
+if command -v npm >/dev/null && ! command -v typescript-language-server >/dev/null; then
+    say "installing typescript-language-server and typescript (npm -g)"
+    npm install -g --no-audit --no-fund --loglevel=error typescript-language-server@4.4.1 typescript@5.9.3
 fi
 
 say "ok"
