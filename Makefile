@@ -2,7 +2,8 @@
 # (see .cargo/config.toml), so binaries live in target/x86_64-unknown-linux-gnu/.
 #
 #   make run                 setup, release build, `atoll serve` (DATA_DIR=/var/lib/atoll)
-#   make test                setup, debug build, unit + integration tests, e2e SDK tests
+#   make test                setup, fmt and clippy checks, debug build, unit + integration
+#                            tests, e2e SDK tests
 #                            (on SQLite, then again on PostgreSQL)
 #   make build | bench | fmt | clippy | setup | e2e
 #
@@ -36,7 +37,7 @@ release:
 run: setup release
 	$(RELEASE_BIN) serve --data-dir $(DATA_DIR) $(SERVE_ARGS)
 
-test: setup build unit e2e e2e-postgres
+test: setup fmt-check clippy build unit e2e e2e-postgres
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
