@@ -254,3 +254,34 @@ pub struct OrganizationQuota {
     pub overrides: UpdateOrganizationQuota,
     pub usage: OrganizationUsage,
 }
+
+/// Daytona's `User`, for the calling API key (Atoll has keys, not user
+/// accounts): the key's id, its organization and role.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub public_keys: Vec<serde_json::Value>,
+    pub created_at: String,
+    pub organization_id: String,
+    pub role: String,
+}
+
+/// Daytona's `Region`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Region {
+    pub id: String,
+    pub name: String,
+    pub organization_id: Option<String>,
+    /// `shared`, `dedicated` or `custom`.
+    pub region_type: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub proxy_url: Option<String>,
+    pub ssh_gateway_url: Option<String>,
+    pub snapshot_manager_url: Option<String>,
+}

@@ -124,9 +124,12 @@ async fn not_found(req: Request) -> ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{preview, sandbox, snapshots, system, toolbox};
+    use routes::{account, preview, sandbox, snapshots, system, toolbox};
     let api = Router::new()
         .route("/health", get(system::health))
+        .route("/users/me", get(account::users_me))
+        .route("/regions", get(account::regions))
+        .route("/shared-regions", get(account::shared_regions))
         .route("/openapi.json", get(system::openapi))
         .route("/admin/organizations", post(system::create_organization))
         .route(

@@ -272,3 +272,28 @@ async fn execute_as_configured_user_when_root() {
     let want = if own < 0 { 0 } else { (own + 500).min(1000) };
     assert_eq!(lines.get(2).copied(), Some(want.to_string().as_str()));
 }
+
+#[tokio::test]
+async fn ports_lists_listening_sockets_and_answers_in_use() {
+    let d = Daemon::start().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let r = d.get("/port").await;
+    assert_eq!(r.status, 200);
+    let ports: Vec<u64> = r.json()["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p.as_u64())
+        .collect();
+    assert!(ports.contains(&u64::from(port)), "{port} not in {ports:?}");
+    let v = d.get(&format!("/port/{port}/in-use")).await.json();
+    assert_eq!(v["isInUse"], true);
+    drop(listener);
+    let v = d.get(&format!("/port/{port}/in-use")).await.json();
+    assert_eq!(v["isInUse"], false);
+    for bad in ["0", "70000", "http"] {
+        let r = d.get(&format!("/port/{bad}/in-use")).await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+}

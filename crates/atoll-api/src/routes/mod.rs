@@ -1,6 +1,7 @@
 //! HTTP routes. Handlers parse, authorize, call one service function and
 //! render; rules live in `service`.
 
+pub mod account;
 pub mod preview;
 pub mod sandbox;
 pub mod snapshots;

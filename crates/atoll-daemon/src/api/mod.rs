@@ -11,6 +11,7 @@ mod git_routes;
 mod interpreter_routes;
 mod lsp_routes;
 pub mod multipart;
+mod port_routes;
 mod preview_routes;
 mod process;
 mod pty_routes;
@@ -138,6 +139,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(interpreter_routes::routes())
         .merge(git_routes::routes())
         .merge(lsp_routes::routes())
+        .merge(port_routes::routes())
         .merge(preview_routes::routes())
         .fallback(error::route_not_found)
         .layer(axum::middleware::from_fn(error::render_errors))
