@@ -5,6 +5,7 @@ generated API client, and the toolbox's port routes (`GET /port`,
 
 import json
 import time
+import urllib.parse
 
 import daytona_api_client as api
 
@@ -56,3 +57,32 @@ def test_ports_show_what_listens_inside(server, sandbox):
     assert (status, json.loads(body)) == (200, {"isInUse": False})
     status, _, body = server.http("GET", f"/toolbox/{sandbox.id}/port/99999/in-use")
     assert status == 400, body
+
+
+def test_paginated_list_for_older_sdks_pages_and_filters(server, daytona, make_sandbox):
+    from daytona import CreateSandboxFromSnapshotParams
+
+    tag = f"pg-{int(time.time() * 1000)}"
+    small = [make_sandbox(CreateSandboxFromSnapshotParams(labels={"t": tag})) for _ in range(3)]
+    # The SDK sends resources only with an image; a raw create sets cpu.
+    status, _, body = server.http("POST", "/api/sandbox", json={"cpu": 2, "labels": {"t": tag}})
+    assert status == 200, body
+    big = daytona.get(json.loads(body)["id"])
+    labels = urllib.parse.quote(json.dumps({"t": tag}))
+    status, _, body = server.http("GET", f"/api/sandbox/paginated?labels={labels}&limit=2&page=1&sort=createdAt&order=asc")
+    assert status == 200, body
+    page1 = json.loads(body)
+    assert (page1["total"], page1["page"], page1["totalPages"]) == (4, 1, 2)
+    assert [s["id"] for s in page1["items"]] == [s.id for s in small[:2]]
+    page2 = json.loads(server.http("GET", f"/api/sandbox/paginated?labels={labels}&limit=2&page=2&order=asc")[2])
+    assert [s["id"] for s in page2["items"]] == [small[2].id, big.id]
+    # the same filters on both lists: cpu range, snapshot, region
+    for path in ("/api/sandbox/paginated", "/api/sandbox"):
+        got = json.loads(server.http("GET", f"{path}?labels={labels}&minCpu=2")[2])["items"]
+        assert [s["id"] for s in got] == [big.id], path
+        got = json.loads(server.http("GET", f"{path}?labels={labels}&snapshots=no-such-snapshot")[2])["items"]
+        assert got == [], path
+    for bad in ("page=0", "limit=500", "minCpu=x", "order=sideways"):
+        status, _, body = server.http("GET", f"/api/sandbox/paginated?{bad}")
+        assert status == 400 and json.loads(body)["statusCode"] == 400, (bad, body)
+    big.delete()

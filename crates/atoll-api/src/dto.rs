@@ -107,6 +107,17 @@ pub struct ListSandboxesResponse {
     pub next_cursor: Option<String>,
 }
 
+/// Daytona's `PaginatedSandboxes_deprecated`: what `GET
+/// /api/sandbox/paginated` answers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaginatedSandboxes {
+    pub items: Vec<Sandbox>,
+    pub total: i64,
+    pub page: i64,
+    pub total_pages: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SandboxLabels {
     pub labels: BTreeMap<String, String>,

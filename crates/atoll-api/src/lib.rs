@@ -137,6 +137,7 @@ pub fn router(state: AppState) -> Router {
             get(system::get_quota).put(system::put_quota),
         )
         .route("/sandbox", get(sandbox::list).post(sandbox::create))
+        .route("/sandbox/paginated", get(sandbox::paginated))
         .route("/sandbox/{id}", get(sandbox::get).delete(sandbox::delete))
         .route("/sandbox/{id}/start", post(sandbox::start))
         .route("/sandbox/{id}/stop", post(sandbox::stop))

@@ -17,14 +17,14 @@ use utoipa::OpenApi;
         snapshots::list, snapshots::get, system::health,
         system::create_organization, system::get_quota, system::put_quota,
         crate::routes::account::users_me, crate::routes::account::regions,
-        crate::routes::account::shared_regions,
+        crate::routes::account::shared_regions, sandbox::paginated,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
         dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots,
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
         dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
-        dto::User, dto::Region,
+        dto::User, dto::Region, dto::PaginatedSandboxes,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -2,8 +2,8 @@
 
 use crate::auth::Principal;
 use crate::dto::{
-    CreateSandbox, ListSandboxesResponse, ResizeSandbox, Sandbox, SandboxLabels, ToolboxProxyUrl,
-    UpdateNetworkSettings,
+    CreateSandbox, ListSandboxesResponse, PaginatedSandboxes, ResizeSandbox, Sandbox,
+    SandboxLabels, ToolboxProxyUrl, UpdateNetworkSettings,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -169,6 +169,27 @@ pub async fn list(
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("invalid cursor {c:?}")))?,
     };
+    let rows = filtered(&s, &p, &q).await?;
+    let total = rows.len();
+    let end = (offset + limit as usize).min(total);
+    let items = rows
+        .get(offset.min(total)..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| s.to_dto(r))
+        .collect();
+    let next_cursor = (end < total).then(|| end.to_string());
+    Ok(Json(ListSandboxesResponse { items, next_cursor }))
+}
+
+/// The organization's sandboxes that pass the query's filters (`id`,
+/// `name`, `labels`, `states`, `snapshots`, `regions`/`regionIds`, cpu,
+/// memory and disk ranges), sorted by `sort` and `order`.
+async fn filtered(
+    s: &AppState,
+    p: &Principal,
+    q: &QueryPairs,
+) -> Result<Vec<atoll_store::SandboxRecord>, ApiError> {
     let labels: BTreeMap<String, String> = match q.get("labels") {
         None => BTreeMap::new(),
         Some(l) => serde_json::from_str(l).map_err(|e| {
@@ -176,6 +197,18 @@ pub async fn list(
         })?,
     };
     let states = q.all("states");
+    let snapshots = q.all("snapshots");
+    let mut regions = q.all("regions");
+    regions.extend(q.all("regionIds"));
+    let range = |lo: &str, hi: &str| -> Result<(i64, i64), ApiError> {
+        Ok((
+            q.int(lo)?.unwrap_or(i64::MIN),
+            q.int(hi)?.unwrap_or(i64::MAX),
+        ))
+    };
+    let cpu = range("minCpu", "maxCpu")?;
+    let memory = range("minMemoryGiB", "maxMemoryGiB")?;
+    let disk = range("minDiskGiB", "maxDiskGiB")?;
     let sort = q.get("sort").unwrap_or("createdAt");
     if !SORT_FIELDS.contains(&sort) {
         return Err(ApiError::BadRequest(format!(
@@ -191,11 +224,17 @@ pub async fn list(
             )))
         }
     };
+    let within = |v: i64, (lo, hi): (i64, i64)| lo <= v && v <= hi;
     let mut rows = s.store.sandboxes_in_org(&p.organization_id).await?;
     rows.retain(|r| {
-        q.get("id").is_none_or(|id| r.id == id)
+        q.get("id").is_none_or(|id| r.id.contains(id))
             && q.get("name").is_none_or(|n| r.name.contains(n))
             && (states.is_empty() || states.contains(&r.state.as_str()))
+            && (snapshots.is_empty() || snapshots.contains(&r.snapshot.as_str()))
+            && (regions.is_empty() || regions.contains(&crate::routes::account::REGION))
+            && within(r.cpu, cpu)
+            && within(r.memory, memory)
+            && within(r.disk, disk)
             && labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     });
     rows.sort_by(|a, b| {
@@ -214,16 +253,41 @@ pub async fn list(
             o
         }
     });
-    let total = rows.len();
-    let end = (offset + limit as usize).min(total);
-    let items = rows
-        .get(offset.min(total)..end)
-        .unwrap_or_default()
-        .iter()
-        .map(|r| s.to_dto(r))
-        .collect();
-    let next_cursor = (end < total).then(|| end.to_string());
-    Ok(Json(ListSandboxesResponse { items, next_cursor }))
+    Ok(rows)
+}
+
+/// The paginated list older SDKs (`@daytonaio/sdk` before 0.2xx, `daytona`
+/// 0.203) call: pages numbered from 1, the same filters as the list.
+#[utoipa::path(get, path = "/api/sandbox/paginated",
+    responses((status = 200, body = PaginatedSandboxes), (status = 400)))]
+pub async fn paginated(
+    State(s): State<AppState>,
+    p: Principal,
+    uri: Uri,
+) -> Result<Json<PaginatedSandboxes>, ApiError> {
+    let q = QueryPairs::parse(uri.query());
+    let limit = q.int("limit")?.unwrap_or(100);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and 200, got {limit}"
+        )));
+    }
+    let page = q.int("page")?.unwrap_or(1);
+    if page < 1 {
+        return Err(ApiError::BadRequest(format!(
+            "page must be 1 or more, got {page}"
+        )));
+    }
+    let rows = filtered(&s, &p, &q).await?;
+    let total = rows.len() as i64;
+    let start = ((page - 1).saturating_mul(limit)).min(total) as usize;
+    let end = (start + limit as usize).min(rows.len());
+    Ok(Json(PaginatedSandboxes {
+        items: rows[start..end].iter().map(|r| s.to_dto(r)).collect(),
+        total,
+        page,
+        total_pages: (total + limit - 1) / limit,
+    }))
 }
 
 #[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/resize", request_body = ResizeSandbox,
