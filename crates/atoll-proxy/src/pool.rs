@@ -14,9 +14,14 @@
 //!
 //! A pooled connection the server closed meanwhile is retried once on a
 //! fresh one: always when hyper hands the request back unsent (its body is
-//! then untouched), and for a bodiless GET, HEAD, OPTIONS or TRACE (safe,
-//! so repeatable, RFC 9110 §9.2.2) also when the connection closed before
-//! any answer. Nothing else is ever retried.
+//! then untouched); for a bodiless GET, HEAD, OPTIONS or TRACE (safe, so
+//! repeatable, RFC 9110 §9.2.2) also when the connection closed before any
+//! answer; and for a request with a body when the connection closed before
+//! any answer while what hyper had taken of the body is still held
+//! ([`Recorded`]: the first [`REPLAY_LIMIT`] bytes are kept until the
+//! answer starts, so a body hyper pulled into a write that failed on a
+//! closed connection is sent again, whole). Nothing else is ever retried,
+//! and no body is ever lost silently: past the limit the error is returned.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, Uri, Version};
@@ -203,13 +208,36 @@ where
         if reusable {
             if let Some(mut sender) = self.checkout(key) {
                 let replay = Replay::of(&req);
-                match sender.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.track(key, sender, resp)),
+                let (out, recorded) = if replay.is_none() {
+                    let (parts, body) = req.into_parts();
+                    let (body, rec) = Recorded::wrap(body);
+                    let head = Replay {
+                        method: parts.method.clone(),
+                        uri: parts.uri.clone(),
+                        version: parts.version,
+                        headers: parts.headers.clone(),
+                    };
+                    (Request::from_parts(parts, boxed(body)), Some((head, rec)))
+                } else {
+                    (req, None)
+                };
+                match sender.try_send_request(out).await {
+                    Ok(resp) => {
+                        if let Some((_, rec)) = &recorded {
+                            rec.answered();
+                        }
+                        return Ok(self.track(key, sender, resp));
+                    }
                     Err(mut e) => {
-                        req = match (e.take_message(), replay) {
-                            (Some(unsent), _) => unsent,
-                            (None, Some(replay)) if closed_before_answer(e.error()) => {
-                                replay.request()
+                        let closed = closed_before_answer(e.error());
+                        req = match (e.take_message(), replay, recorded) {
+                            (Some(unsent), _, _) => unsent,
+                            (None, Some(replay), _) if closed => replay.request(),
+                            (None, None, Some((head, rec))) if closed => {
+                                match rec.take_for_replay() {
+                                    Some(body) => head.with_body(body),
+                                    None => return Err(PoolError::Http(e.into_error())),
+                                }
                             }
                             _ => return Err(PoolError::Http(e.into_error())),
                         };
@@ -275,12 +303,169 @@ impl Replay {
     }
 
     fn request(self) -> Request<PoolBody> {
-        let mut req = Request::new(boxed(Empty::<Bytes>::new()));
+        self.with_body(boxed(Empty::<Bytes>::new()))
+    }
+
+    fn with_body(self, body: PoolBody) -> Request<PoolBody> {
+        let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers;
         req
+    }
+}
+
+/// How much of a request body is kept for a replay: a write that fails on
+/// a closed pooled connection has taken at most a few chunks.
+pub const REPLAY_LIMIT: usize = 1 << 20;
+
+/// A request body whose first [`REPLAY_LIMIT`] bytes, as hyper takes them,
+/// are kept (refcounted `Bytes`, no copies) until the answer starts, with
+/// the rest of the body left where it can be taken back: after a send that
+/// failed before any answer, [`Recorder::take_for_replay`] gives the whole
+/// body again.
+struct Recorded {
+    state: Arc<Mutex<RecordState>>,
+    end_at_start: bool,
+    hint: SizeHint,
+}
+
+struct RecordState {
+    inner: Option<PoolBody>,
+    taken: Vec<Bytes>,
+    taken_len: usize,
+    /// Past the limit, or the answer started: nothing is kept.
+    given_up: bool,
+}
+
+/// The sender's handle on a [`Recorded`] body.
+struct Recorder(Arc<Mutex<RecordState>>);
+
+impl Recorded {
+    fn wrap(body: PoolBody) -> (Recorded, Recorder) {
+        let end_at_start = body.is_end_stream();
+        let hint = body.size_hint();
+        let state = Arc::new(Mutex::new(RecordState {
+            inner: Some(body),
+            taken: Vec::new(),
+            taken_len: 0,
+            given_up: false,
+        }));
+        (
+            Recorded {
+                state: state.clone(),
+                end_at_start,
+                hint,
+            },
+            Recorder(state),
+        )
+    }
+}
+
+fn lock_state(m: &Mutex<RecordState>) -> std::sync::MutexGuard<'_, RecordState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Body for Recorded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut st = lock_state(&self.state);
+        let Some(inner) = st.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                if !st.given_up {
+                    if st.taken_len + data.len() <= REPLAY_LIMIT {
+                        st.taken_len += data.len();
+                        st.taken.push(data.clone());
+                    } else {
+                        st.given_up = true;
+                        st.taken = Vec::new();
+                    }
+                }
+            } else if !st.given_up {
+                // Trailers are not kept: such a body cannot be replayed.
+                st.given_up = true;
+                st.taken = Vec::new();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.end_at_start
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+impl Recorder {
+    /// The server answered: nothing needs keeping any more.
+    fn answered(&self) {
+        let mut st = lock_state(&self.0);
+        st.given_up = true;
+        st.taken = Vec::new();
+    }
+
+    /// The whole body again (what hyper took, then the rest), unless more
+    /// than the limit was taken.
+    fn take_for_replay(&self) -> Option<PoolBody> {
+        let mut st = lock_state(&self.0);
+        if st.given_up {
+            return None;
+        }
+        let taken = std::mem::take(&mut st.taken);
+        let rest = st.inner.take()?;
+        Some(boxed(Replayed {
+            taken: taken.into(),
+            rest,
+        }))
+    }
+}
+
+/// A body sent again: the chunks hyper had taken, then the rest.
+struct Replayed {
+    taken: std::collections::VecDeque<Bytes>,
+    rest: PoolBody,
+}
+
+impl Body for Replayed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(b) = self.taken.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(b))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.taken.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let taken: u64 = self.taken.iter().map(|b| b.len() as u64).sum();
+        let rest = self.rest.size_hint();
+        let mut h = SizeHint::new();
+        h.set_lower(rest.lower() + taken);
+        if let Some(u) = rest.upper() {
+            h.set_upper(u + taken);
+        }
+        h
     }
 }
 

@@ -416,3 +416,49 @@ async fn idle_connections_expire() {
     assert_eq!(get_text(&pool, &socket.0, "/small").await, "ok");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A request body that yields its chunks one poll at a time, as a
+/// streamed upload does (never known to be complete up front).
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_body_racing_the_close_of_its_pooled_connection_is_retried() {
+    let socket = SocketPath::new("race-stream");
+    let (accepted, close_all) = serve_until_told(&socket.0);
+    let pool = DaemonPool::default();
+    for round in 0..300 {
+        assert_eq!(get_text(&pool, &socket.0, "/small").await, "ok");
+        let (done, closed) = tokio::sync::oneshot::channel();
+        close_all.send(done).await.unwrap();
+        closed.await.unwrap();
+        let chunks = [&b"+a"[..], b"+b", b"+c"]
+            .map(Bytes::from_static)
+            .into_iter()
+            .collect();
+        let req = Request::post("/").body(Chunks(chunks)).unwrap();
+        let resp = pool
+            .forward(
+                &atoll_proxy::Endpoint::unchecked(&socket.0),
+                req,
+                "/echo",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok+a+b+c", "round {round}");
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 301);
+}
