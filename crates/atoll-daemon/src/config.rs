@@ -42,6 +42,10 @@ pub struct DaemonConfig {
     /// user's home.
     #[serde(default)]
     pub work_dir: Option<PathBuf>,
+    /// Where changes made with `POST /env` are kept, so they survive a
+    /// restart (a sandbox keeps it on its own disk); `None`: not kept.
+    #[serde(default)]
+    pub env_file: Option<PathBuf>,
 }
 
 impl DaemonConfig {

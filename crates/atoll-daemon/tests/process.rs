@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
@@ -296,4 +297,40 @@ async fn ports_lists_listening_sockets_and_answers_in_use() {
         let r = d.get(&format!("/port/{bad}/in-use")).await;
         assert_eq!(r.status, 400, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn update_env_reaches_later_commands_and_survives_a_restart() {
+    let d = Daemon::start_with(
+        None,
+        BTreeMap::from([
+            ("KEEP".to_string(), "k".to_string()),
+            ("OLD".to_string(), "o".to_string()),
+        ]),
+    )
+    .await;
+    let r = d
+        .post_json(
+            "/env",
+            json!({"set": {"NEW": "n v"}, "unset": ["OLD", "LANG"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json(), json!({"KEEP": "k", "NEW": "n v"}));
+    let v = d
+        .exec(json!({"command": "echo \"$KEEP|$NEW|${OLD-unset}|${LANG-unset}\""}))
+        .await
+        .json();
+    assert_eq!(v["result"], "k|n v|unset|unset\n");
+    for bad in [
+        json!({"set": {"A=B": "1"}}),
+        json!({"unset": [""]}),
+        json!({"set": "x"}),
+    ] {
+        let r = d.post_json("/env", bad.clone()).await;
+        assert_eq!(r.status, 400, "{bad}");
+    }
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.dir.0.join("env.json")).expect("saved")).unwrap();
+    assert_eq!(saved["set"], json!({"KEEP": "k", "NEW": "n v"}));
 }

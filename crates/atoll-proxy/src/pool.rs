@@ -16,8 +16,9 @@
 //! fresh one: always when hyper hands the request back unsent (its body is
 //! then untouched); for a bodiless GET, HEAD, OPTIONS or TRACE (safe, so
 //! repeatable, RFC 9110 §9.2.2) also when the connection closed before any
-//! answer; and for a request with a body when the connection closed before
-//! any answer while what hyper had taken of the body is still held
+//! answer; and for a request with a body when writing it failed on a
+//! closed connection (the server never got it whole) while what hyper had
+//! taken of the body is still held
 //! ([`Recorded`]: the first [`REPLAY_LIMIT`] bytes are kept until the
 //! answer starts, so a body hyper pulled into a write that failed on a
 //! closed connection is sent again, whole). Nothing else is ever retried,
@@ -233,7 +234,7 @@ where
                         req = match (e.take_message(), replay, recorded) {
                             (Some(unsent), _, _) => unsent,
                             (None, Some(replay), _) if closed => replay.request(),
-                            (None, None, Some((head, rec))) if closed => {
+                            (None, None, Some((head, rec))) if failed_writing(e.error()) => {
                                 match rec.take_for_replay() {
                                     Some(body) => head.with_body(body),
                                     None => return Err(PoolError::Http(e.into_error())),
@@ -467,6 +468,18 @@ impl Body for Replayed {
         }
         h
     }
+}
+
+/// Did sending fail while hyper was still writing the request (the
+/// connection was closed under it), so the server never got all of it?
+/// A request the server read whole and then dropped unanswered is not
+/// this (it may have been acted on) and is never sent again unless safe.
+fn failed_writing(e: &hyper::Error) -> bool {
+    // hyper does not expose its error kinds; its message for a failed
+    // body write is stable ("error writing a body to connection").
+    !e.is_incomplete_message()
+        && e.to_string().starts_with("error writing")
+        && closed_before_answer(e)
 }
 
 /// Did the connection end before the server said anything (a server

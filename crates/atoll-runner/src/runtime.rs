@@ -446,6 +446,7 @@ impl Runtime for NamespaceRuntime {
             user: spec.user.clone(),
             env: spec.env.clone(),
             work_dir: None,
+            env_file: Some(spec::SANDBOX_ENV_FILE.into()),
         };
 
         let slot = match &self.network {

@@ -30,7 +30,14 @@ pub struct DaemonConfig {
     pub env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub work_dir: Option<PathBuf>,
+    /// Where the daemon keeps environment changes (`POST /env`) so they
+    /// survive a stop and start: a path on the sandbox's own disk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<PathBuf>,
 }
+
+/// The daemon's environment state inside every sandbox (root-only).
+pub const SANDBOX_ENV_FILE: &str = "/var/lib/atoll-daemon/env.json";
 
 /// One sandbox, as the runtime builds it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -91,7 +91,10 @@ impl AppState {
                 identity,
                 work_dir,
                 inherited_env,
-                sandbox_env: cfg.env.clone(),
+                sandbox_env: crate::process::env::SandboxEnv::new(
+                    cfg.env.clone(),
+                    cfg.env_file.clone(),
+                ),
             },
             sessions: Arc::default(),
             ptys: Arc::default(),
@@ -120,6 +123,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/project-dir", get(work_dir))
         .route("/process/execute", post(process::execute))
         .route("/process/code-run", post(process::code_run))
+        .route("/env", post(process::update_env))
         .route("/files", get(files::list).delete(files::delete))
         .route("/files/", get(files::list).delete(files::delete))
         .route("/files/info", get(files::info))

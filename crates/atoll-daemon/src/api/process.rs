@@ -105,3 +105,34 @@ pub async fn code_run(
         artifacts: Artifacts { charts: Vec::new() },
     }))
 }
+
+/// `POST /env` (the SDK's `update_env`): changes the environment later
+/// commands, sessions and PTYs start with; answers the variables set.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateEnvRequest {
+    #[serde(default)]
+    set: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default)]
+    unset: Option<Vec<String>>,
+    #[serde(default)]
+    unset_value_prefix: Option<String>,
+}
+
+pub async fn update_env(
+    State(st): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<UpdateEnvRequest>,
+) -> Result<Json<std::collections::BTreeMap<String, String>>, ApiError> {
+    let set = req.set.unwrap_or_default();
+    let unset = req.unset.unwrap_or_default();
+    st.process
+        .sandbox_env
+        .update(&set, &unset, req.unset_value_prefix.as_deref())
+        .map(Json)
+        .map_err(|e| match e {
+            crate::process::env::EnvError::Invalid(_) => ApiError::BadRequest(e.to_string()),
+            crate::process::env::EnvError::Save { .. } => {
+                ApiError::Fs(crate::fs::FsError::Internal(e.to_string()))
+            }
+        })
+}

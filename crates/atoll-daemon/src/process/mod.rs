@@ -9,6 +9,7 @@
 
 pub(crate) mod child;
 pub mod code_run;
+pub mod env;
 pub mod plan;
 mod run;
 
@@ -57,8 +58,8 @@ pub struct ProcessContext {
     /// bottom layer of every command's environment; it carries the image's
     /// `ENV` when the runner passes it that way.
     pub inherited_env: BTreeMap<String, String>,
-    /// Sandbox env vars given at create.
-    pub sandbox_env: BTreeMap<String, String>,
+    /// Sandbox env vars: given at create, changed by `POST /env`.
+    pub sandbox_env: env::SandboxEnv,
 }
 
 /// `process/execute` input.

@@ -60,7 +60,7 @@ impl ExecPlan {
 }
 
 /// Whether `name=value` can be put in an environment.
-fn valid_env(name: &str, value: &str) -> bool {
+pub(crate) fn valid_env(name: &str, value: &str) -> bool {
     !name.is_empty() && !name.contains('=') && !name.contains('\0') && !value.contains('\0')
 }
 
@@ -78,10 +78,11 @@ pub fn command_env(
             "invalid environment variable {k:?}: names must be non-empty without '=' or NUL, values without NUL"
         )));
     }
+    let layer = ctx.sandbox_env.snapshot();
     let mut env: BTreeMap<String, String> = ctx
         .inherited_env
         .iter()
-        .filter(|(k, v)| valid_env(k, v))
+        .filter(|(k, v)| valid_env(k, v) && !layer.removed.contains(*k))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     let id = &ctx.identity;
@@ -91,7 +92,7 @@ pub fn command_env(
     env.insert("SHELL".into(), id.shell.to_string_lossy().into_owned());
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
-    for (k, v) in ctx.sandbox_env.iter().filter(|(k, v)| valid_env(k, v)) {
+    for (k, v) in layer.set.iter().filter(|(k, v)| valid_env(k, v)) {
         env.insert(k.clone(), v.clone());
     }
     for (k, v) in request {
@@ -204,10 +205,10 @@ mod tests {
                 ("LANG".to_string(), "C.UTF-8".to_string()),
                 ("A".to_string(), "inherited".to_string()),
             ]),
-            sandbox_env: BTreeMap::from([
+            sandbox_env: crate::process::env::SandboxEnv::from(BTreeMap::from([
                 ("A".to_string(), "sandbox".to_string()),
                 ("B".to_string(), "sandbox".to_string()),
-            ]),
+            ])),
         }
     }
 

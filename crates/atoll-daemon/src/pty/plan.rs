@@ -162,7 +162,10 @@ mod tests {
             },
             work_dir: std::env::temp_dir(),
             inherited_env: BTreeMap::from([("TERM".to_string(), "dumb".to_string())]),
-            sandbox_env: BTreeMap::from([("SB".to_string(), "1".to_string())]),
+            sandbox_env: crate::process::env::SandboxEnv::from(BTreeMap::from([(
+                "SB".to_string(),
+                "1".to_string(),
+            )])),
         }
     }
 

@@ -100,6 +100,7 @@ impl Daemon {
             user,
             env,
             work_dir: Some(work.clone()),
+            env_file: Some(dir.0.join("env.json")),
         };
         let listener = UnixListener::bind(&socket).expect("bind");
         tokio::spawn(async move {
