@@ -113,6 +113,17 @@ struct SlotRecord {
 }
 
 impl SlotRecord {
+    /// A record of this runner (alive now) for `sandbox`.
+    fn ours(sandbox: &str, cgroup_procs: &[PathBuf]) -> SlotRecord {
+        let me = std::process::id() as i32;
+        SlotRecord {
+            runner_pid: me,
+            runner_start: crate::journal::process_start_time(me).unwrap_or(0),
+            sandbox: sandbox.into(),
+            cgroup_procs: cgroup_procs.to_vec(),
+        }
+    }
+
     fn render(&self) -> String {
         let mut s = format!(
             "{} {} {}\n",
@@ -209,13 +220,7 @@ impl UidSlots {
         cgroup_procs: &[PathBuf],
     ) -> Result<UidRange, UsernsError> {
         let _lock = self.lock()?;
-        let me = std::process::id() as i32;
-        let record = SlotRecord {
-            runner_pid: me,
-            runner_start: crate::journal::process_start_time(me).unwrap_or(0),
-            sandbox: sandbox.into(),
-            cgroup_procs: cgroup_procs.to_vec(),
-        };
+        let record = SlotRecord::ours(sandbox, cgroup_procs);
         let start = self.hint.load(std::sync::atomic::Ordering::Relaxed) % SLOTS;
         for i in 0..SLOTS {
             let slot = (start + i) % SLOTS;
@@ -246,13 +251,7 @@ impl UidSlots {
         cgroup_procs: &[PathBuf],
     ) -> Result<(), UsernsError> {
         let _lock = self.lock()?;
-        let me = std::process::id() as i32;
-        let record = SlotRecord {
-            runner_pid: me,
-            runner_start: crate::journal::process_start_time(me).unwrap_or(0),
-            sandbox: sandbox.into(),
-            cgroup_procs: cgroup_procs.to_vec(),
-        };
+        let record = SlotRecord::ours(sandbox, cgroup_procs);
         write_atomic(
             &self.dir.join(range.slot().to_string()),
             record.render().as_bytes(),
