@@ -269,25 +269,10 @@ fn bind_toolbox_socket() -> Result<OwnedFd, InitError> {
 /// The daemon's configuration in a sealed memfd: nothing on any
 /// filesystem for the sandbox to replace.
 fn config_memfd(cfg: &spec::DaemonConfig) -> Result<OwnedFd, InitError> {
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create(
-        "atoll-daemon-config",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(sys("memfd for the daemon config"))?;
-    let mut f = std::fs::File::from(fd);
     let body = serde_json::to_vec(cfg).map_err(|e| InitError::Request(e.to_string()))?;
-    f.write_all(&body)
-        .map_err(io("writing the daemon config"))?;
-    std::io::Seek::rewind(&mut f).map_err(io("writing the daemon config"))?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(io("sealing the daemon config")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(OwnedFd::from(f))
+    crate::safe_fs::sealed_memfd("atoll-daemon-config", &mut body.as_slice())
+        .map(OwnedFd::from)
+        .map_err(io("sealing the daemon config"))
 }
 
 /// stdin from /dev/null; stdout joins stderr (the sandbox log).

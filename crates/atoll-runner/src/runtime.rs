@@ -376,20 +376,7 @@ impl NamespaceRuntime {
 /// every sandbox execs. Sealed, nothing can change it (CVE-2019-5736), and
 /// exec'ing it by descriptor leaves no host path in any sandbox.
 fn sealed_copy(exe: &Path) -> std::io::Result<std::fs::File> {
-    use nix::sys::memfd::{memfd_create, MFdFlags};
-    let fd = memfd_create(
-        "atoll-daemon",
-        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-    )
-    .map_err(std::io::Error::from)?;
-    let mut copy = std::fs::File::from(fd);
-    let mut src = std::fs::File::open(exe)?;
-    std::io::copy(&mut src, &mut copy)?;
-    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
-    if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let copy = crate::safe_fs::sealed_memfd("atoll-daemon", &mut std::fs::File::open(exe)?)?;
     // exec refuses a file open for writing: keep a read-only descriptor
     // (close-on-exec, as std opens everything).
     std::fs::File::open(format!("/proc/self/fd/{}", copy.as_raw_fd()))

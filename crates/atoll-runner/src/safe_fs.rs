@@ -102,6 +102,25 @@ mod tests {
     }
 }
 
+/// A sealed memfd holding everything `src` reads (no write, grow, shrink
+/// or further seals), positioned at its start: content a sandbox is given
+/// by descriptor and can never change.
+pub fn sealed_memfd(name: &str, src: &mut impl std::io::Read) -> std::io::Result<File> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    use std::os::fd::AsRawFd;
+    let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+        .map_err(std::io::Error::from)?;
+    let mut f = File::from(fd);
+    std::io::copy(src, &mut f)?;
+    std::io::Seek::rewind(&mut f)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
 /// Host directories whose paths must never reach a client (error reasons,
 /// API errors): registered by the runtime at start.
 static HOST_PREFIXES: std::sync::RwLock<Vec<String>> = std::sync::RwLock::new(Vec::new());
