@@ -31,6 +31,17 @@ pub struct CreateSandbox {
     pub volumes: Option<Vec<SandboxVolume>>,
     #[schema(value_type = Option<Object>)]
     pub build_info: Option<serde_json::Value>,
+    pub kvm: Option<bool>,
+    pub outbound_proxy_url: Option<String>,
+    pub otel_endpoint_override: Option<String>,
+    #[schema(value_type = Option<Vec<String>>)]
+    pub gpu_type: Option<serde_json::Value>,
+    pub spot: Option<bool>,
+    pub auto_pause_interval: Option<i64>,
+    pub ttl_minutes: Option<i64>,
+    pub queue_timeout: Option<i64>,
+    pub linked_sandbox: Option<String>,
+    pub secrets: Option<Vec<BTreeMap<String, String>>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -98,6 +109,16 @@ pub struct Sandbox {
     pub daemon_version: String,
     pub runner_id: String,
     pub toolbox_proxy_url: String,
+    /// When the TTL deletes the sandbox; absent without a TTL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_destroy_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_proxy_url: Option<String>,
+    /// The warm pool the sandbox waits in, while unclaimed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -295,4 +316,92 @@ pub struct Region {
     pub proxy_url: Option<String>,
     pub ssh_gateway_url: Option<String>,
     pub snapshot_manager_url: Option<String>,
+}
+
+/// Daytona's `CreateSecret`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateSecret {
+    pub name: String,
+    pub value: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// Daytona's `UpdateSecret`: each field present is changed.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+pub struct UpdateSecret {
+    #[serde(default)]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub hosts: Option<Vec<String>>,
+}
+
+/// Daytona's `Secret`: never the value.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub id: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The opaque token Daytona shows sandboxes in place of the value.
+    pub placeholder: String,
+    pub hosts: Vec<String>,
+}
+
+/// Daytona's `ListSecretsResponse`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListSecretsResponse {
+    pub items: Vec<Secret>,
+    pub total: i64,
+    pub next_cursor: Option<String>,
+}
+
+/// Daytona's `UpdateSandboxSecrets`: `[{ENV_VAR: secretName}, …]`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct UpdateSandboxSecrets {
+    pub secrets: Vec<BTreeMap<String, String>>,
+}
+
+/// Daytona's `CreateWarmPool`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateWarmPool {
+    pub snapshot: String,
+    pub pool: i64,
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// Daytona's `UpdateWarmPool`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWarmPool {
+    pub pool: i64,
+}
+
+/// Daytona's `WarmPool`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPool {
+    pub id: String,
+    pub organization_id: String,
+    pub snapshot: String,
+    pub target: String,
+    pub pool: i64,
+    /// Started, unclaimed members now.
+    pub current_size: i64,
+    pub cpu: i64,
+    pub mem: i64,
+    pub disk: i64,
+    pub os_user: String,
+    pub env: BTreeMap<String, String>,
+    pub error_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
 }

@@ -14,14 +14,17 @@ pub mod quota;
 pub mod ratelimit;
 pub mod routes;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
+pub mod signing;
+pub mod warm_pool;
 
 use atoll_runner::image::ImageStore;
 use atoll_runner::Runtime;
 use atoll_store::Store;
 use axum::extract::Request;
 use axum::middleware::Next;
-use axum::routing::{any, get, post, put};
+use axum::routing::{any, get, patch, post, put};
 use axum::Router;
 use error::{ApiError, RequestInfo, REQUEST_INFO};
 use std::sync::Arc;
@@ -62,6 +65,10 @@ pub struct AppState {
     pub app_connections: atoll_proxy::pool::ConnPool<(String, u16)>,
     /// Token buckets of API keys; `None` when rate limiting is off.
     pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+    /// Seals organization secrets at rest (see [`AppState::with_secrets_key`]).
+    pub secrets_key: Arc<secrets::SecretsKey>,
+    /// Wakes the warm-pool filler (a pool changed or a member was taken).
+    pub warm_pool_wake: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -86,7 +93,16 @@ impl AppState {
             activity: Arc::default(),
             app_connections: routes::preview::app_pool(),
             preview_secret: Arc::new(preview_secret),
+            secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
+            warm_pool_wake: Arc::default(),
         }
+    }
+
+    /// The server's key for secret values (a fresh random one otherwise:
+    /// fine for tests, lost on restart).
+    pub fn with_secrets_key(mut self, key: secrets::SecretsKey) -> AppState {
+        self.secrets_key = Arc::new(key);
+        self
     }
 }
 
@@ -124,7 +140,7 @@ async fn not_found(req: Request) -> ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{account, preview, sandbox, snapshots, system, toolbox};
+    use routes::{account, preview, sandbox, secrets, snapshots, system, toolbox, warm_pools};
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/users/me", get(account::users_me))
@@ -179,6 +195,29 @@ pub fn router(state: AppState) -> Router {
             post(preview::set_public),
         )
         .route("/sandbox/{id}/last-activity", post(sandbox::last_activity))
+        .route("/sandbox/{id}/signing-key", get(sandbox::signing_key))
+        .route(
+            "/sandbox/{id}/signing-key/rotate",
+            post(sandbox::rotate_signing_key),
+        )
+        .route("/sandbox/{id}/ttl/{minutes}", post(sandbox::ttl))
+        .route("/sandbox/{id}/secrets", put(sandbox::secrets))
+        .route("/secret", get(secrets::list).post(secrets::create))
+        .route("/secret/paginated", get(secrets::paginated))
+        .route(
+            "/secret/{id}",
+            get(secrets::get)
+                .patch(secrets::update)
+                .delete(secrets::delete),
+        )
+        .route(
+            "/warm-pools",
+            get(warm_pools::list).post(warm_pools::create),
+        )
+        .route(
+            "/warm-pools/{id}",
+            patch(warm_pools::update).delete(warm_pools::delete),
+        )
         .route("/snapshots", get(snapshots::list))
         .route("/snapshots/{id}", get(snapshots::get))
         .layer(axum::middleware::from_fn_with_state(

@@ -18,6 +18,11 @@ use utoipa::OpenApi;
         system::create_organization, system::get_quota, system::put_quota,
         crate::routes::account::users_me, crate::routes::account::regions,
         crate::routes::account::shared_regions, sandbox::paginated,
+        sandbox::signing_key, sandbox::rotate_signing_key, sandbox::ttl, sandbox::secrets,
+        crate::routes::secrets::create, crate::routes::secrets::list, crate::routes::secrets::paginated,
+        crate::routes::secrets::get, crate::routes::secrets::update, crate::routes::secrets::delete,
+        crate::routes::warm_pools::list, crate::routes::warm_pools::create,
+        crate::routes::warm_pools::update, crate::routes::warm_pools::delete,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -25,6 +30,8 @@ use utoipa::OpenApi;
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
         dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
         dto::User, dto::Region, dto::PaginatedSandboxes,
+        dto::CreateSecret, dto::UpdateSecret, dto::Secret, dto::ListSecretsResponse,
+        dto::UpdateSandboxSecrets, dto::CreateWarmPool, dto::UpdateWarmPool, dto::WarmPool,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

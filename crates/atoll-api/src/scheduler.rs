@@ -13,6 +13,9 @@
 //! sandbox under its lock (so after its create or start finished), sees it
 //! dead.
 //!
+//! A sandbox whose TTL ran out (`autoDestroyAt`) is deleted whatever its
+//! state. Unclaimed warm-pool members are never auto-stopped.
+//!
 //! Each pass also deletes expired signed preview tokens.
 
 use crate::lifecycle::{self, state};
@@ -81,12 +84,16 @@ impl AppState {
             .as_ref()
             .and_then(|v| v.as_array())
             .is_some_and(|list| {
-                list.iter().any(|s| {
-                    s["commands"].as_array().is_some_and(|cmds| {
-                        cmds.iter()
-                            .any(|c| c.get("exitCode").is_none_or(|e| e.is_null()))
+                // The image's entrypoint runs for the sandbox's whole life:
+                // it is not activity.
+                list.iter()
+                    .filter(|s| s["sessionId"] != "entrypoint")
+                    .any(|s| {
+                        s["commands"].as_array().is_some_and(|cmds| {
+                            cmds.iter()
+                                .any(|c| c.get("exitCode").is_none_or(|e| e.is_null()))
+                        })
                     })
-                })
             });
         if running_command {
             return true;
@@ -145,6 +152,17 @@ impl AppState {
                 && seen.get(&r.id) != Some(&true)
                 && self.observed_dead(&r.id).await;
             let now = now_millis();
+            if r.auto_destroy_at.is_some_and(|t| t <= now)
+                && lifecycle::transition_timeout(&r.state).is_none()
+            {
+                tracing::info!(sandbox = %r.id, minutes = r.ttl_minutes, "time to live is over; deleting the sandbox");
+                r.desired_state = state::DESTROYED.into();
+                self.save(&mut r, state::DESTROYING, None).await?;
+                if let Err(e) = self.destroy(&mut r).await {
+                    tracing::warn!(sandbox = %r.id, error = %e, "deleting an expired sandbox failed");
+                }
+                continue;
+            }
             if let Some(limit) = lifecycle::transition_timeout(&r.state) {
                 if now - r.state_changed_at > limit.as_millis() as i64 {
                     let reason = format!(
@@ -168,6 +186,7 @@ impl AppState {
                 }
                 state::STARTED
                     if r.auto_stop_interval > 0
+                        && r.warm_pool_id.is_none()
                         && now - r.last_activity_at >= r.auto_stop_interval * minute_ms =>
                 {
                     if self.busy_inside(&r.id).await {
@@ -332,6 +351,12 @@ mod tests {
             updated_at: now,
             last_activity_at: now,
             state_changed_at: now,
+            ttl_minutes: 0,
+            auto_destroy_at: None,
+            secrets: Default::default(),
+            outbound_proxy_url: None,
+            queue_timeout: None,
+            warm_pool_id: None,
         }
     }
 

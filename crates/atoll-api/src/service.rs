@@ -135,6 +135,10 @@ impl AppState {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             runner_id: "local".into(),
             toolbox_proxy_url: self.toolbox_proxy_url(),
+            auto_destroy_at: r.auto_destroy_at.map(rfc3339_millis),
+            queue_timeout: r.queue_timeout,
+            outbound_proxy_url: r.outbound_proxy_url.clone(),
+            warm_pool_id: r.warm_pool_id.clone(),
         }
     }
 
@@ -189,7 +193,8 @@ impl AppState {
 
     /// Runs the runtime's start and records the outcome on the row.
     async fn run_start(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
-        let spec = self.spec_for(r)?;
+        let mut spec = self.spec_for(r)?;
+        spec.env = self.start_env(r).await?;
         let runtime = self.runtime.clone();
         let result = tokio::task::spawn_blocking(move || runtime.start(&spec))
             .await
@@ -221,11 +226,37 @@ impl AppState {
         }
     }
 
+    /// The environment a sandbox starts with: its own `env`, the proxy
+    /// variables of `outboundProxyUrl`, and its mounted secrets.
+    pub(crate) async fn start_env(
+        &self,
+        r: &SandboxRecord,
+    ) -> Result<BTreeMap<String, String>, ApiError> {
+        let mut env = r.env.clone();
+        if let Some(proxy) = &r.outbound_proxy_url {
+            for var in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(var.into(), proxy.clone());
+            }
+            for var in ["NO_PROXY", "no_proxy"] {
+                env.entry(var.into())
+                    .or_insert_with(|| "localhost,127.0.0.1,::1".into());
+            }
+        }
+        env.extend(self.secret_env(r).await?);
+        Ok(env)
+    }
+
+    /// Minutes as the lifecycle clock counts them, in ms.
+    pub(crate) fn minutes_ms(&self, minutes: i64) -> i64 {
+        minutes.saturating_mul(self.config.lifecycle.minute.as_millis() as i64)
+    }
+
     pub async fn create_sandbox(
         &self,
         p: &Principal,
         req: CreateSandbox,
     ) -> Result<Sandbox, ApiError> {
+        refuse_unsupported_create_fields(&req)?;
         if req.build_info.is_some() {
             return Err(ApiError::BadRequest(
                 "building images from buildInfo is not supported by this server yet; use a snapshot".into(),
@@ -267,8 +298,32 @@ impl AppState {
                 "volumes are not supported by this server yet".into(),
             ));
         }
+        let ttl_minutes = in_range(
+            "ttlMinutes",
+            req.ttl_minutes.unwrap_or(0),
+            0,
+            i64::from(i32::MAX),
+        )?;
+        if req.queue_timeout.is_some_and(|q| q < 1) {
+            return Err(ApiError::BadRequest(
+                "queueTimeout must be a positive number of minutes".into(),
+            ));
+        }
+        let outbound_proxy_url = req
+            .outbound_proxy_url
+            .as_deref()
+            .map(checked_proxy_url)
+            .transpose()?;
+        let secrets = crate::secrets::mounts_from_wire(req.secrets.unwrap_or_default())?;
+        self.check_mounts(&p.organization_id, &secrets).await?;
         let now = now_millis();
-        let mut row = SandboxRecord {
+        let row = SandboxRecord {
+            ttl_minutes,
+            auto_destroy_at: (ttl_minutes > 0).then(|| now + self.minutes_ms(ttl_minutes)),
+            secrets,
+            outbound_proxy_url,
+            queue_timeout: req.queue_timeout,
+            warm_pool_id: None,
             id: id.clone(),
             organization_id: p.organization_id.clone(),
             name,
@@ -321,7 +376,25 @@ impl AppState {
             last_activity_at: now,
             state_changed_at: now,
         };
-        let lock = self.locks.get(&id);
+        let warm_eligible = req.cpu.is_none()
+            && req.memory.is_none()
+            && req.disk.is_none()
+            && req.gpu.is_none_or(|g| g == 0)
+            && row.secrets.is_empty()
+            && row.outbound_proxy_url.is_none()
+            && row.os_user == DEFAULT_USER;
+        if warm_eligible {
+            if let Some(dto) = self.claim_warm(&row).await? {
+                return Ok(dto);
+            }
+        }
+        self.launch(row).await
+    }
+
+    /// Inserts a new sandbox row (within quota) and starts it. A host
+    /// whose disk or sandbox network is full undoes the create.
+    pub(crate) async fn launch(&self, mut row: SandboxRecord) -> Result<Sandbox, ApiError> {
+        let lock = self.locks.get(&row.id);
         let _guard = lock.lock().await;
         self.insert_within_quota(&row).await?;
         atoll_types::failpoint::hit("create.after_insert");
@@ -773,6 +846,28 @@ impl AppState {
         Ok(self.to_dto(&r))
     }
 
+    /// Sets the time to live: the sandbox is deleted `minutes` from now,
+    /// whatever its state; 0 removes the TTL.
+    pub async fn set_ttl(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+        minutes: i64,
+    ) -> Result<Sandbox, ApiError> {
+        let minutes = in_range("ttlMinutes", minutes, 0, i64::from(i32::MAX))?;
+        let r = self.find(p, id_or_name).await?;
+        let lock = self.locks.get(&r.id);
+        let _guard = lock.lock().await;
+        let mut r = self.find(p, &r.id).await?;
+        let now = now_millis();
+        r.ttl_minutes = minutes;
+        r.auto_destroy_at = (minutes > 0).then(|| now + self.minutes_ms(minutes));
+        r.updated_at = now;
+        let current = r.state.clone();
+        self.store.update_sandbox(&r, &current).await?;
+        Ok(self.to_dto(&r))
+    }
+
     /// After a restart: make stored rows agree with what really runs.
     pub async fn reconcile_on_boot(&self) -> Result<(), ApiError> {
         let runtime = self.runtime.clone();
@@ -947,6 +1042,68 @@ impl AppState {
 
 /// Domain allow lists need DNS-aware enforcement, which this server does
 /// not have: refuse rather than pretend.
+/// `CreateSandbox` fields this server cannot honour: refused with a 400
+/// that says why, never ignored.
+fn refuse_unsupported_create_fields(req: &CreateSandbox) -> Result<(), ApiError> {
+    let refuse = |msg: &str| Err(ApiError::BadRequest(msg.to_string()));
+    if req.kvm == Some(true) {
+        return refuse(
+            "kvm is not available: sandboxes on this server are containers, not virtual machines",
+        );
+    }
+    if req
+        .gpu_type
+        .as_ref()
+        .is_some_and(|g| !g.is_null() && g.as_array().is_none_or(|a| !a.is_empty()))
+    {
+        return refuse("gpuType: this server has no GPUs");
+    }
+    if req.spot == Some(true) {
+        return refuse("spot applies only to GPU sandboxes; this server has no GPUs");
+    }
+    if req.otel_endpoint_override.is_some() {
+        return refuse("otelEndpointOverride: this server does not export sandbox telemetry over OpenTelemetry");
+    }
+    if req.linked_sandbox.is_some() {
+        return refuse(
+            "linkedSandbox is not supported by this server yet: sandboxes cannot reach each other",
+        );
+    }
+    if let Some(t) = req.target.as_deref() {
+        if t != crate::routes::account::REGION {
+            return Err(ApiError::BadRequest(format!(
+                "unknown target {t:?}: this server has one region, {:?}",
+                crate::routes::account::REGION
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An `outboundProxyUrl`: `http(s)://[user:pass@]host[:port][/]`.
+fn checked_proxy_url(url: &str) -> Result<String, ApiError> {
+    let bad = || {
+        ApiError::BadRequest(format!(
+            "invalid outboundProxyUrl {:?}: use http://host:port or https://host:port",
+            url.split('@').next_back().unwrap_or_default()
+        ))
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(bad)?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    if host_port.is_empty()
+        || authority.contains('/')
+        || url.len() > 2048
+        || url.bytes().any(|b| b.is_ascii_control() || b == b' ')
+    {
+        return Err(bad());
+    }
+    Ok(url.to_string())
+}
+
 fn refuse_domain_allow_list(list: Option<&str>) -> Result<(), ApiError> {
     match list {
         Some(l) if !l.trim().is_empty() => Err(ApiError::BadRequest(
@@ -957,7 +1114,7 @@ fn refuse_domain_allow_list(list: Option<&str>) -> Result<(), ApiError> {
 }
 
 /// The runtime's view of a sandbox's stored network settings.
-fn policy_of(r: &SandboxRecord) -> Result<NetworkPolicy, ApiError> {
+pub(crate) fn policy_of(r: &SandboxRecord) -> Result<NetworkPolicy, ApiError> {
     let allow_list = match r.network_allow_list.as_deref() {
         Some(l) => NetworkPolicy::parse_allow_list(l)
             .map_err(|e| ApiError::Internal(format!("stored allow list: {e}")))?,

@@ -4,10 +4,14 @@
 //! so PostgreSQL is a second connection URL, not a rewrite.
 
 mod records;
+mod secrets;
+mod warm_pools;
 
 pub use records::{
     ApiKeyRecord, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord, VolumeMount,
 };
+pub use secrets::SecretRecord;
+pub use warm_pools::WarmPoolRecord;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row};
@@ -108,7 +112,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, os_user, env, labels, public, \
      network_block_all, network_allow_list, cpu, gpu, memory, disk, state, desired_state, \
      error_reason, recoverable, auto_stop_interval, auto_archive_interval, auto_delete_interval, \
-     volumes, created_at, updated_at, last_activity_at, state_changed_at";
+     volumes, created_at, updated_at, last_activity_at, state_changed_at, ttl_minutes, \
+     auto_destroy_at, secrets, outbound_proxy_url, queue_timeout, warm_pool_id";
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
@@ -565,6 +570,10 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM sandbox_signing_keys WHERE sandbox_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         sqlx::query("DELETE FROM sandboxes WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -602,7 +611,8 @@ async fn insert_sandbox_row<'c>(
 ) -> Result<(), StoreError> {
     let sql = format!(
         "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
-         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
+         ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
+         $27, $28, $29, $30, $31, $32)"
     );
     s.bind_all(sqlx::query(&sql))
         .execute(x)
@@ -628,8 +638,10 @@ async fn update_sandbox_row<'c>(
          memory = $13, disk = $14, state = $15, desired_state = $16, error_reason = $17, \
          recoverable = $18, auto_stop_interval = $19, auto_archive_interval = $20, \
          auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
-         last_activity_at = $25, state_changed_at = $26 \
-         WHERE id = $1 AND organization_id = $2 AND state = $27";
+         last_activity_at = $25, state_changed_at = $26, ttl_minutes = $27, \
+         auto_destroy_at = $28, secrets = $29, outbound_proxy_url = $30, queue_timeout = $31, \
+         warm_pool_id = $32 \
+         WHERE id = $1 AND organization_id = $2 AND state = $33";
     let done = s
         .bind_all(sqlx::query(sql))
         .bind(expected_state)

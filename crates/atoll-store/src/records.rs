@@ -96,6 +96,19 @@ pub struct SandboxRecord {
     pub last_activity_at: i64,
     /// When `state` last changed (ms).
     pub state_changed_at: i64,
+    /// Minutes of life given by the last TTL set (0: none).
+    pub ttl_minutes: i64,
+    /// When the TTL runs out (ms); `None`: no TTL.
+    pub auto_destroy_at: Option<i64>,
+    /// Organization secrets mounted as environment variables: env var
+    /// name -> secret name.
+    pub secrets: BTreeMap<String, String>,
+    /// `HTTP(S)_PROXY` of the sandbox, as given at create.
+    pub outbound_proxy_url: Option<String>,
+    /// Minutes a create may wait for room, as given (Atoll never queues).
+    pub queue_timeout: Option<i64>,
+    /// The warm pool this sandbox waits in, while unclaimed.
+    pub warm_pool_id: Option<String>,
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: String) -> Result<T, StoreError> {
@@ -131,10 +144,16 @@ impl SandboxRecord {
             updated_at: r.try_get(23)?,
             last_activity_at: r.try_get(24)?,
             state_changed_at: r.try_get(25)?,
+            ttl_minutes: r.try_get(26)?,
+            auto_destroy_at: r.try_get(27)?,
+            secrets: json(r.try_get(28)?)?,
+            outbound_proxy_url: r.try_get(29)?,
+            queue_timeout: r.try_get(30)?,
+            warm_pool_id: r.try_get(31)?,
         })
     }
 
-    /// Binds all 26 columns in `SANDBOX_COLUMNS` order as $1..$26.
+    /// Binds all 32 columns in `SANDBOX_COLUMNS` order as $1..$32.
     pub(crate) fn bind_all<'q>(
         &'q self,
         q: Query<'q, Any, AnyArguments<'q>>,
@@ -166,6 +185,12 @@ impl SandboxRecord {
             .bind(self.updated_at)
             .bind(self.last_activity_at)
             .bind(self.state_changed_at)
+            .bind(self.ttl_minutes)
+            .bind(self.auto_destroy_at)
+            .bind(to_json(&self.secrets))
+            .bind(&self.outbound_proxy_url)
+            .bind(self.queue_timeout)
+            .bind(&self.warm_pool_id)
     }
 }
 

@@ -41,6 +41,12 @@ fn sandbox(id: &str, org: &str, name: &str) -> SandboxRecord {
         updated_at: 1,
         last_activity_at: 1,
         state_changed_at: 1,
+        ttl_minutes: 60,
+        auto_destroy_at: Some(3_600_001),
+        secrets: [("TOKEN".to_string(), "api-token".to_string())].into(),
+        outbound_proxy_url: Some("http://proxy.example:3128".into()),
+        queue_timeout: Some(5),
+        warm_pool_id: None,
     }
 }
 

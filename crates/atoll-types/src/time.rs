@@ -17,6 +17,97 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch of an RFC 3339 / ISO 8601 timestamp as
+/// clients send them: `YYYY-MM-DD`, optionally `THH:MM[:SS[.fraction]]`,
+/// optionally `Z` or `±HH:MM` (none: UTC). `None` if malformed.
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let b = s.trim().as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = b.get(r)?;
+        if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(part).ok()?.parse().ok()
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    if b.get(4) != Some(&b'-') || b.get(7) != Some(&b'-') || !(1..=12).contains(&mo) {
+        return None;
+    }
+    let days_in_month = match mo {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=days_in_month).contains(&d) {
+        return None;
+    }
+    let mut ms = days_from_civil(y, mo as u32, d as u32) * 86_400_000;
+    let mut i = 10;
+    if matches!(b.get(i), Some(b'T' | b't' | b' ')) {
+        let (h, mi) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+        if b.get(i + 3) != Some(&b':') || h > 23 || mi > 59 {
+            return None;
+        }
+        ms += (h * 3600 + mi * 60) * 1000;
+        i += 6;
+        if b.get(i) == Some(&b':') {
+            let sec = num(i + 1..i + 3)?;
+            if sec > 60 {
+                return None;
+            }
+            ms += sec * 1000;
+            i += 3;
+            if b.get(i) == Some(&b'.') {
+                let start = i + 1;
+                i = start;
+                while b.get(i).is_some_and(u8::is_ascii_digit) {
+                    i += 1;
+                }
+                if i == start {
+                    return None;
+                }
+                let digits = &b[start..i.min(start + 3)];
+                let mut frac = 0i64;
+                for (k, c) in digits.iter().enumerate() {
+                    frac += i64::from(c - b'0') * [100, 10, 1][k];
+                }
+                ms += frac;
+            }
+        }
+    }
+    match b.get(i) {
+        None => Some(ms),
+        Some(b'Z' | b'z') if i + 1 == b.len() => Some(ms),
+        Some(sign @ (b'+' | b'-')) => {
+            // `+01:00`, or `+0100` as Python's `%z` writes it.
+            let colon = usize::from(b.get(i + 3) == Some(&b':'));
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 3 + colon..i + 5 + colon)?);
+            if i + 5 + colon != b.len() || oh > 23 || om > 59 {
+                return None;
+            }
+            let offset = (oh * 60 + om) * 60_000;
+            Some(if *sign == b'+' {
+                ms - offset
+            } else {
+                ms + offset
+            })
+        }
+        _ => None,
+    }
+}
+
 struct Parts {
     y: i64,
     mo: u32,
@@ -121,5 +212,51 @@ mod tests {
         // leap day
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_rfc3339_millis_writes_and_what_clients_send() {
+        for ms in [0, 1_700_000_000_123, 951_782_400_000, -86_400_000] {
+            assert_eq!(parse_rfc3339_millis(&rfc3339_millis(ms)), Some(ms));
+        }
+        let base = parse_rfc3339_millis("2026-12-06T04:00:00Z").unwrap();
+        assert_eq!(parse_rfc3339_millis("2026-12-06T04:00:00"), Some(base));
+        assert_eq!(
+            parse_rfc3339_millis("2026-12-06T05:00:00+01:00"),
+            Some(base)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-12-06T03:30:00-00:30"),
+            Some(base)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-12-06T04:00:00.000000+0000"),
+            Some(base)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-12-06T04:00:00.250123Z"),
+            Some(base + 250)
+        );
+        assert_eq!(
+            parse_rfc3339_millis("2026-12-06"),
+            Some(base - 4 * 3_600_000)
+        );
+        for bad in [
+            "",
+            "yesterday",
+            "2026-13-01",
+            "2026-02-30",
+            "2026-12-06T25:00",
+            "2026-12-06Tx",
+            "2026-12-06T04:00:00Zjunk",
+            "2026-12-06T04:00:00.",
+        ] {
+            assert_eq!(parse_rfc3339_millis(bad), None, "{bad}");
+        }
     }
 }

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
+    /// File holding the key organization secrets are sealed with (64 hex
+    /// characters; default <data-dir>/secrets.key, created on first use).
+    /// Servers sharing one database must share this key.
+    #[arg(long, env = "ATOLL_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     tenancy: crate::tenancy::TenancyArgs,
 }
@@ -173,6 +178,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             crate::tenancy::private_database(db)?;
         }
         let key = bootstrap(&store).await?;
+        let secrets_key = crate::tenancy::secrets_key(
+            &args
+                .secrets_key_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("secrets.key")),
+        )?;
         let public_url = args
             .public_url
             .clone()
@@ -197,12 +208,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 rate_limit: args.tenancy.rate_limit(),
             },
             preview_secret,
-        );
+        )
+        .with_secrets_key(secrets_key);
         state
             .reconcile_on_boot()
             .await
             .map_err(|e| anyhow::anyhow!("reconciling sandboxes: {e}"))?;
         atoll_api::scheduler::spawn(state.clone());
+        atoll_api::warm_pool::spawn(state.clone());
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
@@ -314,12 +327,12 @@ async fn bootstrap(store: &Store) -> Result<Option<String>> {
     Ok(Some(key))
 }
 
-fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
+pub(crate) fn getrandom_fill(buf: &mut [u8]) -> std::io::Result<()> {
     use std::io::Read;
     std::fs::File::open("/dev/urandom")?.read_exact(buf)
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -88,6 +88,35 @@ pub fn private_data_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The key organization secrets are sealed with, from `path` (64 hex
+/// characters), made (random, mode 0600) if the file does not exist.
+pub fn secrets_key(path: &Path) -> Result<atoll_api::secrets::SecretsKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    crate::serve::getrandom_fill(&mut bytes).context("reading /dev/urandom")?;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(mut f) => {
+            f.write_all(crate::serve::hex_encode(&bytes).as_bytes())
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("writing the secrets key {}", path.display()))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("creating the secrets key {}", path.display()))
+        }
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the secrets key {}", path.display()))?;
+    atoll_api::secrets::SecretsKey::from_hex(&text)
+        .with_context(|| format!("the secrets key in {}", path.display()))
+}
+
 /// The file of a `sqlite:` database URL (`None` for other databases and
 /// in-memory ones).
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {

@@ -4,6 +4,8 @@
 pub mod account;
 pub mod preview;
 pub mod sandbox;
+pub mod secrets;
 pub mod snapshots;
 pub mod system;
 pub mod toolbox;
+pub mod warm_pools;

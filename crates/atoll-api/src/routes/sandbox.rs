@@ -3,7 +3,7 @@
 use crate::auth::Principal;
 use crate::dto::{
     CreateSandbox, ListSandboxesResponse, PaginatedSandboxes, ResizeSandbox, Sandbox,
-    SandboxLabels, ToolboxProxyUrl, UpdateNetworkSettings,
+    SandboxLabels, ToolboxProxyUrl, UpdateNetworkSettings, UpdateSandboxSecrets,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -136,6 +136,7 @@ pub async fn toolbox_proxy_url(
     }))
 }
 
+/// Sort fields of `GET /api/sandbox`.
 const SORT_FIELDS: &[&str] = &[
     "name",
     "cpu",
@@ -145,11 +146,93 @@ const SORT_FIELDS: &[&str] = &[
     "createdAt",
 ];
 
+/// Sort fields of the deprecated `GET /api/sandbox/paginated`.
+const PAGINATED_SORT_FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "state",
+    "snapshot",
+    "region",
+    "updatedAt",
+    "createdAt",
+    "lastActivityAt",
+];
+
+/// Query parameters both lists take (each route adds its paging keys).
+/// Anything else is refused: a filter is never silently ignored.
+const FILTER_KEYS: &[&str] = &[
+    "limit",
+    "id",
+    "name",
+    "labels",
+    "includeErroredDeleted",
+    "includeWarm",
+    "states",
+    "snapshots",
+    "regionIds",
+    "regions",
+    "sandboxClasses",
+    "minCpu",
+    "maxCpu",
+    "minMemoryGiB",
+    "maxMemoryGiB",
+    "minDiskGiB",
+    "maxDiskGiB",
+    "minGpu",
+    "maxGpu",
+    "isPublic",
+    "isRecoverable",
+    "createdAtAfter",
+    "createdAtBefore",
+    "lastEventAfter",
+    "lastEventBefore",
+    "autoDestroyAtAfter",
+    "autoDestroyAtBefore",
+    "sort",
+    "order",
+];
+
+const SANDBOX_STATES: &[&str] = &[
+    "creating",
+    "restoring",
+    "destroyed",
+    "destroying",
+    "started",
+    "stopped",
+    "starting",
+    "stopping",
+    "error",
+    "build_failed",
+    "pending_build",
+    "building_snapshot",
+    "unknown",
+    "pulling_snapshot",
+    "archived",
+    "archiving",
+    "resizing",
+    "snapshotting",
+    "forking",
+    "pausing",
+    "paused",
+    "resuming",
+];
+
+const SANDBOX_CLASSES: &[&str] = &["container", "linux-vm", "windows", "android"];
+
 #[utoipa::path(get, path = "/api/sandbox",
     params(
-        ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query), ("id" = Option<String>, Query),
-        ("name" = Option<String>, Query), ("labels" = Option<String>, Query, description = "JSON object of labels that must all match"),
-        ("states" = Option<Vec<String>>, Query), ("sort" = Option<String>, Query), ("order" = Option<String>, Query)),
+        ("cursor" = Option<String>, Query), ("limit" = Option<i64>, Query), ("id" = Option<String>, Query, description = "id prefix, case-insensitive"),
+        ("name" = Option<String>, Query, description = "name prefix, case-insensitive"), ("labels" = Option<String>, Query, description = "JSON object of labels that must all match"),
+        ("includeErroredDeleted" = Option<bool>, Query), ("includeWarm" = Option<bool>, Query),
+        ("states" = Option<Vec<String>>, Query), ("snapshots" = Option<Vec<String>>, Query), ("regionIds" = Option<Vec<String>>, Query),
+        ("sandboxClasses" = Option<Vec<String>>, Query),
+        ("minCpu" = Option<f64>, Query), ("maxCpu" = Option<f64>, Query), ("minMemoryGiB" = Option<f64>, Query), ("maxMemoryGiB" = Option<f64>, Query),
+        ("minDiskGiB" = Option<f64>, Query), ("maxDiskGiB" = Option<f64>, Query), ("minGpu" = Option<f64>, Query), ("maxGpu" = Option<f64>, Query),
+        ("isPublic" = Option<bool>, Query), ("isRecoverable" = Option<bool>, Query),
+        ("createdAtAfter" = Option<String>, Query), ("createdAtBefore" = Option<String>, Query),
+        ("lastEventAfter" = Option<String>, Query), ("lastEventBefore" = Option<String>, Query),
+        ("autoDestroyAtAfter" = Option<String>, Query), ("autoDestroyAtBefore" = Option<String>, Query),
+        ("sort" = Option<String>, Query), ("order" = Option<String>, Query)),
     responses((status = 200, body = ListSandboxesResponse), (status = 400)))]
 pub async fn list(
     State(s): State<AppState>,
@@ -157,6 +240,7 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Json<ListSandboxesResponse>, ApiError> {
     let q = QueryPairs::parse(uri.query());
+    refuse_unknown_keys(&q, &["cursor"])?;
     let limit = q.int("limit")?.unwrap_or(100);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -169,7 +253,7 @@ pub async fn list(
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("invalid cursor {c:?}")))?,
     };
-    let rows = filtered(&s, &p, &q).await?;
+    let rows = filtered(&s, &p, &q, SORT_FIELDS).await?;
     let total = rows.len();
     let end = (offset + limit as usize).min(total);
     let items = rows
@@ -182,37 +266,110 @@ pub async fn list(
     Ok(Json(ListSandboxesResponse { items, next_cursor }))
 }
 
-/// The organization's sandboxes that pass the query's filters (`id`,
-/// `name`, `labels`, `states`, `snapshots`, `regions`/`regionIds`, cpu,
-/// memory and disk ranges), sorted by `sort` and `order`.
+fn refuse_unknown_keys(q: &QueryPairs, paging: &[&str]) -> Result<(), ApiError> {
+    for (k, _) in &q.0 {
+        let k = k.strip_suffix("[]").unwrap_or(k);
+        if !FILTER_KEYS.contains(&k) && !paging.contains(&k) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown query parameter {k:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn flag(q: &QueryPairs, key: &str) -> Result<Option<bool>, ApiError> {
+    match q.get(key) {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "query parameter {key} must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+fn number(q: &QueryPairs, key: &str) -> Result<Option<f64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite())
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "query parameter {key} must be a number, got {v:?}"
+                    ))
+                })
+        })
+        .transpose()
+}
+
+fn time(q: &QueryPairs, key: &str) -> Result<Option<i64>, ApiError> {
+    q.get(key)
+        .map(|v| {
+            atoll_types::time::parse_rfc3339_millis(v).ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "query parameter {key} must be an RFC 3339 date-time, got {v:?}"
+                ))
+            })
+        })
+        .transpose()
+}
+
+fn one_of<'a>(key: &str, values: Vec<&'a str>, allowed: &[&str]) -> Result<Vec<&'a str>, ApiError> {
+    if let Some(bad) = values.iter().find(|v| !allowed.contains(v)) {
+        return Err(ApiError::BadRequest(format!(
+            "{key} has an unknown value {bad:?}; expected one of {allowed:?}"
+        )));
+    }
+    Ok(values)
+}
+
+/// The organization's sandboxes that pass the query's filters, sorted by
+/// `sort` (one of `sort_fields`) and `order`.
 async fn filtered(
     s: &AppState,
     p: &Principal,
     q: &QueryPairs,
+    sort_fields: &[&str],
 ) -> Result<Vec<atoll_store::SandboxRecord>, ApiError> {
+    // Older Python SDKs send `labels=null` for "no labels".
     let labels: BTreeMap<String, String> = match q.get("labels") {
-        None => BTreeMap::new(),
+        None | Some("null") => BTreeMap::new(),
         Some(l) => serde_json::from_str(l).map_err(|e| {
             ApiError::BadRequest(format!("labels must be a JSON object of strings: {e}"))
         })?,
     };
-    let states = q.all("states");
+    let states = one_of("states", q.all("states"), SANDBOX_STATES)?;
+    let classes = one_of("sandboxClasses", q.all("sandboxClasses"), SANDBOX_CLASSES)?;
     let snapshots = q.all("snapshots");
     let mut regions = q.all("regions");
     regions.extend(q.all("regionIds"));
-    let range = |lo: &str, hi: &str| -> Result<(i64, i64), ApiError> {
-        Ok((
-            q.int(lo)?.unwrap_or(i64::MIN),
-            q.int(hi)?.unwrap_or(i64::MAX),
-        ))
+    let range = |lo: &str, hi: &str| -> Result<(f64, f64), ApiError> {
+        let range = (
+            number(q, lo)?.unwrap_or(f64::NEG_INFINITY),
+            number(q, hi)?.unwrap_or(f64::INFINITY),
+        );
+        Ok(range)
     };
     let cpu = range("minCpu", "maxCpu")?;
     let memory = range("minMemoryGiB", "maxMemoryGiB")?;
     let disk = range("minDiskGiB", "maxDiskGiB")?;
+    let gpu = range("minGpu", "maxGpu")?;
+    let times = |after: &str, before: &str| -> Result<(Option<i64>, Option<i64>), ApiError> {
+        Ok((time(q, after)?, time(q, before)?))
+    };
+    let created = times("createdAtAfter", "createdAtBefore")?;
+    let last_event = times("lastEventAfter", "lastEventBefore")?;
+    let destroy_at = times("autoDestroyAtAfter", "autoDestroyAtBefore")?;
+    let is_public = flag(q, "isPublic")?;
+    let is_recoverable = flag(q, "isRecoverable")?;
+    let include_errored_deleted = flag(q, "includeErroredDeleted")?.unwrap_or(false);
+    let include_warm = flag(q, "includeWarm")?.unwrap_or(false);
     let sort = q.get("sort").unwrap_or("createdAt");
-    if !SORT_FIELDS.contains(&sort) {
+    if !sort_fields.contains(&sort) {
         return Err(ApiError::BadRequest(format!(
-            "sort must be one of {SORT_FIELDS:?}"
+            "sort must be one of {sort_fields:?}"
         )));
     }
     let desc = match q.get("order").unwrap_or("desc") {
@@ -224,26 +381,51 @@ async fn filtered(
             )))
         }
     };
-    let within = |v: i64, (lo, hi): (i64, i64)| lo <= v && v <= hi;
+    let within = |v: i64, (lo, hi): (f64, f64)| lo <= v as f64 && v as f64 <= hi;
+    let in_times = |v: Option<i64>, (after, before): (Option<i64>, Option<i64>)| {
+        (after.is_none() && before.is_none())
+            || v.is_some_and(|v| after.is_none_or(|a| v >= a) && before.is_none_or(|b| v <= b))
+    };
+    let prefix = |value: &str, key: &str| {
+        q.get(key).is_none_or(|want| {
+            value.len() >= want.len()
+                && value.as_bytes()[..want.len()].eq_ignore_ascii_case(want.as_bytes())
+        })
+    };
     let mut rows = s.store.sandboxes_in_org(&p.organization_id).await?;
     rows.retain(|r| {
-        q.get("id").is_none_or(|id| r.id.contains(id))
-            && q.get("name").is_none_or(|n| r.name.contains(n))
+        prefix(&r.id, "id")
+            && prefix(&r.name, "name")
+            && (include_warm || r.warm_pool_id.is_none())
+            && (include_errored_deleted
+                || !(r.state == crate::service::state::ERROR
+                    && r.desired_state == crate::service::state::DESTROYED))
             && (states.is_empty() || states.contains(&r.state.as_str()))
             && (snapshots.is_empty() || snapshots.contains(&r.snapshot.as_str()))
             && (regions.is_empty() || regions.contains(&crate::routes::account::REGION))
+            && (classes.is_empty() || classes.contains(&"container"))
             && within(r.cpu, cpu)
             && within(r.memory, memory)
             && within(r.disk, disk)
+            && within(r.gpu, gpu)
+            && is_public.is_none_or(|want| r.public == want)
+            && is_recoverable.is_none_or(|want| r.recoverable == want)
+            && in_times(Some(r.created_at), created)
+            && in_times(Some(r.last_activity_at), last_event)
+            && in_times(r.auto_destroy_at, destroy_at)
             && labels.iter().all(|(k, v)| r.labels.get(k) == Some(v))
     });
     rows.sort_by(|a, b| {
         let o = match sort {
+            "id" => a.id.cmp(&b.id),
             "name" => a.name.cmp(&b.name),
+            "state" => a.state.cmp(&b.state),
+            "snapshot" => a.snapshot.cmp(&b.snapshot),
             "cpu" => a.cpu.cmp(&b.cpu),
             "memoryGib" => a.memory.cmp(&b.memory),
             "diskGib" => a.disk.cmp(&b.disk),
             "lastActivityAt" => a.last_activity_at.cmp(&b.last_activity_at),
+            "updatedAt" => a.updated_at.cmp(&b.updated_at),
             _ => a.created_at.cmp(&b.created_at),
         }
         .then_with(|| a.id.cmp(&b.id));
@@ -266,6 +448,7 @@ pub async fn paginated(
     uri: Uri,
 ) -> Result<Json<PaginatedSandboxes>, ApiError> {
     let q = QueryPairs::parse(uri.query());
+    refuse_unknown_keys(&q, &["page"])?;
     let limit = q.int("limit")?.unwrap_or(100);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -278,7 +461,7 @@ pub async fn paginated(
             "page must be 1 or more, got {page}"
         )));
     }
-    let rows = filtered(&s, &p, &q).await?;
+    let rows = filtered(&s, &p, &q, PAGINATED_SORT_FIELDS).await?;
     let total = rows.len() as i64;
     let start = ((page - 1).saturating_mul(limit)).min(total) as usize;
     let end = (start + limit as usize).min(rows.len());
@@ -345,4 +528,52 @@ pub async fn archive(
     Path(id): Path<String>,
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(s.archive_sandbox(&p, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/{sandboxId}/signing-key",
+    params(("sandboxId" = String, Path)), responses((status = 200, body = String), (status = 404)))]
+pub async fn signing_key(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    Ok(Json(s.signing_key(&p, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxId}/signing-key/rotate",
+    params(("sandboxId" = String, Path)), responses((status = 200, body = String), (status = 404)))]
+pub async fn rotate_signing_key(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<String>, ApiError> {
+    Ok(Json(s.rotate_signing_key(&p, &id).await?))
+}
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/ttl/{ttlMinutes}",
+    params(("sandboxIdOrName" = String, Path), ("ttlMinutes" = i64, Path)),
+    responses((status = 200, body = Sandbox), (status = 400), (status = 404)))]
+pub async fn ttl(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((id, minutes)): Path<(String, String)>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let minutes: i64 = minutes.parse().map_err(|_| {
+        ApiError::BadRequest(format!(
+            "ttlMinutes must be an integer number of minutes, got {minutes:?}"
+        ))
+    })?;
+    Ok(Json(s.set_ttl(&p, &id, minutes).await?))
+}
+
+#[utoipa::path(put, path = "/api/sandbox/{sandboxIdOrName}/secrets", request_body = UpdateSandboxSecrets,
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Sandbox), (status = 400), (status = 404)))]
+pub async fn secrets(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<UpdateSandboxSecrets>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.update_sandbox_secrets(&p, &id, req.secrets).await?))
 }

@@ -1,5 +1,6 @@
-//! `/toolbox/{sandboxId}/…`: the toolbox proxy. Authenticates the caller,
-//! checks the sandbox belongs to its organization and runs, refuses
+//! `/toolbox/{sandboxId}/…`: the toolbox proxy. Authenticates the caller
+//! (an API key, or a signed file URL: see `signing`), checks the sandbox
+//! belongs to its organization and runs, refuses
 //! uploads larger than the sandbox's disk, then streams the request to the
 //! sandbox daemon's unix socket.
 
@@ -8,35 +9,72 @@ use crate::error::ApiError;
 use crate::service::state;
 use crate::AppState;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::header;
 use axum::response::Response;
 
 pub async fn forward(
     State(s): State<AppState>,
-    p: Principal,
     Path((id, _rest)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let sandbox = s
-        .store
-        .sandbox_in_org(&p.organization_id, &id)
-        .await?
-        .filter(|r| r.id == id)
-        .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+    // The raw (still percent-encoded) path after `/toolbox/{id}`.
+    let raw = req.uri().path().to_string();
+    let rest = raw
+        .strip_prefix("/toolbox/")
+        .and_then(|r| r.find('/').map(|i| &r[i..]))
+        .unwrap_or("/");
+    let signed_query = req
+        .uri()
+        .query()
+        .filter(|q| {
+            q.split('&').any(|p| p.starts_with("signature="))
+                && !req.headers().contains_key(header::AUTHORIZATION)
+        })
+        .map(str::to_string);
+    let (sandbox, forward_query) = match signed_query {
+        // A signed file URL: no API key; the signature names the sandbox's
+        // key, the operation, the path and the expiry.
+        Some(q) => {
+            let checked = s.check_signed(&id, req.method().as_str(), rest, &q).await?;
+            let sandbox = s
+                .store
+                .sandbox(&id)
+                .await?
+                .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+            (sandbox, Some(checked.forward_query))
+        }
+        None => {
+            let (mut parts, body) = req.into_parts();
+            let p = Principal::from_request_parts(&mut parts, &s).await?;
+            let sandbox = s
+                .store
+                .sandbox_in_org(&p.organization_id, &id)
+                .await?
+                .filter(|r| r.id == id)
+                .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
+            return forward_as(s, sandbox, rest, None, Request::from_parts(parts, body)).await;
+        }
+    };
+    forward_as(s, sandbox, rest, forward_query, req).await
+}
+
+/// Sends a request the caller may make on `sandbox` to its daemon.
+async fn forward_as(
+    s: AppState,
+    sandbox: atoll_store::SandboxRecord,
+    rest: &str,
+    query: Option<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
     if sandbox.state != state::STARTED {
         return Err(ApiError::Conflict(format!(
             "Sandbox {} is not started (state: {})",
             sandbox.id, sandbox.state
         )));
     }
-    // The raw (still percent-encoded) path after `/toolbox/{id}`.
-    let raw = req.uri().path();
-    let rest = raw
-        .strip_prefix("/toolbox/")
-        .and_then(|r| r.find('/').map(|i| &r[i..]))
-        .unwrap_or("/");
-    let path_and_query = match req.uri().query() {
+    let query = query.or_else(|| req.uri().query().map(str::to_string));
+    let path_and_query = match query {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
