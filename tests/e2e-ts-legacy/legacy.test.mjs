@@ -10,6 +10,7 @@
 
 import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
 
 const alias = process.env.ATOLL_LEGACY_SDK
 const apiUrl = process.env.DAYTONA_API_URL
@@ -168,15 +169,40 @@ test(`${alias}: files: upload, download, list, bulk upload, details, delete`, { 
   await assert.rejects(sandbox.fs.downloadFile(`${dir}/one.txt`))
   assert.deepEqual((await sandbox.fs.listFiles(dir)).map((f) => f.name).sort(), ['sub', 'two.txt'])
 
-  // What integrations do all the time, and what once lost uploads to a 502:
-  // an upload right after a download or a command on the same sandbox.
-  for (let i = 0; i < 30; i++) {
-    const payload = Buffer.from(`round ${i}\n`.repeat(i + 1))
-    if (i % 2) await sandbox.fs.downloadFile(`${dir}/two.txt`)
-    else await sandbox.process.executeCommand('true')
-    await sandbox.fs.uploadFile(payload, `${dir}/round.txt`)
-    assert.equal((await sandbox.fs.downloadFile(`${dir}/round.txt`)).toString(), payload.toString())
+  // What integrations do all the time, and what once lost uploads to a 502
+  // ("error writing a body to connection": 0.143's streamed multipart body
+  // met a pooled daemon connection that had just closed): uploads right after
+  // a download or a command on the same sandbox, in concurrent bursts (5 of 100).
+  const sent = new Map()
+  for (let burst = 0; burst < 5; burst++) {
+    const failures = []
+    await Promise.all(
+      Array.from({ length: 20 }, async (_, worker) => {
+        for (let round = 0; round < 5; round++) {
+          const path = `${dir}/burst/${burst}-${worker}-${round}.txt`
+          const payload = Buffer.from(`${path}\n`.repeat(1 + ((worker * 7 + round * 13) % 400)))
+          try {
+            if ((worker + round) % 2) await sandbox.fs.downloadFile(`${dir}/two.txt`)
+            else await sandbox.process.executeCommand('true')
+            await sandbox.fs.uploadFile(payload, path)
+            sent.set(path, payload)
+          } catch (err) {
+            failures.push(`${path}: ${err?.message ?? err}`)
+          }
+        }
+      }),
+    )
+    assert.deepEqual(failures, [], `burst ${burst}: ${failures.length} of 100 uploads failed`)
   }
+  const sums = await sh(sandbox, `cd ${dir}/burst && sha256sum *.txt`)
+  const got = new Map(sums.trim().split('\n').map((line) => line.split(/\s+/).reverse()))
+  assert.equal(got.size, sent.size)
+  for (const [path, payload] of sent) {
+    const want = createHash('sha256').update(payload).digest('hex')
+    assert.equal(got.get(path.split('/').pop()), want, path)
+  }
+  const sample = `${dir}/burst/4-19-4.txt`
+  assert.ok((await sandbox.fs.downloadFile(sample)).equals(sent.get(sample)))
 })
 
 test(`${alias}: sessions`, { timeout: TEST_TIMEOUT_MS }, async () => {

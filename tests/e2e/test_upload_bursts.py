@@ -14,6 +14,12 @@ sandboxes and the gaps overlap: the test takes about 45 s, not 2 minutes.
 Every upload must succeed (no 502, no error at all) and every file's content
 must round-trip, checked both inside the sandbox (sha256) and by bulk
 download through the SDK.
+
+The Python SDK's uploads did not hit the race the proxy's body replay fixed
+("error writing a body to connection") even on a build without that fix;
+`@daytonaio/sdk` 0.143's streamed multipart bodies do, and its concurrent
+upload bursts in tests/e2e-ts-legacy/legacy.test.mjs are the regression test
+for it (a few uploads lost in most runs without the fix).
 """
 
 from __future__ import annotations
