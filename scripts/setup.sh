@@ -5,15 +5,20 @@
 #   - apt packages the runtime and the image build need (debootstrap, nftables, ...)
 #   - a Rust toolchain (checked, not installed: see the message if missing)
 #   - the Python venv .venv with the official Daytona SDK and pytest for tests/e2e
-#   - tests/e2e-ts/node_modules (the official TypeScript SDK) via `npm ci`, when node
-#     and npm are installed; re-run only when package-lock.json changes
+#   - the Python venv .venv-legacy with an older SDK (daytona==0.203.0, a release
+#     integrations still pin) for tests/e2e/test_sdk_legacy.py
+#   - tests/e2e-ts/node_modules (the official TypeScript SDK) and
+#     tests/e2e-ts-legacy/node_modules (older `@daytonaio/sdk` releases) via `npm ci`,
+#     when node and npm are installed; re-run only when package-lock.json changes
 #
-# Environment: DAYTONA_SDK_VERSION (default 0.226.1), PYTHON (default /usr/bin/python3).
+# Environment: DAYTONA_SDK_VERSION (default 0.226.1), DAYTONA_LEGACY_SDK_VERSION
+# (default 0.203.0), PYTHON (default /usr/bin/python3).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DAYTONA_SDK_VERSION="${DAYTONA_SDK_VERSION:-0.226.1}"
+DAYTONA_LEGACY_SDK_VERSION="${DAYTONA_LEGACY_SDK_VERSION:-0.203.0}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
 APT_PACKAGES=(debootstrap zstd tar e2fsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv python3-pylsp)
 
@@ -75,24 +80,44 @@ if ! venv_ok; then
     venv_ok || { say "the venv at .venv is still incomplete"; exit 1; }
 fi
 
-# --- TypeScript SDK for the end-to-end tests (tests/e2e-ts) ------------------
+# --- An older Python SDK for tests/e2e/test_sdk_legacy.py -------------------
+# A venv of its own: integrations (LangChain, Mastra, ...) still pin this
+# release, and it cannot share .venv with the current one (same package name).
+legacy_venv_ok() {
+    [[ -x .venv-legacy/bin/python ]] && .venv-legacy/bin/python - "$DAYTONA_LEGACY_SDK_VERSION" <<'EOF' 2>/dev/null
+import sys
+from importlib.metadata import version
+assert version("daytona") == sys.argv[1]
+EOF
+}
+if ! legacy_venv_ok; then
+    if [[ ! -x .venv-legacy/bin/python ]]; then
+        say "creating .venv-legacy with $PYTHON"
+        "$PYTHON" -m venv .venv-legacy
+    fi
+    say "installing daytona==$DAYTONA_LEGACY_SDK_VERSION into .venv-legacy"
+    .venv-legacy/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_LEGACY_SDK_VERSION"
+    legacy_venv_ok || { say "the venv at .venv-legacy is still incomplete"; exit 1; }
+fi
+
+# --- TypeScript SDKs for the end-to-end tests (tests/e2e-ts, tests/e2e-ts-legacy)
 # `npm ci` only when node_modules is missing or package-lock.json changed since the
 # last install (hash kept in a stamp file inside node_modules). Without node the
 # TypeScript tests skip themselves, so this step does too.
-TS_DIR=tests/e2e-ts
-TS_STAMP="$TS_DIR/node_modules/.atoll-lock.sha256"
-if [[ -f "$TS_DIR/package-lock.json" ]]; then
+for TS_DIR in tests/e2e-ts tests/e2e-ts-legacy; do
+    [[ -f "$TS_DIR/package-lock.json" ]] || continue
+    TS_STAMP="$TS_DIR/node_modules/.atoll-lock.sha256"
     if command -v node >/dev/null && command -v npm >/dev/null; then
         lock_hash=$(sha256sum "$TS_DIR/package-lock.json" | cut -d' ' -f1)
         if [[ ! -d "$TS_DIR/node_modules" || "$(cat "$TS_STAMP" 2>/dev/null)" != "$lock_hash" ]]; then
-            say "installing the TypeScript SDK into $TS_DIR/node_modules (npm ci)"
+            say "installing the TypeScript SDKs into $TS_DIR/node_modules (npm ci)"
             (cd "$TS_DIR" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
             printf '%s\n' "$lock_hash" >"$TS_STAMP"
         fi
     else
-        say "note: node/npm not found; the TypeScript SDK tests (tests/e2e-ts) will be skipped"
+        say "note: node/npm not found; the TypeScript SDK tests ($TS_DIR) will be skipped"
     fi
-fi
+done
 
 # --- Language servers for the daemon's LSP tests ------------------------------
 # pylsp comes from apt above; typescript-language-server (and the TypeScript it

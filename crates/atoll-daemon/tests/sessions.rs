@@ -369,6 +369,19 @@ async fn async_commands_report_status_logs_and_take_input() {
     assert!(v["output"]
         .as_str()
         .is_some_and(|o| o.contains("\u{2}\u{2}\u{2}also:world\n")));
+    // SDKs before 0.167 (`@daytonaio/sdk` 0.143) read the logs as text, the
+    // marked log itself, and split it on the markers themselves.
+    let old = d
+        .send(
+            Method::GET,
+            &format!("/process/session/s/command/{cid}/logs"),
+            &[("x-daytona-sdk-version", "0.143.0")],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(old.status, 200);
+    assert_eq!(old.headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(old.body, v["output"].as_str().unwrap().as_bytes());
 
     input("late")
         .await

@@ -14,7 +14,10 @@
 //! `X-Daytona-SDK-Version` (or send `X-Daytona-Split-Output: true`) get
 //! `output` with the `\x01\x01\x01`/`\x02\x02\x02` line markers and
 //! `stdout`/`stderr` split; older or anonymous clients get `output` with the
-//! markers removed. Log streams follow the same rule.
+//! markers removed. Log streams follow the same rule. `GET …/logs` answers
+//! `SessionCommandLogsResponse` JSON, except to SDKs before 0.167 (e.g.
+//! `@daytonaio/sdk` 0.143), which read that body as the log itself in text
+//! and split it on the markers themselves: they get it as `text/plain`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,15 +182,8 @@ impl OutputFormat {
     /// (unless they ask for split output) get combined output; development
     /// builds and unparsable versions count as new.
     pub fn of(headers: &HeaderMap) -> Self {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-        };
-        match header("x-daytona-sdk-version") {
-            None if header("x-daytona-split-output")
+        match header(headers, "x-daytona-sdk-version") {
+            None if header(headers, "x-daytona-split-output")
                 .is_some_and(|v| v.eq_ignore_ascii_case("true")) =>
             {
                 OutputFormat::Marked
@@ -207,6 +203,28 @@ impl OutputFormat {
             OutputFormat::Combined => strip_marks(marked),
         }
     }
+}
+
+/// A header's trimmed value, unless absent, empty or not text.
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+}
+
+/// The first SDK release that reads `GET …/logs` as JSON.
+const FIRST_JSON_LOGS_SDK: (u64, u64, u64) = (0, 167, 0);
+
+/// Whether the client announces an SDK older than [`FIRST_JSON_LOGS_SDK`]:
+/// it reads the logs body as text. Anonymous clients, development builds
+/// and unparsable versions get JSON.
+fn reads_logs_as_text(headers: &HeaderMap) -> bool {
+    header(headers, "x-daytona-sdk-version")
+        .filter(|v| !v.contains("dev"))
+        .and_then(parse_version)
+        .is_some_and(|v| v < FIRST_JSON_LOGS_SDK)
 }
 
 /// `major.minor.patch` (a `v` prefix and pre-release or build suffixes are
@@ -361,6 +379,10 @@ async fn logs(
     if follow {
         return Ok(stream_http(cmd, format));
     }
+    if reads_logs_as_text(&headers) {
+        let log = format.render(&cmd.snapshot().marked);
+        return Ok(text_stream_response(Body::from(log)));
+    }
     Ok(Json(logs_of(&cmd, format)).into_response())
 }
 
@@ -383,7 +405,7 @@ async fn entrypoint_logs(
         let format = OutputFormat::of(&headers);
         return Ok(ws.on_upgrade(move |socket| stream_ws(socket, None, format, follow)));
     }
-    if follow {
+    if follow || reads_logs_as_text(&headers) {
         return Ok(text_stream_response(Body::empty()));
     }
     Ok(Json(LogsResponse {
@@ -537,6 +559,27 @@ mod tests {
             assert_eq!(
                 OutputFormat::of(&headers(&[("x-daytona-sdk-version", v)])),
                 want,
+                "{v}"
+            );
+        }
+    }
+
+    #[test]
+    fn sdks_before_0_167_read_logs_as_text() {
+        assert!(!reads_logs_as_text(&headers(&[])));
+        for (v, text) in [
+            ("0.143.0", true),
+            ("0.166.9", true),
+            ("0.21.0", true),
+            ("0.167.0", false),
+            ("0.192.0", false),
+            ("0.226.1", false),
+            ("0.0.0-dev", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(
+                reads_logs_as_text(&headers(&[("x-daytona-sdk-version", v)])),
+                text,
                 "{v}"
             );
         }
