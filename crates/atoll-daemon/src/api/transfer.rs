@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream};
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio_util::io::ReaderStream;
 
@@ -53,14 +53,70 @@ pub struct UploadFilesResponse {
     files: Vec<UploadedEntry>,
 }
 
-fn multipart_of(headers: &HeaderMap, body: Body) -> Result<multer::Multipart<'static>, ApiError> {
+fn multipart_of(
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(multer::Multipart<'static>, BodyRest), ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     let boundary = multer::parse_boundary(ct)
         .map_err(|e| ApiError::InvalidBody(format!("expected a multipart/form-data body: {e}")))?;
-    Ok(multer::Multipart::new(body.into_data_stream(), boundary))
+    let shared = Arc::new(std::sync::Mutex::new(body.into_data_stream()));
+    let stream = SharedBody(shared.clone());
+    Ok((multer::Multipart::new(stream, boundary), BodyRest(shared)))
+}
+
+/// A request body multer reads from, shared with [`BodyRest`].
+struct SharedBody(Arc<std::sync::Mutex<axum::body::BodyDataStream>>);
+
+impl Stream for SharedBody {
+    type Item = Result<bytes::Bytes, axum::Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        std::pin::Pin::new(&mut *inner).poll_next(cx)
+    }
+}
+
+/// What multer left of a request body: it stops at the closing boundary,
+/// and a body not read to its end makes the server close the keep-alive
+/// connection (the proxy then has to send its next request again).
+struct BodyRest(Arc<std::sync::Mutex<axum::body::BodyDataStream>>);
+
+/// Most of an epilogue read after the closing boundary.
+const MAX_EPILOGUE: usize = 64 << 10;
+
+impl BodyRest {
+    /// Reads the rest of the body (an epilogue, a last CRLF), up to
+    /// [`MAX_EPILOGUE`] bytes and a second: past that the connection is
+    /// not worth keeping.
+    async fn drain(self) {
+        let read = async {
+            let mut seen = 0usize;
+            loop {
+                let next = futures_util::future::poll_fn(|cx| {
+                    let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                    std::pin::Pin::new(&mut *inner).poll_next(cx)
+                })
+                .await;
+                match next {
+                    Some(Ok(chunk)) => {
+                        seen += chunk.len();
+                        if seen > MAX_EPILOGUE {
+                            return;
+                        }
+                    }
+                    _ => return,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), read).await;
+    }
 }
 
 fn is_multipart(headers: &HeaderMap) -> bool {
@@ -115,8 +171,9 @@ pub async fn upload_legacy(
 ) -> Result<StatusCode, ApiError> {
     let target = resolve(&st.fs, q.path.as_deref())?;
     let (parts, body) = req.into_parts();
-    let mp = multipart_of(&parts.headers, body)?;
+    let (mp, rest) = multipart_of(&parts.headers, body)?;
     transfer::upload_form_file(&st.fs, target, mp).await?;
+    rest.drain().await;
     Ok(StatusCode::OK)
 }
 
@@ -135,8 +192,9 @@ pub async fn upload_v2(
         .unwrap_or_default();
     let (parts, body) = req.into_parts();
     if is_multipart(&parts.headers) {
-        let mp = multipart_of(&parts.headers, body)?;
+        let (mp, rest) = multipart_of(&parts.headers, body)?;
         transfer::upload_form_file(&st.fs, target, mp).await?;
+        rest.drain().await;
     } else {
         transfer::upload_body(&st.fs, target, body.into_data_stream()).await?;
     }
@@ -154,8 +212,9 @@ pub async fn bulk_upload(
     req: Request,
 ) -> Result<Json<UploadFilesResponse>, ApiError> {
     let (parts, body) = req.into_parts();
-    let mp = multipart_of(&parts.headers, body)?;
+    let (mp, rest) = multipart_of(&parts.headers, body)?;
     let report = transfer::bulk_upload(&st.fs, mp).await?;
+    rest.drain().await;
     if !report.failures.is_empty() {
         return Err(ApiError::BulkUpload(report));
     }
