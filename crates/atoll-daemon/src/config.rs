@@ -46,6 +46,11 @@ pub struct DaemonConfig {
     /// restart (a sandbox keeps it on its own disk); `None`: not kept.
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// The image's entrypoint (argv): started at boot as the single command
+    /// of the entrypoint session (`GET /process/session/entrypoint`); empty:
+    /// none.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
 }
 
 impl DaemonConfig {

@@ -34,6 +34,10 @@ pub struct DaemonConfig {
     /// survive a stop and start: a path on the sandbox's own disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_file: Option<PathBuf>,
+    /// The image's entrypoint, which the daemon starts at boot as the
+    /// entrypoint session; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
 }
 
 /// The daemon's environment state inside every sandbox (root-only).
@@ -58,6 +62,10 @@ pub struct SandboxSpec {
     /// What the sandbox may reach beyond loopback.
     #[serde(default)]
     pub network: crate::network::NetworkPolicy,
+    /// The image's entrypoint (argv), run by the daemon at every boot as the
+    /// entrypoint session; empty: none.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
 }
 
 /// Environment variables naming the descriptors PID 1 hands the daemon:

@@ -364,35 +364,47 @@ async fn logs(
     Ok(Json(logs_of(&cmd, format)).into_response())
 }
 
-/// Atoll has no entrypoint: an entrypoint session without commands.
-async fn entrypoint() -> Json<SessionDto> {
-    Json(SessionDto {
-        session_id: session::ENTRYPOINT_SESSION_ID.to_string(),
-        commands: Vec::new(),
-    })
+/// The entrypoint session: the image's entrypoint as its one command (none
+/// when the image has no entrypoint).
+async fn entrypoint(State(st): State<Arc<AppState>>) -> Json<SessionDto> {
+    Json(st.sessions.entrypoint_info().into())
 }
 
-/// Empty entrypoint logs (a stream closes at once).
+/// The entrypoint's logs, like a command's (`follow` streams until it
+/// exits); empty when the image has no entrypoint.
 async fn entrypoint_logs(
+    State(st): State<Arc<AppState>>,
     QueryParams(q): QueryParams<LogsQuery>,
     headers: HeaderMap,
     ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
     let follow = parse_bool("follow", q.follow.as_deref())?;
+    let format = OutputFormat::of(&headers);
+    let cmd = st.sessions.entrypoint_command();
     if let Ok(ws) = ws {
-        let format = OutputFormat::of(&headers);
-        return Ok(ws.on_upgrade(move |socket| stream_ws(socket, None, format, follow)));
+        return Ok(ws.on_upgrade(move |socket| stream_ws(socket, cmd, format, follow)));
     }
+    if wants_websocket(&headers) {
+        return Err(ApiError::BadRequest(
+            "invalid WebSocket upgrade request".into(),
+        ));
+    }
+    let Some(cmd) = cmd else {
+        if follow {
+            return Ok(text_stream_response(Body::empty()));
+        }
+        return Ok(Json(LogsResponse {
+            output: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        })
+        .into_response());
+    };
     if follow {
-        return Ok(text_stream_response(Body::empty()));
+        return Ok(stream_http(cmd, format));
     }
-    Ok(Json(LogsResponse {
-        output: String::new(),
-        stdout: String::new(),
-        stderr: String::new(),
-        truncated: false,
-    })
-    .into_response())
+    Ok(Json(logs_of(&cmd, format)).into_response())
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {
