@@ -1110,6 +1110,10 @@ fn default_image_steps() -> Vec<PostStep> {
                 i = SANDBOX_UID
             ),
         },
+        Chroot {
+            what: "standing in for python3-pythran (SciPy's unused build compiler)",
+            script: PYTHRAN_STAND_IN_SCRIPT.into(),
+        },
         AptInstall {
             what:
                 "installing TypeScript, npm, the Python language server and Python's data packages",
@@ -1226,6 +1230,30 @@ const HOST_CA_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
+/// Installs an empty `python3-pythran` package before the apt step.
+/// Debian's python3-scipy depends on Pythran, a compiler used only to build
+/// SciPy, and Pythran pulls a C++ toolchain, Boost and BLAS headers (about
+/// 500 MB, a third of the image) that SciPy never uses at run time. Its
+/// version sorts below Debian's, so `apt-get install python3-pythran` in a
+/// sandbox replaces it with the real one.
+const PYTHRAN_STAND_IN_SCRIPT: &str = "set -e\n\
+     d=/tmp/atoll-pythran-stand-in\n\
+     mkdir -p $d/DEBIAN\n\
+     cat >$d/DEBIAN/control <<'EOF'\n\
+     Package: python3-pythran\n\
+     Version: 0~atoll1\n\
+     Architecture: all\n\
+     Maintainer: Atoll <root@localhost>\n\
+     Section: python\n\
+     Priority: optional\n\
+     Description: stand-in for Pythran, which SciPy needs only to be built\n \
+     Atoll's default image installs this empty package instead of Pythran and\n \
+     its C++ toolchain; apt-get install python3-pythran replaces it.\n\
+     EOF\n\
+     dpkg-deb --build $d $d.deb >/dev/null\n\
+     dpkg -i $d.deb >/dev/null\n\
+     rm -rf $d $d.deb\n";
+
 /// Debian's /etc/matplotlibrc says `backend: TkAgg`, which fails without a
 /// display; sandboxes have none, so Agg it is (`MPLBACKEND` still
 /// overrides it).
@@ -1244,6 +1272,7 @@ const PYTHON_CHECK_SCRIPT: &str = "set -e\n\
      import sys\n\
      assert sys.version_info[0] == 3, sys.version\n\
      import numpy, pandas, scipy, requests, PIL\n\
+     import scipy.optimize, scipy.stats, scipy.signal, scipy.interpolate, scipy.sparse.linalg\n\
      import matplotlib\n\
      import matplotlib.pyplot as plt\n\
      assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()\n\
@@ -2229,6 +2258,10 @@ mod tests {
                 )
                 .unwrap_or_else(|| panic!("no step runs {needle:?}"))
         };
+        // Pythran's stand-in is installed before apt could pull the real one.
+        assert!(script_pos("Package: python3-pythran") < apt);
+        assert!(PYTHRAN_STAND_IN_SCRIPT.contains("Version: 0~atoll1\nArchitecture: all\n"));
+        assert!(PYTHRAN_STAND_IN_SCRIPT.contains("be built\n Atoll's default image"));
         let headless = script_pos("backend: Agg");
         let check = script_pos("python - <<'PY'");
         assert!(apt < headless && headless < check && check < resolv);
