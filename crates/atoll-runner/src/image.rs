@@ -321,7 +321,7 @@ impl ImageStore {
     }
 
     /// Returns the default image, building it first if it is missing or was
-    /// built by an older recipe. Blocking; a build takes about a minute.
+    /// built by an older recipe. Blocking; a build takes about three minutes.
     pub fn ensure_default(
         &self,
         progress: &mut dyn FnMut(&BuildProgress),
@@ -2372,7 +2372,7 @@ mod tests {
 
     /// The whole build, into `ATOLL_TEST_IMAGES_DIR` (default /var/lib/atoll/images).
     #[test]
-    #[ignore = "needs root and network; takes about a minute"]
+    #[ignore = "needs root and network; takes about three minutes"]
     fn ensure_default_builds_as_root() {
         let dir = std::env::var("ATOLL_TEST_IMAGES_DIR")
             .unwrap_or_else(|_| "/var/lib/atoll/images".into());
