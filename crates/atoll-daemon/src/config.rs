@@ -99,5 +99,11 @@ mod tests {
         assert_eq!(min.user, None);
         assert!(min.env.is_empty());
         assert_eq!(min.work_dir, None);
+        assert!(min.entrypoint.is_empty());
+
+        let with: DaemonConfig =
+            serde_json::from_str(r#"{"socket":"/s","entrypoint":["sleep","infinity"]}"#)
+                .expect("with an entrypoint");
+        assert_eq!(with.entrypoint, ["sleep", "infinity"]);
     }
 }

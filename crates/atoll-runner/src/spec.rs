@@ -166,6 +166,30 @@ mod tests {
     }
 
     #[test]
+    fn the_daemon_is_told_the_entrypoint_only_when_there_is_one() {
+        let mut cfg = DaemonConfig {
+            socket: None,
+            user: Some("daytona".into()),
+            env: BTreeMap::new(),
+            work_dir: None,
+            env_file: None,
+            entrypoint: vec!["sleep".into(), "infinity".into()],
+        };
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(v["entrypoint"], serde_json::json!(["sleep", "infinity"]));
+        cfg.entrypoint.clear();
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert!(v.get("entrypoint").is_none(), "{v}");
+        // A spec written before entrypoints existed has none.
+        let spec: SandboxSpec = serde_json::from_value(serde_json::json!({
+            "id": "a", "hostname": "h", "image_rootfs": "/i", "user": null, "env": {},
+            "limits": {"cpus": 1, "memory_bytes": 1, "pids": 1}, "disk_bytes": 1,
+        }))
+        .unwrap();
+        assert!(spec.entrypoint.is_empty());
+    }
+
+    #[test]
     fn dirs_stay_under_the_sandbox_root() {
         let d = SandboxDirs::new(std::path::Path::new("/data/sandboxes"), "abc");
         assert_eq!(
