@@ -546,6 +546,9 @@ async fn without_an_entrypoint_the_entrypoint_session_is_empty() {
         d.post_json("/process/session", json!({ "sessionId": reserved }))
             .await
             .assert_error(400, "BAD_REQUEST");
+        d.delete(&format!("/process/session/{reserved}"))
+            .await
+            .assert_error(400, "BAD_REQUEST");
     }
     let mut ws = WsClient::connect(&d, "/process/session/entrypoint/logs?follow=true").await;
     assert_eq!(ws.next().await, Frame::Close(1000));

@@ -40,7 +40,10 @@ use crate::session::{self, Command, CommandInfo, Cursor, ExecuteParams, SessionI
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/process/session", get(list).post(create))
-        .route("/process/session/entrypoint", get(entrypoint))
+        .route(
+            "/process/session/entrypoint",
+            get(entrypoint).delete(delete_entrypoint),
+        )
         .route("/process/session/entrypoint/logs", get(entrypoint_logs))
         .route(
             "/process/session/{session_id}",
@@ -368,6 +371,12 @@ async fn logs(
 /// when the image has no entrypoint).
 async fn entrypoint(State(st): State<Arc<AppState>>) -> Json<SessionDto> {
     Json(st.sessions.entrypoint_info().into())
+}
+
+/// The entrypoint session cannot be deleted (400, as any reserved id).
+async fn delete_entrypoint(State(st): State<Arc<AppState>>) -> Result<StatusCode> {
+    st.sessions.delete(session::ENTRYPOINT_ROUTE_ID)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The entrypoint's logs, like a command's (`follow` streams until it

@@ -349,8 +349,15 @@ impl Sessions {
         })
     }
 
-    /// Kills the session's process group and forgets it.
+    /// Kills the session's process group and forgets it. The entrypoint
+    /// session cannot be deleted.
     pub fn delete(&self, id: &str) -> Result<(), SessionError> {
+        if id == ENTRYPOINT_SESSION_ID || id == ENTRYPOINT_ROUTE_ID {
+            return Err(SessionError::InvalidId {
+                id: id.to_string(),
+                reason: "it is reserved for the entrypoint session",
+            });
+        }
         let session = {
             let mut sessions = lock(&self.sessions);
             let i = sessions
