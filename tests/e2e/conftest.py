@@ -39,7 +39,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "x86_64-unknown-linux-gnu" / "debug" / "atoll"
 DEFAULT_IMAGES_DIR = "/var/lib/atoll/images"
-# The first start on a machine builds the default image with debootstrap (about a minute).
+# The first start on a machine builds the default image with debootstrap (about three minutes).
 START_TIMEOUT_S = 600.0
 STOP_TIMEOUT_S = 30.0
 
@@ -204,7 +204,7 @@ class AtollServer:
                 noted = True
                 print(
                     f"\n[atoll e2e] waiting for {self.url}/api/health (the first start on a machine "
-                    f"builds the default image into {self.images_dir}, about a minute; "
+                    f"builds the default image into {self.images_dir}, about three minutes; "
                     f"log: {self.log_path})",
                     file=sys.__stderr__,
                     flush=True,

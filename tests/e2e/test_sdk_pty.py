@@ -115,9 +115,11 @@ def test_pty_kill_ends_a_waiting_handle_with_sigkill(sandbox):
     assert results[0].exit_code == 137
     assert results[0].error == "SIGKILL"
     handle.disconnect()
-    # Both sleeps (the background job too) are gone.
-    left = sandbox.process.exec("grep -lx sleep /proc/[0-9]*/comm 2>/dev/null || true").result.strip()
-    assert left == ""
+    # Both sleeps (the background job too) are gone ('[s]leep' matches
+    # "sleep 1000" but not this command line; the image's entrypoint is
+    # "sleep infinity").
+    left = sandbox.process.exec("ps -eo args | grep -c '^[s]leep 1000$'").result.strip()
+    assert left == "0"
     with pytest.raises(DaytonaNotFoundError):
         sandbox.process.kill_pty_session("victim")
 

@@ -263,13 +263,3 @@ def test_too_large_command_is_rejected(sandbox):
     sandbox.process.delete_session(s)
 
 
-def test_entrypoint_session_is_empty(sandbox):
-    session = sandbox.process.get_entrypoint_session()
-    assert session.commands == []
-    logs = sandbox.process.get_entrypoint_logs()
-    assert (logs.output, logs.stdout, logs.stderr) == ("", "", "")
-    out, err = [], []
-    asyncio.run(
-        asyncio.wait_for(sandbox.process.get_entrypoint_logs_async(out.append, err.append), 30)
-    )
-    assert out == [] and err == []

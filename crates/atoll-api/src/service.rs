@@ -172,6 +172,7 @@ impl AppState {
                 memory_bytes: (r.memory as u64) << 30,
                 pids: DEFAULT_PIDS,
             },
+            entrypoint: image.entrypoint,
         })
     }
 
@@ -984,7 +985,7 @@ impl AppState {
             image_name: image.name.clone(),
             state: "active".into(),
             size: (image.size_bytes as f64) / f64::from(1u32 << 30),
-            entrypoint: None,
+            entrypoint: Some(image.entrypoint.clone()).filter(|e| !e.is_empty()),
             cpu: DEFAULT_CPU,
             gpu: 0,
             mem: DEFAULT_MEMORY_GIB,

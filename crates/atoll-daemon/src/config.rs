@@ -46,6 +46,11 @@ pub struct DaemonConfig {
     /// restart (a sandbox keeps it on its own disk); `None`: not kept.
     #[serde(default)]
     pub env_file: Option<PathBuf>,
+    /// The image's entrypoint (argv): started at boot as the single command
+    /// of the entrypoint session (`GET /process/session/entrypoint`); empty:
+    /// none.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -94,5 +99,11 @@ mod tests {
         assert_eq!(min.user, None);
         assert!(min.env.is_empty());
         assert_eq!(min.work_dir, None);
+        assert!(min.entrypoint.is_empty());
+
+        let with: DaemonConfig =
+            serde_json::from_str(r#"{"socket":"/s","entrypoint":["sleep","infinity"]}"#)
+                .expect("with an entrypoint");
+        assert_eq!(with.entrypoint, ["sleep", "infinity"]);
     }
 }

@@ -193,6 +193,67 @@ async fn code_run_python_with_argv_and_env() {
     assert_eq!(v["result"], "42\n");
 }
 
+/// Code-run's Python driver must be invisible: the same code gives the same
+/// output and exit code as `python3 -u -` (what Daytona runs) would.
+#[tokio::test]
+async fn code_run_python_behaves_like_python_reading_stdin() {
+    let d = Daemon::start().await;
+    let cases = [
+        "import sys, pickle, __main__\n\
+         class P: pass\n\
+         print(sys.argv, __name__, __file__, __main__.__dict__ is globals())\n\
+         print(type(pickle.loads(pickle.dumps(P()))).__name__, sys.path[0] == '')\n",
+        "def f():\n    raise ValueError('boom')\nprint('before')\nf()\n",
+        "try:\n    1/0\nexcept ZeroDivisionError as e:\n    raise KeyError('k') from e\n",
+        "print(\n",
+        "import warnings\nwarnings.warn('careful')\nprint('after')\n",
+        "print('bye')\nraise SystemExit(7)\n",
+        "import os\nprint(os.system('test -e /proc/self/fd/3'))\n",
+    ];
+    for code in cases {
+        let via_stdin = d
+            .exec(json!({
+                "command": format!("python3 -u - a b <<'ATOLL_EOF'\n{code}ATOLL_EOF")
+            }))
+            .await
+            .json();
+        let via_code_run = d
+            .post_json(
+                "/process/code-run",
+                json!({"code": code, "language": "python", "argv": ["a", "b"]}),
+            )
+            .await
+            .json();
+        assert_eq!(via_code_run["result"], via_stdin["result"], "{code}");
+        assert_eq!(via_code_run["exitCode"], via_stdin["exitCode"], "{code}");
+        assert_eq!(via_code_run["artifacts"]["charts"], json!([]), "{code}");
+    }
+}
+
+/// Charts arrive on fd 3, apart from the output; records that are not a
+/// well-formed chart are dropped.
+#[tokio::test]
+async fn code_run_python_returns_chart_records_from_its_side_channel() {
+    let d = Daemon::start().await;
+    let code = r#"import os
+print("drawing")
+os.write(3, b'{"type":"chart","value":{"type":"line","title":"t","elements":[{"label":"s","points":[[0,1],[2,3]]}]}}\n')
+os.write(3, b'{"type":"chart","value":{"type":"bar","elements":[{"value":5}]}}\n')
+os.write(3, b'garbage\n')
+"#;
+    let v = d
+        .post_json("/process/code-run", json!({"code": code}))
+        .await
+        .json();
+    assert_eq!(v["exitCode"], 0, "{v}");
+    assert_eq!(v["result"], "drawing\n");
+    assert_eq!(
+        v["artifacts"]["charts"],
+        json!([{"type": "line", "title": "t",
+                "elements": [{"label": "s", "points": [[0.0, 1.0], [2.0, 3.0]]}]}])
+    );
+}
+
 #[tokio::test]
 async fn code_run_javascript() {
     let has_node = std::env::var("PATH")

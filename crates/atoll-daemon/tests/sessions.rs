@@ -545,21 +545,125 @@ async fn bad_commands() {
 }
 
 #[tokio::test]
-async fn entrypoint_is_an_empty_session() {
+async fn without_an_entrypoint_the_entrypoint_session_is_empty() {
     let d = Daemon::start().await;
     assert_eq!(
         d.get("/process/session/entrypoint").await.json(),
-        json!({"sessionId": "entrypoint", "commands": []})
+        json!({"sessionId": "entrypoint_session_id", "commands": []})
     );
     assert_eq!(
         d.get("/process/session/entrypoint/logs").await.json(),
         json!({"output": "", "stdout": "", "stderr": ""})
     );
-    d.post_json("/process/session", json!({"sessionId": "entrypoint"}))
-        .await
-        .assert_error(400, "BAD_REQUEST");
+    for reserved in ["entrypoint", "entrypoint_session_id"] {
+        d.post_json("/process/session", json!({ "sessionId": reserved }))
+            .await
+            .assert_error(400, "BAD_REQUEST");
+        d.delete(&format!("/process/session/{reserved}"))
+            .await
+            .assert_error(400, "BAD_REQUEST");
+    }
     let mut ws = WsClient::connect(&d, "/process/session/entrypoint/logs?follow=true").await;
     assert_eq!(ws.next().await, Frame::Close(1000));
+}
+
+#[tokio::test]
+async fn the_entrypoint_runs_at_boot_with_the_sandbox_env_and_records_its_exit() {
+    let env = [("GREETING".to_string(), "hello".to_string())].into();
+    let argv = [
+        "sh",
+        "-c",
+        "echo \"$GREETING\" from \"$PWD\"; echo oops >&2; exit 3",
+    ];
+    let d = Daemon::start_with_entrypoint(None, env, argv.iter().map(|a| a.to_string()).collect())
+        .await;
+    // Following ends once the entrypoint has exited and everything was sent.
+    let r = d
+        .send(
+            Method::GET,
+            "/process/session/entrypoint/logs?follow=true",
+            &[SDK],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let work = d.path("").display().to_string();
+    let work = work.trim_end_matches('/');
+    let body = String::from_utf8_lossy(&r.body).into_owned();
+    assert!(
+        body.contains(&format!("\x01\x01\x01hello from {work}\n")),
+        "{body:?}"
+    );
+    assert!(body.contains("\x02\x02\x02oops\n"), "{body:?}");
+    assert_eq!(
+        d.get("/process/session/entrypoint").await.json(),
+        json!({
+            "sessionId": "entrypoint_session_id",
+            "commands": [{
+                "id": "entrypoint_command_id",
+                "command": "sh -c 'echo \"$GREETING\" from \"$PWD\"; echo oops >&2; exit 3'",
+                "exitCode": 3,
+            }],
+        })
+    );
+    let logs = d
+        .send(
+            Method::GET,
+            "/process/session/entrypoint/logs",
+            &[SDK],
+            Bytes::new(),
+        )
+        .await
+        .json();
+    assert_eq!(logs["stdout"], format!("hello from {work}\n"));
+    assert_eq!(logs["stderr"], "oops\n");
+    // It is not one of the listed sessions, and is not restarted.
+    assert_eq!(d.get("/process/session").await.json(), json!([]));
+    assert_eq!(
+        d.get("/process/session/entrypoint").await.json()["commands"][0]["exitCode"],
+        3
+    );
+}
+
+#[tokio::test]
+async fn a_running_entrypoint_has_no_exit_code_and_a_missing_one_says_why() {
+    let d = Daemon::start_with_entrypoint(
+        None,
+        Default::default(),
+        vec!["sleep".into(), "infinity".into()],
+    )
+    .await;
+    let v = d.get("/process/session/entrypoint").await.json();
+    assert_eq!(
+        v,
+        json!({
+            "sessionId": "entrypoint_session_id",
+            "commands": [{"id": "entrypoint_command_id", "command": "sleep infinity"}],
+        })
+    );
+    // Without follow the WebSocket sends what there is and closes.
+    let mut ws = WsClient::connect(&d, "/process/session/entrypoint/logs").await;
+    assert_eq!(ws.next().await, Frame::Close(1000));
+
+    let d = Daemon::start_with_entrypoint(
+        None,
+        Default::default(),
+        vec!["/no/such/entrypoint".into(), "x".into()],
+    )
+    .await;
+    let v = d.get("/process/session/entrypoint").await.json();
+    assert_eq!(v["commands"][0]["exitCode"], 127, "{v}");
+    let logs = d
+        .send(
+            Method::GET,
+            "/process/session/entrypoint/logs",
+            &[SDK],
+            Bytes::new(),
+        )
+        .await
+        .json();
+    let stderr = logs["stderr"].as_str().unwrap_or_default();
+    assert!(stderr.contains("/no/such/entrypoint"), "{logs}");
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ pub const DEFAULT_IMAGE: &str = "atoll/default:bookworm";
 
 /// Bump when the way the default image is built changes (post-steps, flags):
 /// a stored image made by an older recipe is rebuilt on next use.
-const RECIPE_VERSION: u32 = 2;
+const RECIPE_VERSION: u32 = 3;
 const DEFAULT_SUITE: &str = "bookworm";
 const DEFAULT_VARIANT: &str = "minbase";
 const DEFAULT_PACKAGES: &[&str] = &[
@@ -64,7 +64,21 @@ const APT_PACKAGES: &[&str] = &[
     "npm",
     // The Python language server behind the LSP API.
     "python3-pylsp",
+    // `python` is Python 3 (code written for Daytona runs `python - <<'PY'`).
+    "python-is-python3",
+    // What Daytona's default snapshot ships for code-run, from Debian
+    // (`plt.show()` in code-run returns charts; see DEFAULT_STEPS' matplotlib
+    // step for the headless backend).
+    "python3-numpy",
+    "python3-pandas",
+    "python3-matplotlib",
+    "python3-requests",
+    "python3-pil",
+    "python3-scipy",
 ];
+/// What a sandbox of the default image runs at boot as its entrypoint
+/// session: Daytona's default snapshot's `ENTRYPOINT ["sleep", "infinity"]`.
+pub const DEFAULT_ENTRYPOINT: &[&str] = &["sleep", "infinity"];
 /// What the build installs from the npm registry (Debian has no
 /// typescript-language-server), into its own prefix [`NPM_PREFIX`] so the
 /// `tsc` on `PATH` stays Debian's. typescript-language-server 4.x is the last
@@ -84,7 +98,8 @@ pub const MIRROR_ENV: &str = "ATOLL_DEBIAN_MIRROR";
 
 /// Counts from a trial run (bookworm minbase + DEFAULT_PACKAGES): 154
 /// packages retrieved, 88 of them extracted as the required set. Only used
-/// as progress-bar totals; a larger real count just stretches the total.
+/// as debootstrap's progress-bar totals; a larger real count just stretches
+/// the total. The apt step after it (APT_PACKAGES) reports apt's own count.
 const ESTIMATED_PACKAGES: u64 = 154;
 const ESTIMATED_REQUIRED: u64 = 88;
 
@@ -157,6 +172,9 @@ pub struct Image {
     pub rootfs: PathBuf,
     pub size_bytes: u64,
     pub created_at_ms: i64,
+    /// What a sandbox of this image runs at boot (the daemon starts it as
+    /// the entrypoint session); empty: nothing.
+    pub entrypoint: Vec<String>,
 }
 
 /// One progress report of a build.
@@ -222,6 +240,8 @@ struct RefRecord {
     created_at_ms: i64,
     #[serde(default)]
     recipe: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    entrypoint: Vec<String>,
 }
 
 /// The image store rooted at one directory.
@@ -301,7 +321,7 @@ impl ImageStore {
     }
 
     /// Returns the default image, building it first if it is missing or was
-    /// built by an older recipe. Blocking; a build takes about a minute.
+    /// built by an older recipe. Blocking; a build takes about three minutes.
     pub fn ensure_default(
         &self,
         progress: &mut dyn FnMut(&BuildProgress),
@@ -357,7 +377,7 @@ impl ImageStore {
                 i as u64,
                 steps.len() as u64,
             ));
-            step.apply(&build.path, &chroot)
+            step.apply(&build.path, &chroot, progress)
                 .map_err(|detail| ImageError::PostStep {
                     name: name.into(),
                     step: step.describe(),
@@ -376,6 +396,7 @@ impl ImageStore {
             build,
             &summary,
             serde_json::to_value(recipe).unwrap_or_default(),
+            DEFAULT_ENTRYPOINT.iter().map(|a| a.to_string()).collect(),
         )?;
         tracing::info!(
             image = name, digest = %image.digest, size_bytes = image.size_bytes,
@@ -391,6 +412,7 @@ impl ImageStore {
         build: TmpBuild,
         summary: &TreeSummary,
         recipe: serde_json::Value,
+        entrypoint: Vec<String>,
     ) -> Result<Image, ImageError> {
         let layer = self.layer_path(&summary.digest_hex);
         if layer.is_dir() {
@@ -406,6 +428,7 @@ impl ImageStore {
             size_bytes: summary.size_bytes,
             created_at_ms: now_ms(),
             recipe,
+            entrypoint,
         };
         let path = self.ref_path(name)?;
         write_ref(&path, &record)?;
@@ -456,6 +479,7 @@ impl ImageStore {
             digest: record.digest,
             size_bytes: record.size_bytes,
             created_at_ms: record.created_at_ms,
+            entrypoint: record.entrypoint,
         })
     }
 
@@ -1037,6 +1061,12 @@ enum PostStep {
         what: &'static str,
         script: String,
     },
+    /// Run an `apt-get` script inside the tree with chroot, reporting
+    /// apt's progress (retrieving, installing, configuring each package).
+    AptInstall {
+        what: &'static str,
+        script: String,
+    },
     /// Copy the host's CA bundle (the first of `HOST_CA_BUNDLES` that
     /// exists) to `path`; nothing when the host has none.
     CopyHostCaBundle {
@@ -1081,8 +1111,21 @@ fn default_image_steps() -> Vec<PostStep> {
             ),
         },
         Chroot {
-            what: "installing the TypeScript, npm and Python language server packages",
+            what: "standing in for python3-pythran (SciPy's unused build compiler)",
+            script: PYTHRAN_STAND_IN_SCRIPT.into(),
+        },
+        AptInstall {
+            what:
+                "installing TypeScript, npm, the Python language server and Python's data packages",
             script: apt_install_script(),
+        },
+        Chroot {
+            what: "making matplotlib's default backend Agg (headless)",
+            script: MATPLOTLIB_HEADLESS_SCRIPT.into(),
+        },
+        Chroot {
+            what: "checking python and its data packages as daytona",
+            script: PYTHON_CHECK_SCRIPT.into(),
         },
         CopyHostCaBundle {
             path: BUILD_CA_PATH,
@@ -1187,6 +1230,57 @@ const HOST_CA_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
+/// Installs an empty `python3-pythran` package before the apt step.
+/// Debian's python3-scipy depends on Pythran, a compiler used only to build
+/// SciPy, and Pythran pulls a C++ toolchain, Boost and BLAS headers (about
+/// 500 MB, a third of the image) that SciPy never uses at run time. Its
+/// version sorts below Debian's, so `apt-get install python3-pythran` in a
+/// sandbox replaces it with the real one.
+const PYTHRAN_STAND_IN_SCRIPT: &str = "set -e\n\
+     d=/tmp/atoll-pythran-stand-in\n\
+     mkdir -p $d/DEBIAN\n\
+     cat >$d/DEBIAN/control <<'EOF'\n\
+     Package: python3-pythran\n\
+     Version: 0~atoll1\n\
+     Architecture: all\n\
+     Maintainer: Atoll <root@localhost>\n\
+     Section: python\n\
+     Priority: optional\n\
+     Description: stand-in for Pythran, which SciPy needs only to be built\n \
+     Atoll's default image installs this empty package instead of Pythran and\n \
+     its C++ toolchain; apt-get install python3-pythran replaces it.\n\
+     EOF\n\
+     dpkg-deb --build $d $d.deb >/dev/null\n\
+     dpkg -i $d.deb >/dev/null\n\
+     rm -rf $d $d.deb\n";
+
+/// Debian's /etc/matplotlibrc says `backend: TkAgg`, which fails without a
+/// display; sandboxes have none, so Agg it is (`MPLBACKEND` still
+/// overrides it).
+const MATPLOTLIB_HEADLESS_SCRIPT: &str = "set -e\n\
+     f=/etc/matplotlibrc\n\
+     if grep -q '^backend *:' $f; then sed -i 's/^backend *:.*/backend: Agg/' $f; \
+     else echo 'backend: Agg' >>$f; fi\n\
+     grep -qx 'backend: Agg' $f\n";
+
+/// Runs `python - <<'PY'` as the sandbox user: `python` is Python 3, the
+/// data packages import, and matplotlib draws headless. It also leaves
+/// matplotlib's font cache in daytona's home, so a sandbox's first chart
+/// does not build it.
+const PYTHON_CHECK_SCRIPT: &str = "set -e\n\
+     setpriv --reuid=1000 --regid=1000 --clear-groups env HOME=/home/daytona python - <<'PY'\n\
+     import sys\n\
+     assert sys.version_info[0] == 3, sys.version\n\
+     import numpy, pandas, scipy, requests, PIL\n\
+     import scipy.optimize, scipy.stats, scipy.signal, scipy.interpolate, scipy.sparse.linalg\n\
+     import matplotlib\n\
+     import matplotlib.pyplot as plt\n\
+     assert matplotlib.get_backend().lower() == 'agg', matplotlib.get_backend()\n\
+     plt.plot([1, 2], [3, 4])\n\
+     plt.savefig('/tmp/atoll-check.png')\n\
+     PY\n\
+     rm -f /tmp/atoll-check.png\n";
+
 /// The chroot script that installs [`APT_PACKAGES`] from the mirror
 /// debootstrap wrote into the tree's sources.list (its lists and cache are
 /// emptied by later steps). dpkg skips its fsyncs, which double the time of
@@ -1222,10 +1316,109 @@ fn npm_install_script() -> String {
     )
 }
 
+/// Runs an apt script in the tree with its output (stdout and stderr,
+/// merged) parsed into progress as it comes; on failure the last lines are
+/// the error.
+fn apt_in_chroot(
+    root: &Path,
+    chroot: &Path,
+    script: &str,
+    progress: &mut dyn FnMut(&BuildProgress),
+) -> Result<(), String> {
+    let mut child = build_command(chroot)
+        .arg(root)
+        .args(["/bin/sh", "-c", &format!("exec 2>&1\n{script}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running chroot: {e}"))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| "chroot has no stdout pipe".to_string())?;
+    let mut parser = AptProgress::default();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    for line in BufReader::new(stdout).split(b'\n') {
+        let Ok(line) = line else { break };
+        let line = String::from_utf8_lossy(&line).trim_end().to_string();
+        tracing::debug!(target: "apt", "{line}");
+        if let Some(p) = parser.line(&line) {
+            progress(&p);
+        }
+        if tail.len() == 30 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for chroot: {e}"))?;
+    if !status.success() {
+        let tail: Vec<String> = tail.into_iter().collect();
+        return Err(format!("{status}; last output:\n{}", tail.join("\n")));
+    }
+    Ok(())
+}
+
+/// Turns `apt-get update` and `apt-get install` output into progress:
+/// `Get:` lines are retrieval (the index before the install's package count
+/// is known), dpkg's `Unpacking` and `Setting up` lines installation and
+/// configuration, all counted against apt's "N newly installed".
+#[derive(Debug, Default)]
+struct AptProgress {
+    total: u64,
+    retrieved: u64,
+    unpacked: u64,
+    configured: u64,
+}
+
+impl AptProgress {
+    fn line(&mut self, line: &str) -> Option<BuildProgress> {
+        if let Some(part) = line.split(", ").find(|p| p.ends_with(" newly installed")) {
+            self.total = part.split(' ').next()?.parse().ok()?;
+            return None;
+        }
+        let package = |rest: &str| {
+            let word = rest.split(' ').next().unwrap_or("");
+            word.split(':').next().unwrap_or(word).to_string()
+        };
+        if line.starts_with("Get:") {
+            // Get:3 http://deb.debian.org/debian bookworm/main amd64 libfoo amd64 1.0 [9 kB]
+            let fields: Vec<&str> = line.split(' ').collect();
+            if self.total == 0 || fields.len() < 6 {
+                return Some(BuildProgress::new("retrieving package index", 0, 0));
+            }
+            self.retrieved += 1;
+            return Some(BuildProgress::new(
+                format!("retrieving {}", fields[4]),
+                self.retrieved,
+                self.total,
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("Unpacking ") {
+            self.unpacked += 1;
+            return Some(BuildProgress::new(
+                format!("installing {}", package(rest)),
+                self.unpacked,
+                self.total,
+            ));
+        }
+        if let Some(rest) = line.strip_prefix("Setting up ") {
+            self.configured += 1;
+            return Some(BuildProgress::new(
+                format!("configuring {}", package(rest)),
+                self.configured,
+                self.total,
+            ));
+        }
+        None
+    }
+}
+
 impl PostStep {
     fn describe(&self) -> String {
         match self {
-            PostStep::Chroot { what, .. } => what.to_string(),
+            PostStep::Chroot { what, .. } | PostStep::AptInstall { what, .. } => what.to_string(),
             PostStep::CopyHostCaBundle { path } => {
                 format!("copying the host's CA bundle to /{path}")
             }
@@ -1236,8 +1429,14 @@ impl PostStep {
         }
     }
 
-    fn apply(&self, root: &Path, chroot: &Path) -> Result<(), String> {
+    fn apply(
+        &self,
+        root: &Path,
+        chroot: &Path,
+        progress: &mut dyn FnMut(&BuildProgress),
+    ) -> Result<(), String> {
         match self {
+            PostStep::AptInstall { script, .. } => apt_in_chroot(root, chroot, script, progress),
             PostStep::Chroot { script, .. } => {
                 let output = build_command(chroot)
                     .arg(root)
@@ -1849,6 +2048,7 @@ mod tests {
             size_bytes: 42,
             created_at_ms: 1_700_000_000_000,
             recipe: serde_json::to_value(Recipe::default_image()).unwrap(),
+            entrypoint: vec!["sleep".into(), "infinity".into()],
         };
         write_ref(&store.ref_path(DEFAULT_IMAGE).unwrap(), &record).unwrap();
         assert!(t.0.join("refs/atoll/default:bookworm.json").is_file());
@@ -1862,6 +2062,7 @@ mod tests {
                 rootfs: layer,
                 size_bytes: 42,
                 created_at_ms: 1_700_000_000_000,
+                entrypoint: vec!["sleep".into(), "infinity".into()],
             }
         );
         // Reused without a build (which would need root and network).
@@ -1905,6 +2106,7 @@ mod tests {
             size_bytes: 1,
             created_at_ms: 1,
             recipe: serde_json::to_value(old).unwrap(),
+            entrypoint: Vec::new(),
         };
         write_ref(&store.ref_path(DEFAULT_IMAGE).unwrap(), &record).unwrap();
         assert!(store
@@ -1923,14 +2125,28 @@ mod tests {
             size_bytes: 3,
             created_at_ms: 4,
             recipe: serde_json::json!({"version": 1}),
+            entrypoint: vec!["sleep".into(), "infinity".into()],
         };
         let value = serde_json::to_value(&record).unwrap();
         let mut keys: Vec<&String> = value.as_object().unwrap().keys().collect();
         keys.sort();
         assert_eq!(
             keys,
-            ["createdAtMs", "digest", "name", "recipe", "sizeBytes"]
+            [
+                "createdAtMs",
+                "digest",
+                "entrypoint",
+                "name",
+                "recipe",
+                "sizeBytes"
+            ]
         );
+        // Refs written before entrypoints existed still read (no entrypoint).
+        let old: RefRecord = serde_json::from_str(
+            r#"{"name":"n","digest":"sha256:00","sizeBytes":3,"createdAtMs":4}"#,
+        )
+        .unwrap();
+        assert!(old.entrypoint.is_empty());
     }
 
     #[test]
@@ -2016,13 +2232,73 @@ mod tests {
         assert!(script.contains("typescript-language-server@4.4.1 typescript@5.9.3"));
         let apt = steps
             .iter()
-            .position(|s| matches!(s, PostStep::Chroot { script, .. } if script.contains("apt-get install")))
+            .position(|s| matches!(s, PostStep::AptInstall { script, .. } if script.contains("apt-get install")))
             .expect("apt step");
         assert!(apt < npm && apt < resolv);
-        assert!(apt_install_script().contains("node-typescript npm python3-pylsp"));
+        let apt_script = apt_install_script();
+        assert!(apt_script.contains("node-typescript npm python3-pylsp"));
+        for package in [
+            "python-is-python3",
+            "python3-numpy",
+            "python3-pandas",
+            "python3-matplotlib",
+            "python3-requests",
+            "python3-pil",
+            "python3-scipy",
+        ] {
+            assert!(apt_script.contains(package), "{package}");
+        }
+        // matplotlib is made headless after it is installed, then checked
+        // (as daytona) while the tree still resolves names.
+        let script_pos = |needle: &str| {
+            steps
+                .iter()
+                .position(
+                    |s| matches!(s, PostStep::Chroot { script, .. } if script.contains(needle)),
+                )
+                .unwrap_or_else(|| panic!("no step runs {needle:?}"))
+        };
+        // Pythran's stand-in is installed before apt could pull the real one.
+        assert!(script_pos("Package: python3-pythran") < apt);
+        assert!(PYTHRAN_STAND_IN_SCRIPT.contains("Version: 0~atoll1\nArchitecture: all\n"));
+        assert!(PYTHRAN_STAND_IN_SCRIPT.contains("be built\n Atoll's default image"));
+        let headless = script_pos("backend: Agg");
+        let check = script_pos("python - <<'PY'");
+        assert!(apt < headless && headless < check && check < resolv);
         assert!(
             user.contains("--uid 1000 --gid 1000")
                 && user.contains("--home-dir /home/daytona --shell /bin/bash daytona")
+        );
+    }
+
+    #[test]
+    fn apt_output_becomes_progress() {
+        let mut p = AptProgress::default();
+        let phases: Vec<Option<(String, u64, u64)>> = [
+            "Get:1 http://deb.debian.org/debian bookworm InRelease [151 kB]",
+            "Reading package lists...",
+            "0 upgraded, 3 newly installed, 0 to remove and 0 not upgraded.",
+            "Get:1 http://deb.debian.org/debian bookworm/main amd64 python3-numpy amd64 1:1.24.2-1 [4900 kB]",
+            "Unpacking python3-numpy (1:1.24.2-1) ...",
+            "Unpacking libfoo:amd64 (1.0) ...",
+            "Setting up libfoo:amd64 (1.0) ...",
+            "Processing triggers for libc-bin (2.36-9) ...",
+        ]
+        .iter()
+        .map(|l| p.line(l).map(|b| (b.phase, b.done, b.total)))
+        .collect();
+        assert_eq!(
+            phases,
+            vec![
+                Some(("retrieving package index".to_string(), 0, 0)),
+                None,
+                None,
+                Some(("retrieving python3-numpy".to_string(), 1, 3)),
+                Some(("installing python3-numpy".to_string(), 1, 3)),
+                Some(("installing libfoo".to_string(), 2, 3)),
+                Some(("configuring libfoo".to_string(), 1, 3)),
+                None,
+            ]
         );
     }
 
@@ -2042,7 +2318,8 @@ mod tests {
             mode: 0o644,
         };
         if nix::unistd::geteuid().is_root() {
-            step.apply(&t.0, Path::new("/usr/sbin/chroot")).unwrap();
+            step.apply(&t.0, Path::new("/usr/sbin/chroot"), &mut |_| {})
+                .unwrap();
             assert!(fs::symlink_metadata(t.0.join("real/link"))
                 .unwrap()
                 .is_file());
@@ -2075,7 +2352,7 @@ mod tests {
     fn post_steps_on_real_tree_as_root() {
         let root = PathBuf::from(std::env::var("ATOLL_TEST_ROOTFS").expect("ATOLL_TEST_ROOTFS"));
         for step in default_image_steps() {
-            step.apply(&root, Path::new("/usr/sbin/chroot"))
+            step.apply(&root, Path::new("/usr/sbin/chroot"), &mut |_| {})
                 .unwrap_or_else(|e| panic!("{}: {e}", step.describe()));
         }
         let start = Instant::now();
@@ -2095,7 +2372,7 @@ mod tests {
 
     /// The whole build, into `ATOLL_TEST_IMAGES_DIR` (default /var/lib/atoll/images).
     #[test]
-    #[ignore = "needs root and network; takes about a minute"]
+    #[ignore = "needs root and network; takes about three minutes"]
     fn ensure_default_builds_as_root() {
         let dir = std::env::var("ATOLL_TEST_IMAGES_DIR")
             .unwrap_or_else(|_| "/var/lib/atoll/images".into());

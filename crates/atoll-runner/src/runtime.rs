@@ -434,6 +434,7 @@ impl Runtime for NamespaceRuntime {
             env: spec.env.clone(),
             work_dir: None,
             env_file: Some(spec::SANDBOX_ENV_FILE.into()),
+            entrypoint: spec.entrypoint.clone(),
         };
 
         let slot = match &self.network {

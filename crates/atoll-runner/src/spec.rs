@@ -34,6 +34,10 @@ pub struct DaemonConfig {
     /// survive a stop and start: a path on the sandbox's own disk.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env_file: Option<PathBuf>,
+    /// The image's entrypoint, which the daemon starts at boot as the
+    /// entrypoint session; empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoint: Vec<String>,
 }
 
 /// The daemon's environment state inside every sandbox (root-only).
@@ -58,6 +62,10 @@ pub struct SandboxSpec {
     /// What the sandbox may reach beyond loopback.
     #[serde(default)]
     pub network: crate::network::NetworkPolicy,
+    /// The image's entrypoint (argv), run by the daemon at every boot as the
+    /// entrypoint session; empty: none.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
 }
 
 /// Environment variables naming the descriptors PID 1 hands the daemon:
@@ -155,6 +163,30 @@ mod tests {
         for bad in ["", "..", "a/b", "../x", "a\0b", "x y"] {
             assert!(!is_safe_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_daemon_is_told_the_entrypoint_only_when_there_is_one() {
+        let mut cfg = DaemonConfig {
+            socket: None,
+            user: Some("daytona".into()),
+            env: BTreeMap::new(),
+            work_dir: None,
+            env_file: None,
+            entrypoint: vec!["sleep".into(), "infinity".into()],
+        };
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(v["entrypoint"], serde_json::json!(["sleep", "infinity"]));
+        cfg.entrypoint.clear();
+        let v = serde_json::to_value(&cfg).unwrap();
+        assert!(v.get("entrypoint").is_none(), "{v}");
+        // A spec written before entrypoints existed has none.
+        let spec: SandboxSpec = serde_json::from_value(serde_json::json!({
+            "id": "a", "hostname": "h", "image_rootfs": "/i", "user": null, "env": {},
+            "limits": {"cpus": 1, "memory_bytes": 1, "pids": 1}, "disk_bytes": 1,
+        }))
+        .unwrap();
+        assert!(spec.entrypoint.is_empty());
     }
 
     #[test]

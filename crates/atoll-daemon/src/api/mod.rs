@@ -154,6 +154,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Serves the toolbox API on `listener` until it fails.
 pub async fn serve(listener: UnixListener, cfg: DaemonConfig) -> Result<(), ServeError> {
     let state = Arc::new(AppState::new(&cfg)?);
+    state
+        .sessions
+        .start_entrypoint(&state.process, &cfg.entrypoint);
     tracing::info!(
         user = %state.process.identity.name,
         uid = state.process.identity.uid,

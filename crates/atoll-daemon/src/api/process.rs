@@ -50,7 +50,8 @@ pub struct CodeRunRequest {
     timeout: Option<i64>,
 }
 
-/// `CodeRunResponse`; charts are not extracted yet.
+/// `CodeRunResponse`: the charts of matplotlib figures the code showed are
+/// in `artifacts.charts`.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CodeRunResponse {
@@ -61,7 +62,7 @@ pub struct CodeRunResponse {
 
 #[derive(Debug, Serialize)]
 pub struct Artifacts {
-    charts: Vec<serde_json::Value>,
+    charts: Vec<process::charts::Chart>,
 }
 
 fn seconds(timeout: Option<i64>) -> Option<u64> {
@@ -98,11 +99,14 @@ pub async fn code_run(
         envs: req.envs.unwrap_or_default(),
         timeout: seconds(req.timeout),
     };
-    let Outcome { exit_code, output } = process::code_run(&st.process, params).await?;
+    let process::CodeRunOutput {
+        outcome: Outcome { exit_code, output },
+        charts,
+    } = process::code_run(&st.process, params).await?;
     Ok(Json(CodeRunResponse {
         exit_code,
         result: output,
-        artifacts: Artifacts { charts: Vec::new() },
+        artifacts: Artifacts { charts },
     }))
 }
 

@@ -43,7 +43,10 @@ use crate::session::{self, Command, CommandInfo, Cursor, ExecuteParams, SessionI
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/process/session", get(list).post(create))
-        .route("/process/session/entrypoint", get(entrypoint))
+        .route(
+            "/process/session/entrypoint",
+            get(entrypoint).delete(delete_entrypoint),
+        )
         .route("/process/session/entrypoint/logs", get(entrypoint_logs))
         .route(
             "/process/session/{session_id}",
@@ -386,35 +389,57 @@ async fn logs(
     Ok(Json(logs_of(&cmd, format)).into_response())
 }
 
-/// Atoll has no entrypoint: an entrypoint session without commands.
-async fn entrypoint() -> Json<SessionDto> {
-    Json(SessionDto {
-        session_id: session::ENTRYPOINT_SESSION_ID.to_string(),
-        commands: Vec::new(),
-    })
+/// The entrypoint session: the image's entrypoint as its one command (none
+/// when the image has no entrypoint).
+async fn entrypoint(State(st): State<Arc<AppState>>) -> Json<SessionDto> {
+    Json(st.sessions.entrypoint_info().into())
 }
 
-/// Empty entrypoint logs (a stream closes at once).
+/// The entrypoint session cannot be deleted (400, as any reserved id).
+async fn delete_entrypoint(State(st): State<Arc<AppState>>) -> Result<StatusCode> {
+    st.sessions.delete(session::ENTRYPOINT_ROUTE_ID)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The entrypoint's logs, like a command's (`follow` streams until it
+/// exits); empty when the image has no entrypoint.
 async fn entrypoint_logs(
+    State(st): State<Arc<AppState>>,
     QueryParams(q): QueryParams<LogsQuery>,
     headers: HeaderMap,
     ws: std::result::Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response> {
     let follow = parse_bool("follow", q.follow.as_deref())?;
+    let format = OutputFormat::of(&headers);
+    let cmd = st.sessions.entrypoint_command();
     if let Ok(ws) = ws {
-        let format = OutputFormat::of(&headers);
-        return Ok(ws.on_upgrade(move |socket| stream_ws(socket, None, format, follow)));
+        return Ok(ws.on_upgrade(move |socket| stream_ws(socket, cmd, format, follow)));
     }
-    if follow || reads_logs_as_text(&headers) {
-        return Ok(text_stream_response(Body::empty()));
+    if wants_websocket(&headers) {
+        return Err(ApiError::BadRequest(
+            "invalid WebSocket upgrade request".into(),
+        ));
     }
-    Ok(Json(LogsResponse {
-        output: String::new(),
-        stdout: String::new(),
-        stderr: String::new(),
-        truncated: false,
-    })
-    .into_response())
+    let Some(cmd) = cmd else {
+        if follow || reads_logs_as_text(&headers) {
+            return Ok(text_stream_response(Body::empty()));
+        }
+        return Ok(Json(LogsResponse {
+            output: String::new(),
+            stdout: String::new(),
+            stderr: String::new(),
+            truncated: false,
+        })
+        .into_response());
+    };
+    if follow {
+        return Ok(stream_http(cmd, format));
+    }
+    if reads_logs_as_text(&headers) {
+        let log = format.render(&cmd.snapshot().marked);
+        return Ok(text_stream_response(Body::from(log)));
+    }
+    Ok(Json(logs_of(&cmd, format)).into_response())
 }
 
 fn wants_websocket(headers: &HeaderMap) -> bool {

@@ -1,6 +1,7 @@
 //! The steps a user command's process takes between fork and exec: make
-//! itself the OOM killer's preferred victim instead of the daemon, hand a
-//! long command's script to the shell on fd 3, drop to the sandbox user,
+//! itself the OOM killer's preferred victim instead of the daemon, put a
+//! descriptor on fd 3 (a long command's script for the shell, or code-run's
+//! side channel), drop to the sandbox user,
 //! and enter its cwd (after dropping, so the user's permissions apply).
 //!
 //! Everything is prepared before the fork; `apply` only makes raw,
@@ -17,12 +18,13 @@ pub(crate) struct ChildSetup {
     oom_score_adj: Vec<u8>,
     credentials: Option<Credentials>,
     cwd: CString,
-    script_fd: Option<RawFd>,
+    fd3: Option<RawFd>,
 }
 
 impl ChildSetup {
-    /// `script_fd` must stay open until the spawn returns.
-    pub(crate) fn new(plan: &ExecPlan, script_fd: Option<RawFd>) -> io::Result<Self> {
+    /// `fd3` (given to the child as fd 3) must stay open until the spawn
+    /// returns.
+    pub(crate) fn new(plan: &ExecPlan, fd3: Option<RawFd>) -> io::Result<Self> {
         let cwd = CString::new(plan.cwd.as_os_str().as_encoded_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "cwd contains a NUL byte"))?;
         Ok(ChildSetup {
@@ -31,7 +33,7 @@ impl ChildSetup {
                 .into_bytes(),
             credentials: plan.credentials.clone(),
             cwd,
-            script_fd,
+            fd3,
         })
     }
 
@@ -51,17 +53,17 @@ impl ChildSetup {
                 libc::close(fd);
             }
         }
-        if let Some(fd) = self.script_fd {
+        if let Some(fd) = self.fd3 {
             if fd == SCRIPT_FD {
-                // SAFETY: `fd` is the open script memfd; clearing
+                // SAFETY: `fd` is the open descriptor for fd 3; clearing
                 // close-on-exec on it touches no memory.
                 if unsafe { libc::fcntl(fd, libc::F_SETFD, 0) } < 0 {
                     return Err(io::Error::last_os_error());
                 }
             } else {
-                // SAFETY: `fd` is the open script memfd; dup2 onto fd 3
-                // (closing whatever was there, close-on-exec anyway) yields
-                // an fd without close-on-exec.
+                // SAFETY: `fd` is the open descriptor for fd 3; dup2 onto
+                // fd 3 (closing whatever was there, close-on-exec anyway)
+                // yields an fd without close-on-exec.
                 if unsafe { libc::dup2(fd, SCRIPT_FD) } < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -112,13 +114,13 @@ fn child_oom_score_adj(daemon: i32) -> i32 {
 
 /// A command for `plan` run as the sandbox user: program, args, exactly the
 /// plan's environment, its own process group, and the pre-exec steps above
-/// (OOM score, script fd, user drop, cwd). Callers choose stdio and may add
+/// (OOM score, fd 3, user drop, cwd). Callers choose stdio and may add
 /// pre-exec steps of their own, which run after these.
 pub(crate) fn user_command(
     plan: &ExecPlan,
-    script_fd: Option<RawFd>,
+    fd3: Option<RawFd>,
 ) -> io::Result<tokio::process::Command> {
-    let setup = ChildSetup::new(plan, script_fd)?;
+    let setup = ChildSetup::new(plan, fd3)?;
     let mut cmd = tokio::process::Command::new(&plan.program);
     cmd.args(&plan.args)
         .env_clear()

@@ -3,14 +3,30 @@
 //! `process/execute`. TypeScript is transpiled (no type check, like
 //! Daytona's `ts-node -T`) by the image's `typescript` module (Debian's
 //! node-typescript) inside the node process that then runs it
-//! ([`TS_RUNNER`]).
+//! ([`TS_RUNNER`]). Python runs under a small driver ([`PYTHON_DRIVER`])
+//! that behaves like `python3 -u -` and reports matplotlib figures as chart
+//! artifacts on a side channel (see `charts`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::charts::{self, Chart, CHART_BYTES_LIMIT};
 use super::plan::{self, ExecPlan, StdinSource};
-use super::run::{run, Outcome};
+use super::run::{run, run_with_side_channel, Outcome};
 use super::{ProcessContext, ProcessError, OUTPUT_LIMIT};
+
+/// The Python driver: `python3 -u -c PYTHON_DRIVER argv...` with the code on
+/// stdin runs it as `python3 -u - argv...` would and writes a JSON line per
+/// matplotlib figure shown (or left open at the end) to fd 3.
+pub const PYTHON_DRIVER: &str = include_str!("code_run.py");
+
+/// What a code run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeRunOutput {
+    pub outcome: Outcome,
+    /// Charts of the figures the code showed (Python with matplotlib).
+    pub charts: Vec<Chart>,
+}
 
 /// Languages `code-run` understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +63,7 @@ pub struct CodeRunParams {
 pub async fn code_run(
     ctx: &ProcessContext,
     params: CodeRunParams,
-) -> Result<Outcome, ProcessError> {
+) -> Result<CodeRunOutput, ProcessError> {
     let language = Language::parse(&params.language)?;
     if params.argv.iter().any(|a| a.contains('\0')) {
         return Err(ProcessError::InvalidRequest(
@@ -65,17 +81,31 @@ pub async fn code_run(
         timeout_secs: plan::timeout_secs(params.timeout),
         env,
     };
+    let without_charts = |outcome| CodeRunOutput {
+        outcome,
+        charts: Vec::new(),
+    };
     match language {
         Language::Python => {
-            let plan = stdin_plan(base, "python3", &["-u", "-"], &params);
-            run(&plan, OUTPUT_LIMIT).await
+            let plan = python_plan(base, &params);
+            let (outcome, side) =
+                run_with_side_channel(&plan, OUTPUT_LIMIT, CHART_BYTES_LIMIT).await?;
+            Ok(CodeRunOutput {
+                outcome,
+                charts: charts::parse(&side),
+            })
         }
         Language::JavaScript => {
             let plan = stdin_plan(base, "node", &["-"], &params);
-            run(&plan, OUTPUT_LIMIT).await
+            run(&plan, OUTPUT_LIMIT).await.map(without_charts)
         }
-        Language::TypeScript => typescript(base, &params).await,
+        Language::TypeScript => typescript(base, &params).await.map(without_charts),
     }
+}
+
+/// `python3 -u -c PYTHON_DRIVER argv...`, the code on stdin.
+fn python_plan(base: ExecPlan, params: &CodeRunParams) -> ExecPlan {
+    stdin_plan(base, "python3", &["-u", "-c", PYTHON_DRIVER], params)
 }
 
 /// `program fixed_args... argv...` with the code on stdin.
@@ -229,9 +259,10 @@ mod tests {
             argv: vec!["a".into()],
             ..Default::default()
         };
-        let plan = stdin_plan(base, "python3", &["-u", "-"], &params);
+        let plan = python_plan(base, &params);
         assert_eq!(plan.program, "python3");
-        assert_eq!(plan.args, vec!["-u", "-", "a"]);
+        assert_eq!(plan.args, vec!["-u", "-c", PYTHON_DRIVER, "a"]);
         assert_eq!(plan.stdin, StdinSource::Bytes(b"print(1)".to_vec()));
+        assert_eq!(plan.script, None, "fd 3 is the chart channel");
     }
 }

@@ -7,6 +7,7 @@
 //! group. The privileged steps that happen between fork and exec live in
 //! `child`.
 
+pub mod charts;
 pub(crate) mod child;
 pub mod code_run;
 pub mod env;
@@ -18,9 +19,9 @@ use std::path::PathBuf;
 
 use crate::identity::Identity;
 
-pub use code_run::{code_run, CodeRunParams, Language};
+pub use code_run::{code_run, CodeRunOutput, CodeRunParams, Language};
 pub use plan::{ExecPlan, StdinSource};
-pub use run::{run, Outcome};
+pub use run::{run, run_with_side_channel, Outcome};
 
 /// Most output kept per command; the rest is drained and dropped.
 pub const OUTPUT_LIMIT: usize = 10 * 1024 * 1024;

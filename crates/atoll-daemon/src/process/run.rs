@@ -37,6 +37,28 @@ impl Outcome {
 /// plumbing (pipe, memfd) cannot be set up; a program that cannot be
 /// started is an [`Outcome`] with exit code -1.
 pub async fn run(plan: &ExecPlan, limit: usize) -> Result<Outcome, ProcessError> {
+    run_inner(plan, limit, None)
+        .await
+        .map(|(outcome, _)| outcome)
+}
+
+/// [`run`] with a side channel: the command gets the write end of a pipe as
+/// fd 3 (so the plan must have no script) and what it writes there, at most
+/// `side_limit` bytes, is returned beside the outcome. Code-run's Python
+/// driver reports charts this way, apart from the code's own output.
+pub async fn run_with_side_channel(
+    plan: &ExecPlan,
+    limit: usize,
+    side_limit: usize,
+) -> Result<(Outcome, Vec<u8>), ProcessError> {
+    run_inner(plan, limit, Some(side_limit)).await
+}
+
+async fn run_inner(
+    plan: &ExecPlan,
+    limit: usize,
+    side_limit: Option<usize>,
+) -> Result<(Outcome, Vec<u8>), ProcessError> {
     let io_err = |what| move |source| ProcessError::Io { what, source };
     let (tx, rx) = tokio::net::unix::pipe::pipe().map_err(io_err("creating output pipe"))?;
     let out_w = tx
@@ -47,8 +69,28 @@ pub async fn run(plan: &ExecPlan, limit: usize) -> Result<Outcome, ProcessError>
         Some(bytes) => Some(script_memfd(bytes).map_err(io_err("passing the command script"))?),
         None => None,
     };
-    let mut cmd = super::child::user_command(plan, script.as_ref().map(|f| f.as_raw_fd()))
-        .map_err(io_err("preparing the command"))?;
+    let side = match side_limit {
+        Some(_) if script.is_some() => {
+            return Err(ProcessError::Io {
+                what: "preparing the command",
+                source: io::Error::other("a command with a script has no side channel"),
+            })
+        }
+        Some(side_limit) => {
+            let (tx, rx) =
+                tokio::net::unix::pipe::pipe().map_err(io_err("creating the side channel"))?;
+            let w = tx
+                .into_blocking_fd()
+                .map_err(io_err("creating the side channel"))?;
+            Some((w, rx, side_limit))
+        }
+        None => None,
+    };
+    let fd3 = script
+        .as_ref()
+        .or(side.as_ref().map(|(w, _, _)| w))
+        .map(|f| f.as_raw_fd());
+    let mut cmd = super::child::user_command(plan, fd3).map_err(io_err("preparing the command"))?;
     cmd.stdout(Stdio::from(out_w))
         .stderr(Stdio::from(err_w))
         .stdin(match plan.stdin {
@@ -56,13 +98,18 @@ pub async fn run(plan: &ExecPlan, limit: usize) -> Result<Outcome, ProcessError>
             StdinSource::Bytes(_) => Stdio::piped(),
         });
     let spawned = cmd.spawn();
-    // Our copies of the pipe's write end live in `cmd`: close them so the
-    // reader sees EOF once the command's process tree is done with it.
+    // Our copies of the pipes' write ends live in `cmd` (and `side`): close
+    // them so the readers see EOF once the command's process tree is done
+    // with them.
     drop(cmd);
     drop(script);
+    let side = side.map(|(w, rx, side_limit)| {
+        drop(w);
+        (rx, side_limit)
+    });
     let mut child = match spawned {
         Ok(c) => c,
-        Err(e) => return Ok(Outcome::spawn_failed(&plan.program, &e)),
+        Err(e) => return Ok((Outcome::spawn_failed(&plan.program, &e), Vec::new())),
     };
     let Some(pid) = child.id() else {
         return Err(ProcessError::Io {
@@ -79,16 +126,23 @@ pub async fn run(plan: &ExecPlan, limit: usize) -> Result<Outcome, ProcessError>
 
     // Drain first, then reap: the group leader stays unreaped (its pid
     // pinned) for as long as the group may still need killing.
+    let side_drain = async {
+        match side {
+            Some((rx, side_limit)) => drain(rx, side_limit).await.kept,
+            None => Vec::new(),
+        }
+    };
     let work = async {
-        let (captured, ()) = tokio::join!(drain(rx, limit), feed(stdin, stdin_bytes));
+        let (captured, side, ()) =
+            tokio::join!(drain(rx, limit), side_drain, feed(stdin, stdin_bytes));
         let status = child.wait().await;
-        (captured, status)
+        (captured, side, status)
     };
     let finished = match plan.timeout() {
         None => Some(work.await),
         Some(limit) => tokio::time::timeout(limit, work).await.ok(),
     };
-    let Some((captured, status)) = finished else {
+    let Some((captured, side, status)) = finished else {
         group.kill();
         let _ = child.wait().await;
         group.disarm();
@@ -102,10 +156,13 @@ pub async fn run(plan: &ExecPlan, limit: usize) -> Result<Outcome, ProcessError>
         .code()
         .or_else(|| status.signal().map(|s| 128 + s))
         .unwrap_or(-1);
-    Ok(Outcome {
-        exit_code,
-        output: captured.render(),
-    })
+    Ok((
+        Outcome {
+            exit_code,
+            output: captured.render(),
+        },
+        side,
+    ))
 }
 
 /// Output kept so far and how much was dropped.

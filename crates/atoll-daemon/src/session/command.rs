@@ -397,7 +397,10 @@ async fn feed_input(
 }
 
 /// Reads from an optional receiver; never ready when it is gone.
-async fn read_some(rx: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> io::Result<usize> {
+pub(super) async fn read_some(
+    rx: &mut Option<pipe::Receiver>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match rx {
         Some(rx) => rx.read(buf).await,
         None => std::future::pending().await,
@@ -406,7 +409,7 @@ async fn read_some(rx: &mut Option<pipe::Receiver>, buf: &mut [u8]) -> io::Resul
 
 /// Reads what is in a FIFO right now, without waiting; `false` at end of
 /// file or on error.
-fn drain_now(rx: &pipe::Receiver, buf: &mut [u8], mut sink: impl FnMut(&[u8])) -> bool {
+pub(super) fn drain_now(rx: &pipe::Receiver, buf: &mut [u8], mut sink: impl FnMut(&[u8])) -> bool {
     loop {
         match nix::unistd::read(rx.as_fd(), buf) {
             Ok(0) => return false,

@@ -5,7 +5,9 @@
 //!
 //! Layout: `shell` (the session shell and the one line it is sent per
 //! command), `command` (a command's files, log, exit code, input and the
-//! pump that fills its log), `log` (the bounded marked log, pure).
+//! pump that fills its log), `log` (the bounded marked log, pure),
+//! `entrypoint` (the image's entrypoint, started at boot as the reserved
+//! entrypoint session's one command).
 //!
 //! Each session has a private directory under the temp dir
 //! (`atoll-session-<uuid>`, mode 0711, owned by the daemon) holding, per
@@ -30,6 +32,7 @@
 //! shell's status, later commands are refused with 410.
 
 pub mod command;
+pub mod entrypoint;
 pub mod log;
 pub mod shell;
 
@@ -59,9 +62,14 @@ pub const MAX_INPUT_BYTES: usize = 1024 * 1024;
 pub const MAX_PENDING_COMMANDS: usize = 256;
 /// Longest session id accepted.
 pub const MAX_SESSION_ID_LEN: usize = 256;
-/// The id of Daytona's entrypoint session (Atoll has no entrypoint; the id
-/// is reserved).
-pub const ENTRYPOINT_SESSION_ID: &str = "entrypoint";
+/// The id `GET /process/session/entrypoint` reports for the entrypoint
+/// session (Daytona's); reserved.
+pub const ENTRYPOINT_SESSION_ID: &str = "entrypoint_session_id";
+/// The id of the entrypoint's command in that session (Daytona's).
+pub const ENTRYPOINT_COMMAND_ID: &str = "entrypoint_command_id";
+/// Reserved too: `/process/session/entrypoint` is the entrypoint's route,
+/// so a session of that name could never be reached.
+pub const ENTRYPOINT_ROUTE_ID: &str = "entrypoint";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -137,10 +145,12 @@ impl CommandInfo {
     }
 }
 
-/// Every session of this daemon, in creation order.
+/// Every session of this daemon, in creation order, and the entrypoint's
+/// command (kept apart: it is not listed, deleted or sent commands).
 #[derive(Debug, Default)]
 pub struct Sessions {
     sessions: Mutex<Vec<Arc<Session>>>,
+    entrypoint: std::sync::OnceLock<entrypoint::Entrypoint>,
 }
 
 /// One session: its shell and its commands.
@@ -187,7 +197,7 @@ fn validate_id(id: &str) -> Result<(), SessionError> {
     if id.contains('/') || id.chars().any(char::is_control) {
         return invalid("it contains '/' or control characters");
     }
-    if id == ENTRYPOINT_SESSION_ID {
+    if id == ENTRYPOINT_SESSION_ID || id == ENTRYPOINT_ROUTE_ID {
         return invalid("it is reserved for the entrypoint session");
     }
     Ok(())
@@ -287,6 +297,34 @@ impl Sessions {
         Ok(())
     }
 
+    /// Starts the image's entrypoint `argv` as the entrypoint session's
+    /// command (once; later calls are ignored). Needs a tokio runtime.
+    pub fn start_entrypoint(&self, ctx: &ProcessContext, argv: &[String]) {
+        if argv.is_empty() || self.entrypoint.get().is_some() {
+            return;
+        }
+        let _ = self.entrypoint.set(entrypoint::start(ctx, argv));
+    }
+
+    /// The entrypoint session: its one command, or none when the image has
+    /// no entrypoint.
+    pub fn entrypoint_info(&self) -> SessionInfo {
+        SessionInfo {
+            id: ENTRYPOINT_SESSION_ID.to_string(),
+            commands: self
+                .entrypoint
+                .get()
+                .map(|e| CommandInfo::of(&e.command))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// The entrypoint's command, if the image has an entrypoint.
+    pub fn entrypoint_command(&self) -> Option<Arc<Command>> {
+        self.entrypoint.get().map(|e| e.command.clone())
+    }
+
     /// Every session with its commands.
     pub fn list(&self) -> Vec<SessionInfo> {
         let sessions: Vec<Arc<Session>> = lock(&self.sessions).clone();
@@ -311,8 +349,15 @@ impl Sessions {
         })
     }
 
-    /// Kills the session's process group and forgets it.
+    /// Kills the session's process group and forgets it. The entrypoint
+    /// session cannot be deleted.
     pub fn delete(&self, id: &str) -> Result<(), SessionError> {
+        if id == ENTRYPOINT_SESSION_ID || id == ENTRYPOINT_ROUTE_ID {
+            return Err(SessionError::InvalidId {
+                id: id.to_string(),
+                reason: "it is reserved for the entrypoint session",
+            });
+        }
         let session = {
             let mut sessions = lock(&self.sessions);
             let i = sessions
@@ -488,7 +533,14 @@ mod tests {
     fn session_ids() {
         assert!(validate_id("s1").is_ok());
         assert!(validate_id("my session-ü").is_ok());
-        for bad in ["", "  ", "a/b", "a\nb", ENTRYPOINT_SESSION_ID] {
+        for bad in [
+            "",
+            "  ",
+            "a/b",
+            "a\nb",
+            ENTRYPOINT_SESSION_ID,
+            ENTRYPOINT_ROUTE_ID,
+        ] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
         assert!(validate_id(&"x".repeat(MAX_SESSION_ID_LEN + 1)).is_err());

@@ -91,6 +91,15 @@ impl Daemon {
     }
 
     pub async fn start_with(user: Option<String>, env: BTreeMap<String, String>) -> Self {
+        Self::start_with_entrypoint(user, env, Vec::new()).await
+    }
+
+    /// A daemon whose image has `entrypoint` (started at boot).
+    pub async fn start_with_entrypoint(
+        user: Option<String>,
+        env: BTreeMap<String, String>,
+        entrypoint: Vec<String>,
+    ) -> Self {
         let dir = TempDir::new();
         let socket = dir.0.join("daemon.sock");
         let work = dir.0.join("work");
@@ -101,6 +110,7 @@ impl Daemon {
             env,
             work_dir: Some(work.clone()),
             env_file: Some(dir.0.join("env.json")),
+            entrypoint,
         };
         let listener = UnixListener::bind(&socket).expect("bind");
         tokio::spawn(async move {
