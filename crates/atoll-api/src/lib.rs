@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod lifecycle;
+pub mod metrics;
 pub mod openapi;
 pub mod preview;
 pub mod quota;
@@ -44,6 +45,8 @@ pub struct ApiConfig {
     pub quota_defaults: quota::Quota,
     /// Per-API-key rate limit on `/api`; `None`: unlimited.
     pub rate_limit: Option<ratelimit::RateLimit>,
+    /// The metrics sampler's interval and retention.
+    pub metrics: metrics::MetricsConfig,
 }
 
 #[derive(Clone)]
@@ -62,6 +65,8 @@ pub struct AppState {
     pub app_connections: atoll_proxy::pool::ConnPool<(String, u16)>,
     /// Token buckets of API keys; `None` when rate limiting is off.
     pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
+    /// The latest-metrics endpoint's last cpu reading per sandbox.
+    pub cpu_readings: Arc<std::sync::Mutex<std::collections::HashMap<String, metrics::CpuReading>>>,
 }
 
 impl AppState {
@@ -85,6 +90,7 @@ impl AppState {
             locks: Arc::default(),
             activity: Arc::default(),
             app_connections: routes::preview::app_pool(),
+            cpu_readings: Arc::default(),
             preview_secret: Arc::new(preview_secret),
         }
     }
@@ -142,7 +148,17 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id}/start", post(sandbox::start))
         .route("/sandbox/{id}/stop", post(sandbox::stop))
         .route("/sandbox/{id}/labels", put(sandbox::labels))
+        .route("/config", get(system::config))
         .route("/sandbox/{id}/autostop/{interval}", post(sandbox::autostop))
+        .route(
+            "/sandbox/{id}/autopause/{interval}",
+            post(sandbox::autopause),
+        )
+        .route("/sandbox/{id}/pause", post(sandbox::pause))
+        .route(
+            "/sandbox/{id}/telemetry/metrics",
+            get(sandbox::telemetry_metrics),
+        )
         .route(
             "/sandbox/{id}/autoarchive/{interval}",
             post(sandbox::autoarchive),

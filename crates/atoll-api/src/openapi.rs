@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         system::create_organization, system::get_quota, system::put_quota,
         crate::routes::account::users_me, crate::routes::account::regions,
         crate::routes::account::shared_regions, sandbox::paginated,
+        sandbox::pause, sandbox::autopause, sandbox::telemetry_metrics, system::config,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -25,6 +26,8 @@ use utoipa::OpenApi;
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
         dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
         dto::User, dto::Region, dto::PaginatedSandboxes,
+        dto::SystemMetrics, dto::MetricsResponse, dto::MetricSeries, dto::MetricDataPoint,
+        dto::DaytonaConfiguration, dto::OidcConfig,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -96,6 +96,25 @@ pub struct SandboxRecord {
     pub last_activity_at: i64,
     /// When `state` last changed (ms).
     pub state_changed_at: i64,
+    /// Minutes of inactivity before a started sandbox is paused (0: never).
+    pub auto_pause_interval: i64,
+}
+
+/// One resource usage sample of a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub sandbox_id: String,
+    /// When it was taken (ms).
+    pub sampled_at: i64,
+    /// The sandbox's cpu limit.
+    pub cpu_count: i64,
+    /// Cpu use as a percentage of that limit.
+    pub cpu_used_pct: f64,
+    pub mem_used: i64,
+    pub mem_cache: i64,
+    pub mem_total: i64,
+    pub disk_used: i64,
+    pub disk_total: i64,
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: String) -> Result<T, StoreError> {
@@ -131,10 +150,11 @@ impl SandboxRecord {
             updated_at: r.try_get(23)?,
             last_activity_at: r.try_get(24)?,
             state_changed_at: r.try_get(25)?,
+            auto_pause_interval: r.try_get(26)?,
         })
     }
 
-    /// Binds all 26 columns in `SANDBOX_COLUMNS` order as $1..$26.
+    /// Binds all 27 columns in `SANDBOX_COLUMNS` order as $1..$27.
     pub(crate) fn bind_all<'q>(
         &'q self,
         q: Query<'q, Any, AnyArguments<'q>>,
@@ -166,6 +186,7 @@ impl SandboxRecord {
             .bind(self.updated_at)
             .bind(self.last_activity_at)
             .bind(self.state_changed_at)
+            .bind(self.auto_pause_interval)
     }
 }
 
