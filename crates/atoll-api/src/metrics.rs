@@ -35,9 +35,12 @@ impl Default for MetricsConfig {
     }
 }
 
+/// Reads one metric's value from a sample.
+pub type MetricValue = fn(&MetricSample) -> f64;
+
 /// Daytona's metric names, as the SDKs ask for them, with the sample field
 /// each one reads.
-pub const METRICS: &[(&str, fn(&MetricSample) -> f64)] = &[
+pub const METRICS: &[(&str, MetricValue)] = &[
     ("daytona.sandbox.cpu.utilization", |m| m.cpu_used_pct),
     ("daytona.sandbox.cpu.limit", |m| m.cpu_count as f64),
     ("daytona.sandbox.memory.usage", |m| m.mem_used as f64),
@@ -241,7 +244,7 @@ impl AppState {
             )));
         }
         let wanted = q.all("metricNames");
-        let names: Vec<&(&str, fn(&MetricSample) -> f64)> = METRICS
+        let names: Vec<&(&str, MetricValue)> = METRICS
             .iter()
             .filter(|(n, _)| wanted.is_empty() || wanted.contains(n))
             .collect();
