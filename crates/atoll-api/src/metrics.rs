@@ -6,7 +6,8 @@
 //! samples in one batch and prunes those past the retention window.
 //!
 //! Cpu is a rate: the runtime reports cumulative cpu time, and the
-//! percentage of the sandbox's cpu limit is computed between two readings.
+//! percentage of the sandbox's cpu limit is computed between two readings
+//! (so a sandbox's first sample in the history has cpu 0).
 
 use crate::auth::Principal;
 use crate::dto::{MetricDataPoint, MetricSeries, MetricsResponse, SystemMetrics};

@@ -443,7 +443,10 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Internal(format!("resume task: {e}")))?;
         match result {
-            Ok(()) => self.save(r, state::STARTED, None).await,
+            Ok(()) => {
+                atoll_types::failpoint::hit("resume.after_runtime");
+                self.save(r, state::STARTED, None).await
+            }
             Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
                 tracing::warn!(sandbox = %r.id, "paused sandbox is no longer running; starting it over its disk");
                 let runtime = self.runtime.clone();
@@ -497,7 +500,10 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Internal(format!("pause task: {e}")))?;
         match result {
-            Ok(()) => self.save(r, state::PAUSED, None).await,
+            Ok(()) => {
+                atoll_types::failpoint::hit("pause.after_runtime");
+                self.save(r, state::PAUSED, None).await
+            }
             Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
                 let runtime = self.runtime.clone();
                 let id = r.id.clone();

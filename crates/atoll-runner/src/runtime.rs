@@ -857,6 +857,7 @@ impl Runtime for NamespaceRuntime {
             e.updated_at_ms = atoll_types::time::now_millis();
             self.journal.write(&e)?;
         }
+        atoll_types::failpoint::hit("runtime.pause.after_journal");
         if let Err(err) = self.cgroups.freeze(id, FREEZE_TIMEOUT) {
             let _ = self.cgroups.thaw(id);
             e.paused = false;
@@ -871,6 +872,7 @@ impl Runtime for NamespaceRuntime {
         self.dirs(id)?;
         let mut e = self.running_entry(id)?;
         self.cgroups.thaw(id)?;
+        atoll_types::failpoint::hit("runtime.resume.after_thaw");
         if e.paused {
             // After the thaw: a runner restarted in between still has it
             // paused, as the caller's record does until resume returns.

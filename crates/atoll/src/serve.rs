@@ -120,6 +120,10 @@ pub fn run(args: ServeArgs) -> Result<()> {
         );
         Ok(Duration::from_secs_f64(v))
     };
+    anyhow::ensure!(
+        args.metrics_interval >= 0.1,
+        "--metrics-interval must be at least 0.1 seconds"
+    );
     let metrics = atoll_api::metrics::MetricsConfig {
         interval: positive(args.metrics_interval, "--metrics-interval")?,
         retention: positive(
