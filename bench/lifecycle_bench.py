@@ -5,7 +5,10 @@
     tree of 10,000 small files plus one 200 MiB file, beside
     `tar | zstd -3` of the same tree (read from the stopped sandbox's disk,
     mounted read-only on the host) measured in the same run;
-  * stop -> start round trip p50/p95.
+  * stop -> start round trip p50/p95, and stop and start each;
+  * pause -> start (resume) round trip p50/p95, and pause and resume
+    each, in the same run: pause freezes every process (memory kept),
+    start of a paused sandbox thaws them.
 
 Prints figures, asserts nothing.
 Usage: bench/lifecycle_bench.py [--atoll BIN] [--images-dir DIR] [-n 20]
@@ -45,7 +48,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--atoll", default=os.environ.get("ATOLL_BIN", DEFAULT_BIN))
     ap.add_argument("--images-dir", default=os.environ.get("ATOLL_IMAGES_DIR", "/var/lib/atoll/images"))
-    ap.add_argument("-n", type=int, default=20, help="stop/start round trips")
+    ap.add_argument("-n", type=int, default=20, help="stop/start and pause/start round trips")
     args = ap.parse_args()
     with Server(args.atoll, args.images_dir) as srv:
         api = Api(srv.port, srv.key)
@@ -80,23 +83,51 @@ def main():
         restore_s = time.perf_counter() - t
         assert started["state"] == "started", started
 
-        rounds = []
+        rounds, stops, starts = [], [], []
         for _ in range(args.n):
             t = time.perf_counter()
             api.call("POST", f"/api/sandbox/{sid}/stop")
+            t1 = time.perf_counter()
             api.call("POST", f"/api/sandbox/{sid}/start")
-            rounds.append(time.perf_counter() - t)
+            t2 = time.perf_counter()
+            stops.append(t1 - t)
+            starts.append(t2 - t1)
+            rounds.append(t2 - t)
+        # Pause/resume with something in memory to keep: a process holding
+        # 100 MiB, beside the daemon.
+        hold = "import os, time; b = bytearray(os.urandom(1 << 20) * 100); time.sleep(3600)"
+        r = api.call("POST", f"/toolbox/{sid}/process/execute",
+                     {"command": f"sh -c '(setsid nohup python3 -c \"{hold}\" >/dev/null 2>&1 &)'"})
+        assert r["exitCode"] == 0, r
+        time.sleep(1)
+        pause_rounds, pauses, resumes = [], [], []
+        for _ in range(args.n):
+            t = time.perf_counter()
+            paused = api.call("POST", f"/api/sandbox/{sid}/pause")
+            t1 = time.perf_counter()
+            resumed = api.call("POST", f"/api/sandbox/{sid}/start")
+            t2 = time.perf_counter()
+            assert (paused["state"], resumed["state"]) == ("paused", "started"), (paused, resumed)
+            pauses.append(t1 - t)
+            resumes.append(t2 - t1)
+            pause_rounds.append(t2 - t)
         api.call("DELETE", f"/api/sandbox/{sid}")
 
     mib = tree_bytes / (1 << 20)
     print(f"atoll lifecycle benchmark: tree of 10,000 files + 200 MiB ({mib:.0f} MiB), {os.cpu_count()} cpus")
     print(f"  archive (API, to archived)          {archive_s * 1000:8.0f} ms   {mib / archive_s:7.1f} MiB/s   archive {archive_bytes >> 20} MiB")
     print(f"  restore + start (API, to started)   {restore_s * 1000:8.0f} ms   {mib / restore_s:7.1f} MiB/s")
+    print(f"  stop (API, to stopped)              {fmt_ms(stops)}")
+    print(f"  start (API, to started)             {fmt_ms(starts)}")
     print(f"  stop -> start round trip            {fmt_ms(rounds)}")
+    print(f"  pause (API, to paused)              {fmt_ms(pauses)}")
+    print(f"  resume (API start of paused)        {fmt_ms(resumes)}")
+    print(f"  pause -> start round trip           {fmt_ms(pause_rounds)}")
     print("baseline, same run:")
     print(f"  tar | zstd -3 of the same tree      {baseline * 1000:8.0f} ms   {mib / baseline:7.1f} MiB/s")
     print("ratios:")
     print(f"  archive / baseline time             {archive_s / baseline:6.2f}x")
+    print(f"  stop->start / pause->start (p50)    {pct(rounds, 50) / pct(pause_rounds, 50):6.1f}x")
 
 
 if __name__ == "__main__":

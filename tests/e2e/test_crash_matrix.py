@@ -1,5 +1,5 @@
 """The failpoint crash matrix (issue 4): `atoll serve` is killed at each
-step of create, start, stop, archive, restore and delete (a failpoints
+step of create, start, stop, archive, restore, delete, pause and resume (a failpoints
 build, `make build-failpoints`, aborts where `ATOLL_FAILPOINT` says). After
 a restart with no failpoint: no sandbox is stuck in a transitional state,
 no mount, cgroup, loop device or process is orphaned, and no data is lost:
@@ -17,7 +17,9 @@ from conftest import AtollServer
 from test_restart import assert_no_orphans, wait_until
 
 MARKER = "/home/daytona/crash-marker"
-SETTLED = {"started", "stopped", "archived", "error"}
+SETTLED = {"started", "stopped", "archived", "error", "paused"}
+# States whose sandbox runs (frozen or not).
+RUNNING = {"started", "paused"}
 
 # (failpoint, state to prepare, operation that hits it)
 MATRIX = [
@@ -40,6 +42,12 @@ MATRIX = [
     ("restore.after_runtime", "archived", "start"),
     ("delete.after_transition", "started", "delete"),
     ("delete.after_runtime", "started", "delete"),
+    ("pause.after_transition", "started", "pause"),
+    ("runtime.pause.after_journal", "started", "pause"),
+    ("pause.after_runtime", "started", "pause"),
+    ("resume.after_transition", "paused", "start"),
+    ("runtime.resume.after_thaw", "paused", "start"),
+    ("resume.after_runtime", "paused", "start"),
 ]
 
 
@@ -80,6 +88,8 @@ def test_killed_at_each_step_recovers_without_loss(atoll_bin, images_dir, failpo
             assert status == 200 and json.loads(body)["exitCode"] == 0, body
             if prepare in ("stopped", "archived"):
                 assert srv.http("POST", f"/api/sandbox/{sid}/stop")[0] == 200
+            if prepare == "paused":
+                assert srv.http("POST", f"/api/sandbox/{sid}/pause")[0] == 200
             if prepare == "archived":
                 assert srv.http("POST", f"/api/sandbox/{sid}/archive")[0] == 200
 
@@ -108,8 +118,8 @@ def test_killed_at_each_step_recovers_without_loss(atoll_bin, images_dir, failpo
             assert it["state"] in SETTLED, f"{it['id']} stuck in {it['state']} after restart"
             if it["state"] == "error":
                 assert it.get("errorReason"), it
-        assert_no_orphans(srv, {it["id"] for it in items if it["state"] == "started"})
-        running = {it["id"] for it in items if it["state"] == "started"}
+        assert_no_orphans(srv, {it["id"] for it in items if it["state"] in RUNNING})
+        running = {it["id"] for it in items if it["state"] in RUNNING}
         data = os.path.realpath(srv.data_dir)
         for line in loop_devices_backed_by(data):
             assert any(s in line for s in running), f"loop device of a stopped sandbox: {line}"

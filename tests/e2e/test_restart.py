@@ -47,7 +47,7 @@ def cgroup_roots(server):
     inst = runner_instance(server)
     if cgroup_v2():
         return [f"/sys/fs/cgroup/atoll/{inst}"]
-    return [f"/sys/fs/cgroup/{c}/atoll/{inst}" for c in ("memory", "pids", "cpu")]
+    return [f"/sys/fs/cgroup/{c}/atoll/{inst}" for c in ("memory", "pids", "cpu", "cpuacct", "freezer")]
 
 
 def cgroup_children(root):

@@ -25,6 +25,7 @@ pub struct CreateSandbox {
     pub memory: Option<i64>,
     pub disk: Option<i64>,
     pub auto_stop_interval: Option<i64>,
+    pub auto_pause_interval: Option<i64>,
     pub auto_archive_interval: Option<i64>,
     pub auto_delete_interval: Option<i64>,
     #[schema(value_type = Option<Vec<SandboxVolume>>)]
@@ -37,7 +38,6 @@ pub struct CreateSandbox {
     #[schema(value_type = Option<Vec<String>>)]
     pub gpu_type: Option<serde_json::Value>,
     pub spot: Option<bool>,
-    pub auto_pause_interval: Option<i64>,
     pub ttl_minutes: Option<i64>,
     pub queue_timeout: Option<i64>,
     pub linked_sandbox: Option<String>,
@@ -99,6 +99,7 @@ pub struct Sandbox {
     pub recoverable: bool,
     pub backup_state: String,
     pub auto_stop_interval: i64,
+    pub auto_pause_interval: i64,
     pub auto_archive_interval: i64,
     pub auto_delete_interval: i64,
     pub volumes: Vec<SandboxVolume>,
@@ -404,4 +405,73 @@ pub struct WarmPool {
     pub error_reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+/// The toolbox's `SystemMetrics` (`GET /toolbox/{id}/system/metrics`):
+/// this sandbox's usage, from its cgroup and its disk. Bytes; cpu as a
+/// percentage of the sandbox's cpu limit.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemMetrics {
+    pub cpu_count: i64,
+    pub cpu_used_pct: f64,
+    pub disk_free: i64,
+    pub disk_total: i64,
+    pub disk_used: i64,
+    pub mem_cache: i64,
+    pub mem_total: i64,
+    pub mem_used: i64,
+    pub timestamp: String,
+    pub timestamp_unix: i64,
+}
+
+/// Daytona's `MetricsResponse` (`GET /api/sandbox/{id}/telemetry/metrics`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MetricsResponse {
+    pub series: Vec<MetricSeries>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricSeries {
+    pub metric_name: String,
+    pub data_points: Vec<MetricDataPoint>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct MetricDataPoint {
+    pub timestamp: String,
+    pub value: f64,
+}
+
+/// Daytona's `OidcConfig`: required by `DaytonaConfiguration`; this server
+/// has no OIDC, so every field is empty.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub audience: String,
+    pub provider: String,
+}
+
+/// Daytona's `DaytonaConfiguration` (`GET /api/config`), with what the
+/// SDKs read of it: no `analyticsApiUrl`, so `get_metrics` reads the
+/// history from this server's telemetry route.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DaytonaConfiguration {
+    pub version: String,
+    pub oidc: OidcConfig,
+    pub linked_accounts_enabled: bool,
+    #[schema(value_type = Object)]
+    pub announcements: BTreeMap<String, serde_json::Value>,
+    pub proxy_template_url: String,
+    pub proxy_toolbox_url: String,
+    pub default_snapshot: String,
+    pub dashboard_url: String,
+    pub max_auto_archive_interval: i64,
+    pub maintanance_mode: bool,
+    pub environment: String,
+    pub analytics_api_url: Option<String>,
 }

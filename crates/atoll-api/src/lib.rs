@@ -8,6 +8,7 @@ pub mod dto;
 pub mod error;
 pub mod extract;
 pub mod lifecycle;
+pub mod metrics;
 pub mod openapi;
 pub mod preview;
 pub mod quota;
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub quota_defaults: quota::Quota,
     /// Per-API-key rate limit on `/api`; `None`: unlimited.
     pub rate_limit: Option<ratelimit::RateLimit>,
+    /// The metrics sampler's interval and retention.
+    pub metrics: metrics::MetricsConfig,
 }
 
 #[derive(Clone)]
@@ -69,6 +72,8 @@ pub struct AppState {
     pub secrets_key: Arc<secrets::SecretsKey>,
     /// Wakes the warm-pool filler (a pool changed or a member was taken).
     pub warm_pool_wake: Arc<tokio::sync::Notify>,
+    /// The latest-metrics endpoint's last cpu reading per sandbox.
+    pub cpu_readings: Arc<std::sync::Mutex<std::collections::HashMap<String, metrics::CpuReading>>>,
 }
 
 impl AppState {
@@ -92,6 +97,7 @@ impl AppState {
             locks: Arc::default(),
             activity: Arc::default(),
             app_connections: routes::preview::app_pool(),
+            cpu_readings: Arc::default(),
             preview_secret: Arc::new(preview_secret),
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
@@ -158,7 +164,17 @@ pub fn router(state: AppState) -> Router {
         .route("/sandbox/{id}/start", post(sandbox::start))
         .route("/sandbox/{id}/stop", post(sandbox::stop))
         .route("/sandbox/{id}/labels", put(sandbox::labels))
+        .route("/config", get(system::config))
         .route("/sandbox/{id}/autostop/{interval}", post(sandbox::autostop))
+        .route(
+            "/sandbox/{id}/autopause/{interval}",
+            post(sandbox::autopause),
+        )
+        .route("/sandbox/{id}/pause", post(sandbox::pause))
+        .route(
+            "/sandbox/{id}/telemetry/metrics",
+            get(sandbox::telemetry_metrics),
+        )
         .route(
             "/sandbox/{id}/autoarchive/{interval}",
             post(sandbox::autoarchive),

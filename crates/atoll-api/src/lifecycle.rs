@@ -13,6 +13,7 @@ pub enum Action {
     Resize,
     Recover,
     Archive,
+    Pause,
 }
 
 impl Action {
@@ -24,6 +25,7 @@ impl Action {
             Action::Resize => "resized",
             Action::Recover => "recovered",
             Action::Archive => "archived",
+            Action::Pause => "paused",
         }
     }
 }
@@ -52,10 +54,13 @@ pub mod state {
     pub const ARCHIVING: &str = "archiving";
     pub const ARCHIVED: &str = "archived";
     pub const RESTORING: &str = "restoring";
+    pub const PAUSING: &str = "pausing";
+    pub const PAUSED: &str = "paused";
+    pub const RESUMING: &str = "resuming";
 
     /// States an operation passes through; none may last.
     pub const TRANSITIONAL: &[&str] = &[
-        CREATING, STARTING, STOPPING, RESIZING, DESTROYING, ARCHIVING, RESTORING,
+        CREATING, STARTING, STOPPING, RESIZING, DESTROYING, ARCHIVING, RESTORING, PAUSING, RESUMING,
     ];
 }
 
@@ -65,6 +70,8 @@ pub fn transition_timeout(state: &str) -> Option<Duration> {
     match state {
         state::CREATING | state::STARTING => Some(Duration::from_secs(120)),
         state::STOPPING | state::RESIZING => Some(Duration::from_secs(60)),
+        // A freeze gives up after 10 s; a thaw is immediate.
+        state::PAUSING | state::RESUMING => Some(Duration::from_secs(60)),
         state::DESTROYING => Some(Duration::from_secs(120)),
         // Packing or unpacking a large disk takes a while.
         state::ARCHIVING | state::RESTORING => Some(Duration::from_secs(1800)),
@@ -80,10 +87,13 @@ pub fn decide(current: &str, action: Action) -> Decision {
         (Action::Start, STARTED) => Decision::Noop,
         (Action::Start, STOPPED) => Decision::Run { via: STARTING },
         (Action::Start, ARCHIVED) => Decision::Run { via: RESTORING },
+        (Action::Start, PAUSED) => Decision::Run { via: RESUMING },
+        (Action::Pause, STARTED) => Decision::Run { via: PAUSING },
+        (Action::Pause, PAUSED) => Decision::Noop,
         (Action::Archive, STOPPED) => Decision::Run { via: ARCHIVING },
         (Action::Archive, ARCHIVED) => Decision::Noop,
         (Action::Stop, STOPPED) => Decision::Noop,
-        (Action::Stop, STARTED | ERROR) => Decision::Run { via: STOPPING },
+        (Action::Stop, STARTED | PAUSED | ERROR) => Decision::Run { via: STOPPING },
         (Action::Resize, STARTED | STOPPED) => Decision::Run { via: RESIZING },
         (Action::Recover, ERROR) => Decision::Run { via: STARTING },
         (Action::Recover, STARTED) => Decision::Noop,
@@ -96,7 +106,9 @@ pub fn illegal_message(id: &str, current: &str, action: Action) -> String {
     let hint = match (action, current) {
         (Action::Start, "error") => "; recover it (POST /sandbox/{id}/recover) or delete it",
         (Action::Recover, _) => "; only sandboxes in state error can be recovered",
-        (Action::Archive, "started") => "; stop it first",
+        (Action::Archive, "started" | "paused") => "; stop it first",
+        (Action::Pause, "stopped" | "archived") => "; only started sandboxes can be paused",
+        (Action::Resize, "paused") => "; start it (resume) first",
         (_, s) if state::TRANSITIONAL.contains(&s) => "; wait for the current operation to finish",
         _ => "",
     };
@@ -113,7 +125,7 @@ mod tests {
 
     const ALL: &[&str] = &[
         CREATING, STARTING, STARTED, STOPPING, STOPPED, RESIZING, DESTROYING, DESTROYED, ERROR,
-        ARCHIVING, ARCHIVED, RESTORING,
+        ARCHIVING, ARCHIVED, RESTORING, PAUSING, PAUSED, RESUMING,
     ];
     const ACTIONS: &[Action] = &[
         Action::Start,
@@ -122,6 +134,7 @@ mod tests {
         Action::Resize,
         Action::Recover,
         Action::Archive,
+        Action::Pause,
     ];
 
     #[test]
@@ -148,7 +161,10 @@ mod tests {
                     (Action::Start, STOPPED) | (Action::Recover, ERROR) => {
                         Decision::Run { via: STARTING }
                     }
-                    (Action::Stop, STARTED | ERROR) => Decision::Run { via: STOPPING },
+                    (Action::Stop, STARTED | PAUSED | ERROR) => Decision::Run { via: STOPPING },
+                    (Action::Start, PAUSED) => Decision::Run { via: RESUMING },
+                    (Action::Pause, STARTED) => Decision::Run { via: PAUSING },
+                    (Action::Pause, PAUSED) => Decision::Noop,
                     (Action::Resize, STARTED | STOPPED) => Decision::Run { via: RESIZING },
                     (Action::Start, ARCHIVED) => Decision::Run { via: RESTORING },
                     (Action::Archive, STOPPED) => Decision::Run { via: ARCHIVING },
@@ -182,5 +198,11 @@ mod tests {
             illegal_message("abc", STARTED, Action::Archive),
             "Sandbox abc cannot be archived while it is started; stop it first"
         );
+        assert_eq!(
+            illegal_message("abc", STOPPED, Action::Pause),
+            "Sandbox abc cannot be paused while it is stopped; only started sandboxes can be paused"
+        );
+        assert!(illegal_message("abc", PAUSING, Action::Pause)
+            .contains("wait for the current operation"));
     }
 }

@@ -23,6 +23,7 @@ use utoipa::OpenApi;
         crate::routes::secrets::get, crate::routes::secrets::update, crate::routes::secrets::delete,
         crate::routes::warm_pools::list, crate::routes::warm_pools::create,
         crate::routes::warm_pools::update, crate::routes::warm_pools::delete,
+        sandbox::pause, sandbox::autopause, sandbox::telemetry_metrics, system::config,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -32,6 +33,8 @@ use utoipa::OpenApi;
         dto::User, dto::Region, dto::PaginatedSandboxes,
         dto::CreateSecret, dto::UpdateSecret, dto::Secret, dto::ListSecretsResponse,
         dto::UpdateSandboxSecrets, dto::CreateWarmPool, dto::UpdateWarmPool, dto::WarmPool,
+        dto::SystemMetrics, dto::MetricsResponse, dto::MetricSeries, dto::MetricDataPoint,
+        dto::DaytonaConfiguration, dto::OidcConfig,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -72,6 +72,10 @@ pub fn holds_compute(s: &str) -> bool {
             | state::STOPPING
             | state::RESTORING
             | state::RESIZING
+            // Paused: its memory is kept, and a resume takes nothing new.
+            | state::PAUSING
+            | state::PAUSED
+            | state::RESUMING
     )
 }
 
@@ -341,6 +345,9 @@ mod tests {
         state::ARCHIVING,
         state::ARCHIVED,
         state::RESTORING,
+        state::PAUSING,
+        state::PAUSED,
+        state::RESUMING,
     ];
 
     #[test]
@@ -353,6 +360,9 @@ mod tests {
                 "stopping",
                 "restoring",
                 "resizing",
+                "pausing",
+                "paused",
+                "resuming",
             ]
             .contains(s);
             let disk = compute || ["stopped", "archiving", "error"].contains(s);

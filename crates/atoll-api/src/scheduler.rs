@@ -1,5 +1,6 @@
 //! The lifecycle scheduler: a periodic pass over every sandbox that
-//! enforces auto-stop (idle for `autoStopInterval` minutes), auto-delete
+//! enforces auto-stop (idle for `autoStopInterval` minutes), auto-pause
+//! (idle for `autoPauseInterval` minutes, by the same clock), auto-delete
 //! (`autoDeleteInterval` minutes after stop), transitional-state timeouts,
 //! and reconciles rows with what the runtime really runs (a sandbox killed
 //! from outside becomes `stopped`; a runtime leftover without a row is
@@ -9,7 +10,8 @@
 //! The pass's bulk observation is taken before the rows are read, so a
 //! sandbox created in between is `started` in its row and absent from the
 //! observation. Absence is therefore never taken for death: a `started`
-//! sandbox is marked stopped only when the runtime, asked about that one
+//! (or `paused`: frozen is alive) sandbox is marked stopped only when the
+//! runtime, asked about that one
 //! sandbox under its lock (so after its create or start finished), sees it
 //! dead.
 //!
@@ -148,7 +150,7 @@ impl AppState {
             };
             // Seen running in the bulk observation: alive (a death since
             // shows up next pass). Otherwise ask about this one, now.
-            let dead = r.state == state::STARTED
+            let dead = (r.state == state::STARTED || r.state == state::PAUSED)
                 && seen.get(&r.id) != Some(&true)
                 && self.observed_dead(&r.id).await;
             let now = now_millis();
@@ -176,7 +178,7 @@ impl AppState {
                 continue;
             }
             match r.state.as_str() {
-                state::STARTED if dead => {
+                state::STARTED | state::PAUSED if dead => {
                     tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
                     let runtime = self.runtime.clone();
                     let id = r.id.clone();
@@ -196,6 +198,19 @@ impl AppState {
                     }
                     tracing::info!(sandbox = %r.id, minutes = r.auto_stop_interval, "auto-stopping idle sandbox");
                     self.stop_locked(&mut r, state::STOPPING).await?;
+                }
+                state::STARTED
+                    if r.auto_pause_interval > 0
+                        && now - r.last_activity_at >= r.auto_pause_interval * minute_ms =>
+                {
+                    if self.busy_inside(&r.id).await {
+                        self.store.touch_activity(&r.id, now).await?;
+                        continue;
+                    }
+                    tracing::info!(sandbox = %r.id, minutes = r.auto_pause_interval, "auto-pausing idle sandbox");
+                    if let Err(e) = self.pause_locked(&mut r, state::PAUSING).await {
+                        tracing::warn!(sandbox = %r.id, error = %e, "auto-pause failed");
+                    }
                 }
                 state::STOPPED
                     if r.auto_archive_interval > 0
@@ -357,6 +372,7 @@ mod tests {
             outbound_proxy_url: None,
             queue_timeout: None,
             warm_pool_id: None,
+            auto_pause_interval: 0,
         }
     }
 
@@ -384,6 +400,7 @@ mod tests {
             egress_allow_private: false,
             quota_defaults: crate::quota::Quota::default(),
             rate_limit: None,
+            metrics: crate::metrics::MetricsConfig::default(),
         };
         let state = AppState::new(store, runtime, images, config, "k".into());
         (state, dir)
@@ -398,6 +415,7 @@ mod tests {
         let running = |id: &str| Observed::Running {
             id: id.into(),
             pid: 1,
+            paused: false,
         };
         let runtime = Arc::new(ScriptedRuntime {
             // The bulk observation was taken before `fresh` started and
@@ -456,6 +474,7 @@ mod tests {
                 Observed::Running {
                     id: "fresh".into(),
                     pid: 1,
+                    paused: false,
                 },
             )]),
             ..Default::default()
@@ -464,6 +483,42 @@ mod tests {
         app.reconcile_on_boot().await.unwrap();
         assert_eq!(state_of(&app, "fresh").await, state::STARTED);
         assert_eq!(state_of(&app, "gone").await, state::STOPPED);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn paused_sandboxes_are_alive_and_interrupted_pauses_settle_by_the_runtime() {
+        let paused = |id: &str| Observed::Running {
+            id: id.into(),
+            pid: 1,
+            paused: true,
+        };
+        let stopped = |id: &str| Observed::Stopped { id: id.into() };
+        let runtime = Arc::new(ScriptedRuntime {
+            bulk: vec![paused("frozen"), paused("half"), stopped("killed")],
+            now: HashMap::from([("killed".to_string(), stopped("killed"))]),
+            ..Default::default()
+        });
+        let (app, dir) = app_with(runtime.clone(), &["frozen", "half", "killed"]).await;
+        for (id, st) in [
+            ("frozen", state::PAUSED),
+            ("half", state::PAUSING),
+            ("killed", state::PAUSED),
+        ] {
+            let mut r = app.store.sandbox(id).await.unwrap().unwrap();
+            r.state = st.into();
+            app.store.update_sandbox(&r, state::STARTED).await.unwrap();
+        }
+        app.reconcile_on_boot().await.unwrap();
+        assert_eq!(state_of(&app, "frozen").await, state::PAUSED);
+        // the server stopped mid-pause after the runtime froze it
+        assert_eq!(state_of(&app, "half").await, state::PAUSED);
+        // died while paused
+        assert_eq!(state_of(&app, "killed").await, state::STOPPED);
+        // a pass never takes frozen for dead
+        app.lifecycle_tick().await.unwrap();
+        assert_eq!(state_of(&app, "frozen").await, state::PAUSED);
+        assert_eq!(state_of(&app, "half").await, state::PAUSED);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -125,6 +125,7 @@ impl AppState {
             recoverable: r.recoverable,
             backup_state: "None".into(),
             auto_stop_interval: r.auto_stop_interval,
+            auto_pause_interval: r.auto_pause_interval,
             auto_archive_interval: r.auto_archive_interval,
             auto_delete_interval: r.auto_delete_interval,
             volumes: r.volumes.iter().cloned().map(Into::into).collect(),
@@ -317,6 +318,15 @@ impl AppState {
             .transpose()?;
         let secrets = crate::secrets::mounts_from_wire(req.secrets.unwrap_or_default())?;
         self.check_mounts(&p.organization_id, &secrets).await?;
+        let auto_pause_interval = in_range(
+            "autoPauseInterval",
+            req.auto_pause_interval.unwrap_or(0),
+            0,
+            i64::from(i32::MAX),
+        )?;
+        // Auto-stop and auto-pause exclude each other: asking for
+        // auto-pause turns the default auto-stop off.
+        let default_auto_stop = if auto_pause_interval > 0 { 0 } else { 15 };
         let now = now_millis();
         let row = SandboxRecord {
             ttl_minutes,
@@ -355,7 +365,7 @@ impl AppState {
             recoverable: false,
             auto_stop_interval: in_range(
                 "autoStopInterval",
-                req.auto_stop_interval.unwrap_or(15),
+                req.auto_stop_interval.unwrap_or(default_auto_stop),
                 0,
                 i64::from(i32::MAX),
             )?,
@@ -376,7 +386,9 @@ impl AppState {
             updated_at: now,
             last_activity_at: now,
             state_changed_at: now,
+            auto_pause_interval,
         };
+        check_auto_pause(&row)?;
         let warm_eligible = req.cpu.is_none()
             && req.memory.is_none()
             && req.disk.is_none()
@@ -458,6 +470,10 @@ impl AppState {
             Err(dto) => return Ok(dto),
         };
         r.desired_state = state::STARTED.into();
+        if via == state::RESUMING {
+            self.resume_locked(&mut r).await?;
+            return Ok(self.to_dto(&r));
+        }
         self.save_within_quota(&mut r, via).await?;
         atoll_types::failpoint::hit(if via == state::RESTORING {
             "restore.after_transition"
@@ -485,6 +501,105 @@ impl AppState {
         }
         self.run_start(&mut r).await?;
         Ok(self.to_dto(&r))
+    }
+
+    /// Thaws a paused sandbox whose lock the caller holds (a paused
+    /// sandbox holds its quota: nothing to check). One that died while
+    /// paused is started over its disk instead.
+    async fn resume_locked(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
+        // Resuming is activity: an auto-pause clock starts over.
+        r.last_activity_at = now_millis();
+        self.save(r, state::RESUMING, None).await?;
+        atoll_types::failpoint::hit("resume.after_transition");
+        let runtime = self.runtime.clone();
+        let id = r.id.clone();
+        let result = tokio::task::spawn_blocking(move || runtime.resume(&id))
+            .await
+            .map_err(|e| ApiError::Internal(format!("resume task: {e}")))?;
+        match result {
+            Ok(()) => {
+                atoll_types::failpoint::hit("resume.after_runtime");
+                self.save(r, state::STARTED, None).await
+            }
+            Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
+                tracing::warn!(sandbox = %r.id, "paused sandbox is no longer running; starting it over its disk");
+                let runtime = self.runtime.clone();
+                let id = r.id.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                self.save(r, state::STARTING, None).await?;
+                self.run_start(r).await
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %r.id, error = %e, "resume failed; the sandbox stays paused");
+                r.desired_state = state::PAUSED.into();
+                self.save(r, state::PAUSED, None).await?;
+                Err(ApiError::Internal(format!(
+                    "resuming sandbox {}: {}",
+                    r.id,
+                    e.public_message()
+                )))
+            }
+        }
+    }
+
+    /// Freezes every process of a started sandbox, memory kept; `start`
+    /// resumes it.
+    pub async fn pause_sandbox(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+    ) -> Result<Sandbox, ApiError> {
+        let (mut r, _guard, plan) = self.begin(p, id_or_name, Action::Pause).await?;
+        let via = match plan {
+            Ok(via) => via,
+            Err(dto) => return Ok(dto),
+        };
+        self.pause_locked(&mut r, via).await?;
+        Ok(self.to_dto(&r))
+    }
+
+    /// Pauses a sandbox whose lock the caller holds. A failed freeze
+    /// leaves it started (the runtime thawed it again).
+    pub(crate) async fn pause_locked(
+        &self,
+        r: &mut SandboxRecord,
+        via: &str,
+    ) -> Result<(), ApiError> {
+        r.desired_state = state::PAUSED.into();
+        self.save(r, via, None).await?;
+        atoll_types::failpoint::hit("pause.after_transition");
+        let runtime = self.runtime.clone();
+        let id = r.id.clone();
+        let result = tokio::task::spawn_blocking(move || runtime.pause(&id))
+            .await
+            .map_err(|e| ApiError::Internal(format!("pause task: {e}")))?;
+        match result {
+            Ok(()) => {
+                atoll_types::failpoint::hit("pause.after_runtime");
+                self.save(r, state::PAUSED, None).await
+            }
+            Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
+                let runtime = self.runtime.clone();
+                let id = r.id.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                r.desired_state = state::STOPPED.into();
+                self.save(r, state::STOPPED, None).await?;
+                Err(ApiError::Conflict(format!(
+                    "Sandbox {} is no longer running (it is stopped now); start it first",
+                    r.id
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %r.id, error = %e, "pause failed; the sandbox stays started");
+                r.desired_state = state::STARTED.into();
+                self.save(r, state::STARTED, None).await?;
+                Err(ApiError::Internal(format!(
+                    "pausing sandbox {}: {}",
+                    r.id,
+                    e.public_message()
+                )))
+            }
+        }
     }
 
     /// Packs a stopped sandbox's disk into the archive store. A failure
@@ -838,9 +953,11 @@ impl AppState {
         let mut r = self.find(p, &r.id).await?;
         match which {
             Interval::AutoStop => r.auto_stop_interval = minutes,
+            Interval::AutoPause => r.auto_pause_interval = minutes,
             Interval::AutoArchive => r.auto_archive_interval = minutes,
             Interval::AutoDelete => r.auto_delete_interval = minutes,
         }
+        check_auto_pause(&r)?;
         r.updated_at = now_millis();
         let current = r.state.clone();
         self.store.update_sandbox(&r, &current).await?;
@@ -876,12 +993,13 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Internal(format!("recover task: {e}")))?
             .map_err(|e| ApiError::Internal(format!("recovering sandboxes: {e}")))?;
-        let mut running = std::collections::HashSet::new();
+        // Running sandboxes, and whether each is paused.
+        let mut running = HashMap::new();
         let mut failed = HashMap::new();
         for o in observed {
             match o {
-                Observed::Running { id, .. } => {
-                    running.insert(id);
+                Observed::Running { id, paused, .. } => {
+                    running.insert(id, paused);
                 }
                 Observed::Failed { id, reason } => {
                     failed.insert(id, reason);
@@ -891,9 +1009,38 @@ impl AppState {
         }
         let rows = self.store.all_sandboxes().await?;
         for mut r in rows {
-            let is_running = running.remove(&r.id);
+            let paused = running.remove(&r.id);
+            let is_running = paused.is_some();
             match (r.state.as_str(), is_running) {
-                (state::STARTED, true) => {}
+                (state::STARTED, true) if paused == Some(true) => {
+                    // The row is the intent; pause never leaves a row
+                    // started with the runtime paused, but be sure.
+                    let runtime = self.runtime.clone();
+                    let id = r.id.clone();
+                    let _ = tokio::task::spawn_blocking(move || runtime.resume(&id)).await;
+                }
+                (state::PAUSED, true) if paused == Some(false) => {
+                    let runtime = self.runtime.clone();
+                    let id = r.id.clone();
+                    let frozen = tokio::task::spawn_blocking(move || runtime.pause(&id)).await;
+                    if !matches!(frozen, Ok(Ok(()))) {
+                        tracing::warn!(sandbox = %r.id, "could not pause the sandbox again; it is started");
+                        r.desired_state = state::STARTED.into();
+                        self.save(&mut r, state::STARTED, None).await?;
+                    }
+                }
+                (state::STARTED | state::PAUSED, true) => {}
+                // Interrupted mid-way: the runtime's journal says which
+                // side of the freeze it is on.
+                (state::PAUSING | state::RESUMING, true) => {
+                    let settled = if paused == Some(true) {
+                        state::PAUSED
+                    } else {
+                        state::STARTED
+                    };
+                    r.desired_state = settled.into();
+                    self.save(&mut r, settled, None).await?;
+                }
                 (state::CREATING | state::STARTING, true) => {
                     self.save(&mut r, state::STARTED, None).await?
                 }
@@ -951,23 +1098,26 @@ impl AppState {
                     .into();
                     self.save(&mut r, settled, reason).await?;
                 }
-                (state::STARTED, false) => {
+                (state::STARTED | state::PAUSED | state::PAUSING | state::RESUMING, false) => {
                     // Recovery ran before the rows were read: another API
                     // process sharing this runner may have started it since.
-                    if matches!(
-                        self.observe_now(&r.id).await,
-                        Some(Observed::Running { .. })
-                    ) {
+                    if r.state == state::STARTED
+                        && matches!(
+                            self.observe_now(&r.id).await,
+                            Some(Observed::Running { .. })
+                        )
+                    {
                         continue;
                     }
                     tracing::info!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
+                    r.desired_state = state::STOPPED.into();
                     self.save(&mut r, state::STOPPED, None).await?;
                 }
                 _ => {}
             }
         }
         // Whatever still runs has no row: a leftover of a deleted sandbox.
-        for id in running {
+        for id in running.into_keys() {
             tracing::warn!(sandbox = %id, "destroying a running sandbox that has no record");
             let runtime = self.runtime.clone();
             let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
@@ -1003,6 +1153,7 @@ impl AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interval {
     AutoStop,
+    AutoPause,
     AutoArchive,
     AutoDelete,
 }
@@ -1011,6 +1162,7 @@ impl Interval {
     fn name(self) -> &'static str {
         match self {
             Interval::AutoStop => "autoStopInterval",
+            Interval::AutoPause => "autoPauseInterval",
             Interval::AutoArchive => "autoArchiveInterval",
             Interval::AutoDelete => "autoDeleteInterval",
         }
@@ -1039,6 +1191,27 @@ impl AppState {
                 .join(",")
         }))
     }
+}
+
+/// Daytona's rules for auto-pause: it excludes auto-stop (at most one of
+/// them is non-zero) and ephemeral sandboxes (auto-delete 0) cannot have it.
+fn check_auto_pause(r: &SandboxRecord) -> Result<(), ApiError> {
+    if r.auto_pause_interval == 0 {
+        return Ok(());
+    }
+    if r.auto_stop_interval != 0 {
+        return Err(ApiError::BadRequest(format!(
+            "autoStopInterval ({}) and autoPauseInterval ({}) are mutually exclusive: set one of them to 0",
+            r.auto_stop_interval, r.auto_pause_interval
+        )));
+    }
+    if r.auto_delete_interval == 0 {
+        return Err(ApiError::BadRequest(
+            "ephemeral sandboxes (autoDeleteInterval 0) cannot have auto-pause; set autoPauseInterval to 0"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Domain allow lists need DNS-aware enforcement, which this server does

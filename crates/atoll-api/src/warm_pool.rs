@@ -233,6 +233,7 @@ impl AppState {
         r.network_block_all = want.network_block_all;
         r.network_allow_list = want.network_allow_list.clone();
         r.auto_stop_interval = want.auto_stop_interval;
+        r.auto_pause_interval = want.auto_pause_interval;
         r.auto_archive_interval = want.auto_archive_interval;
         r.auto_delete_interval = want.auto_delete_interval;
         r.ttl_minutes = want.ttl_minutes;
@@ -356,5 +357,6 @@ fn member_row(pool: &WarmPoolRecord) -> SandboxRecord {
         outbound_proxy_url: None,
         queue_timeout: None,
         warm_pool_id: Some(pool.id.clone()),
+        auto_pause_interval: 0,
     }
 }

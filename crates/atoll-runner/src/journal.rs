@@ -1,7 +1,8 @@
 //! The runner's state journal: one small JSON file per sandbox recording
 //! the intent to run it and, once spawned, the host pid and start time of
-//! its PID 1. Written atomically (temp file, fsync, rename) so a runner
-//! killed at any point finds either the old or the new entry on restart.
+//! its PID 1, and whether it is paused. Written atomically (temp file,
+//! fsync, rename) so a runner killed at any point finds either the old or
+//! the new entry on restart.
 
 use serde::{Deserialize, Serialize};
 use std::fs;
@@ -47,6 +48,10 @@ pub struct Entry {
     /// Inode of its pid namespace: a toolbox peer must live in it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_ns: Option<u64>,
+    /// Paused: every process frozen. Written before freezing and cleared
+    /// after thawing, so a runner restarted in between freezes it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +167,7 @@ mod tests {
             net: None,
             uids: None,
             pid_ns: None,
+            paused: true,
         };
         j.write(&e).unwrap();
         assert_eq!(j.get("a"), Some(e.clone()));
@@ -171,6 +177,14 @@ mod tests {
             ..e.clone()
         };
         assert!(!is_alive(&reused));
+        // entries written before `paused` existed read as not paused
+        fs::write(
+            dir.join("old.json"),
+            br#"{"id":"old","state":"running","pid":null,"startTime":null,"updatedAtMs":1}"#,
+        )
+        .unwrap();
+        assert!(!j.get("old").unwrap().paused);
+        j.remove("old").unwrap();
         assert_eq!(j.entries().len(), 1);
         j.remove("a").unwrap();
         assert!(j.entries().is_empty());

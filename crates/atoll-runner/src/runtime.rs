@@ -38,6 +38,10 @@ pub enum RuntimeError {
     Network(#[from] crate::network::NetworkError),
     #[error("sandbox {id} did not answer on its toolbox socket within {secs}s")]
     NotReady { id: String, secs: u64 },
+    #[error("sandbox {id} is not running")]
+    NotRunning { id: String },
+    #[error("this runtime cannot {0}")]
+    Unsupported(&'static str),
 }
 
 impl RuntimeError {
@@ -53,9 +57,11 @@ impl RuntimeError {
 /// What the runtime sees of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observed {
+    /// PID 1 lives (`paused`: every process frozen, memory kept).
     Running {
         id: String,
         pid: i32,
+        paused: bool,
     },
     Stopped {
         id: String,
@@ -75,6 +81,28 @@ impl Observed {
             | Observed::Failed { id, .. } => id,
         }
     }
+}
+
+/// What a running sandbox uses, read from its cgroup and its disk (never
+/// the host's figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SandboxUsage {
+    /// Cpu time used since it started, in nanoseconds (a rate needs two
+    /// readings).
+    pub cpu_ns: u64,
+    /// Memory it holds: charged memory minus the page cache the kernel
+    /// reclaims first.
+    pub memory_used: u64,
+    /// Page cache charged to it.
+    pub memory_cache: u64,
+    /// Its memory limit (0: none).
+    pub memory_limit: u64,
+    /// Bytes used on its disk's filesystem.
+    pub disk_used: u64,
+    /// Size of its disk's filesystem.
+    pub disk_total: u64,
+    /// Bytes still writable by its users (ext4 keeps some for root).
+    pub disk_free: u64,
 }
 
 /// A started sandbox.
@@ -164,7 +192,25 @@ pub trait Runtime: Send + Sync {
     /// The running sandbox's network namespace (an open
     /// `/proc/<pid>/ns/net`), for connecting to its localhost from here.
     fn open_netns(&self, id: &str) -> Option<std::fs::File>;
+    /// Freezes every process of a running sandbox, keeping its memory;
+    /// it stays paused across runner restarts until [`Runtime::resume`].
+    fn pause(&self, _id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("pause sandboxes"))
+    }
+    /// Thaws a paused sandbox (a running one is left as it is).
+    fn resume(&self, _id: &str) -> Result<(), RuntimeError> {
+        Err(RuntimeError::Unsupported("resume sandboxes"))
+    }
+    /// What a running (or paused) sandbox uses now; `None` if it is not
+    /// running.
+    fn usage(&self, _id: &str) -> Option<SandboxUsage> {
+        None
+    }
 }
+
+/// How long a freeze may take before pause gives up (a task stuck in
+/// the kernel, e.g. on a hung filesystem).
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -467,6 +513,7 @@ impl Runtime for NamespaceRuntime {
             net: lease.clone(),
             uids: Some(uids),
             pid_ns: None,
+            paused: false,
         };
         if let Err(e) = self.journal.write(&entry) {
             self.release_lease(lease.as_ref());
@@ -661,9 +708,22 @@ impl Runtime for NamespaceRuntime {
         for e in &entries {
             if e.state == EntryState::Running && journal::is_alive(e) && self.cgroups.exists(&e.id)
             {
+                // The journal says what it should be: a runner stopped
+                // between writing it and (un)freezing finishes the job.
+                if self.cgroups.is_frozen(&e.id).unwrap_or(false) != e.paused {
+                    let done = if e.paused {
+                        self.cgroups.freeze(&e.id, FREEZE_TIMEOUT)
+                    } else {
+                        self.cgroups.thaw(&e.id)
+                    };
+                    if let Err(err) = done {
+                        tracing::warn!(sandbox = %e.id, paused = e.paused, error = %err, "re-applying the sandbox's pause state failed");
+                    }
+                }
                 out.push(Observed::Running {
                     id: e.id.clone(),
                     pid: e.pid.unwrap_or(0),
+                    paused: e.paused,
                 });
                 continue;
             }
@@ -787,6 +847,86 @@ impl Runtime for NamespaceRuntime {
         // reused pid can never hand out another process's namespace.
         journal::is_alive(&e).then_some(ns)
     }
+
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.dirs(id)?;
+        let mut e = self.running_entry(id)?;
+        // Journal first: a runner restarted before the freeze finished
+        // freezes it on recovery (the caller's record says "pausing").
+        if !e.paused {
+            e.paused = true;
+            e.updated_at_ms = atoll_types::time::now_millis();
+            self.journal.write(&e)?;
+        }
+        atoll_types::failpoint::hit("runtime.pause.after_journal");
+        if let Err(err) = self.cgroups.freeze(id, FREEZE_TIMEOUT) {
+            let _ = self.cgroups.thaw(id);
+            e.paused = false;
+            e.updated_at_ms = atoll_types::time::now_millis();
+            self.journal.write(&e)?;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.dirs(id)?;
+        let mut e = self.running_entry(id)?;
+        self.cgroups.thaw(id)?;
+        atoll_types::failpoint::hit("runtime.resume.after_thaw");
+        if e.paused {
+            // After the thaw: a runner restarted in between still has it
+            // paused, as the caller's record does until resume returns.
+            e.paused = false;
+            e.updated_at_ms = atoll_types::time::now_millis();
+            self.journal.write(&e)?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self, id: &str) -> Option<SandboxUsage> {
+        self.dirs(id).ok()?;
+        let e = self.running_entry(id).ok()?;
+        let memory = self.cgroups.memory_stats(id).unwrap_or_default();
+        let (disk_used, disk_total, disk_free) = disk_usage(&e).unwrap_or_default();
+        Some(SandboxUsage {
+            cpu_ns: self.cgroups.cpu_usage_ns(id).unwrap_or(0),
+            memory_used: memory.usage.saturating_sub(memory.inactive_file),
+            memory_cache: memory.cache,
+            memory_limit: memory.limit.unwrap_or(0),
+            disk_used,
+            disk_total,
+            disk_free,
+        })
+    }
+}
+
+impl NamespaceRuntime {
+    /// The journal entry of a sandbox whose PID 1 lives.
+    fn running_entry(&self, id: &str) -> Result<Entry, RuntimeError> {
+        self.journal
+            .get(id)
+            .filter(|e| e.state == EntryState::Running && journal::is_alive(e))
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.into() })
+    }
+}
+
+/// Used, total and available bytes of a running sandbox's disk: the
+/// filesystem under its root (an overlay whose statfs is its upper
+/// layer's, the sandbox's own loop-mounted disk), seen through its PID 1.
+fn disk_usage(e: &Entry) -> Option<(u64, u64, u64)> {
+    let root = std::fs::File::open(format!("/proc/{}/root", e.pid?)).ok()?;
+    // As in `open_netns`: the pid still names PID 1 after the open, so the
+    // directory opened is the sandbox's.
+    if !journal::is_alive(e) {
+        return None;
+    }
+    let st = nix::sys::statvfs::fstatvfs(&root).ok()?;
+    let frag = st.fragment_size();
+    let total = st.blocks().saturating_mul(frag);
+    let free = st.blocks_free().saturating_mul(frag);
+    let available = st.blocks_available().saturating_mul(frag);
+    Some((total.saturating_sub(free), total, available))
 }
 
 /// What a journal entry says of its sandbox, checked against `/proc` now.
@@ -795,6 +935,7 @@ fn observed(e: Entry) -> Observed {
         (EntryState::Running, true) => Observed::Running {
             id: e.id,
             pid: e.pid.unwrap_or(0),
+            paused: e.paused,
         },
         (EntryState::Creating, _) => Observed::Failed {
             id: e.id,

@@ -8,7 +8,8 @@ mod secrets;
 mod warm_pools;
 
 pub use records::{
-    ApiKeyRecord, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord, VolumeMount,
+    ApiKeyRecord, MetricSample, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord,
+    VolumeMount,
 };
 pub use secrets::SecretRecord;
 pub use warm_pools::WarmPoolRecord;
@@ -113,7 +114,8 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, os_user, env
      network_block_all, network_allow_list, cpu, gpu, memory, disk, state, desired_state, \
      error_reason, recoverable, auto_stop_interval, auto_archive_interval, auto_delete_interval, \
      volumes, created_at, updated_at, last_activity_at, state_changed_at, ttl_minutes, \
-     auto_destroy_at, secrets, outbound_proxy_url, queue_timeout, warm_pool_id";
+     auto_destroy_at, secrets, outbound_proxy_url, queue_timeout, warm_pool_id, \
+     auto_pause_interval";
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
@@ -570,15 +572,120 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM sandbox_signing_keys WHERE sandbox_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        for table in ["sandbox_signing_keys", "sandbox_metrics"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = $1"))
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        }
         sqlx::query("DELETE FROM sandboxes WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    // ---- metrics -------------------------------------------------------
+
+    /// Stores one sampler tick's samples in one statement (rows past the
+    /// bind limit of a statement go in further statements of the same
+    /// transaction). A sample already stored for that sandbox and time is
+    /// kept.
+    pub async fn insert_metric_samples(&self, samples: &[MetricSample]) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
+        // 9 binds a row; SQLite allows 32,766 binds, PostgreSQL 65,535.
+        const ROWS_PER_STATEMENT: usize = 1000;
+        let mut tx = self.pool.begin().await?;
+        for chunk in samples.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = i * 9;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO sandbox_metrics (sandbox_id, sampled_at, cpu_count, cpu_used_centipct, \
+                 mem_used, mem_cache, mem_total, disk_used, disk_total) VALUES {} \
+                 ON CONFLICT (sandbox_id, sampled_at) DO NOTHING",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for m in chunk {
+                q = q
+                    .bind(&m.sandbox_id)
+                    .bind(m.sampled_at)
+                    .bind(m.cpu_count)
+                    .bind((m.cpu_used_pct * 100.0).round() as i64)
+                    .bind(m.mem_used)
+                    .bind(m.mem_cache)
+                    .bind(m.mem_total)
+                    .bind(m.disk_used)
+                    .bind(m.disk_total);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Samples of a sandbox taken in `[from, to]` (ms), oldest first, at
+    /// most `limit`.
+    pub async fn metric_samples(
+        &self,
+        sandbox_id: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<MetricSample>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT sandbox_id, sampled_at, cpu_count, cpu_used_centipct, mem_used, mem_cache, \
+             mem_total, disk_used, disk_total FROM sandbox_metrics \
+             WHERE sandbox_id = $1 AND sampled_at >= $2 AND sampled_at <= $3 \
+             ORDER BY sampled_at LIMIT $4",
+        )
+        .bind(sandbox_id)
+        .bind(from)
+        .bind(to)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| -> Result<MetricSample, StoreError> {
+                Ok(MetricSample {
+                    sandbox_id: r.try_get(0)?,
+                    sampled_at: r.try_get(1)?,
+                    cpu_count: r.try_get(2)?,
+                    cpu_used_pct: r.try_get::<i64, _>(3)? as f64 / 100.0,
+                    mem_used: r.try_get(4)?,
+                    mem_cache: r.try_get(5)?,
+                    mem_total: r.try_get(6)?,
+                    disk_used: r.try_get(7)?,
+                    disk_total: r.try_get(8)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes samples taken before `before` (ms); returns how many.
+    pub async fn prune_metric_samples(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM sandbox_metrics WHERE sampled_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub async fn close(&self) {
@@ -612,7 +719,7 @@ async fn insert_sandbox_row<'c>(
     let sql = format!(
         "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
-         $27, $28, $29, $30, $31, $32)"
+         $27, $28, $29, $30, $31, $32, $33)"
     );
     s.bind_all(sqlx::query(&sql))
         .execute(x)
@@ -640,8 +747,8 @@ async fn update_sandbox_row<'c>(
          auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
          last_activity_at = $25, state_changed_at = $26, ttl_minutes = $27, \
          auto_destroy_at = $28, secrets = $29, outbound_proxy_url = $30, queue_timeout = $31, \
-         warm_pool_id = $32 \
-         WHERE id = $1 AND organization_id = $2 AND state = $33";
+         warm_pool_id = $32, auto_pause_interval = $33 \
+         WHERE id = $1 AND organization_id = $2 AND state = $34";
     let done = s
         .bind_all(sqlx::query(sql))
         .bind(expected_state)

@@ -109,6 +109,25 @@ pub struct SandboxRecord {
     pub queue_timeout: Option<i64>,
     /// The warm pool this sandbox waits in, while unclaimed.
     pub warm_pool_id: Option<String>,
+    /// Minutes of inactivity before a started sandbox is paused (0: never).
+    pub auto_pause_interval: i64,
+}
+
+/// One resource usage sample of a sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricSample {
+    pub sandbox_id: String,
+    /// When it was taken (ms).
+    pub sampled_at: i64,
+    /// The sandbox's cpu limit.
+    pub cpu_count: i64,
+    /// Cpu use as a percentage of that limit.
+    pub cpu_used_pct: f64,
+    pub mem_used: i64,
+    pub mem_cache: i64,
+    pub mem_total: i64,
+    pub disk_used: i64,
+    pub disk_total: i64,
 }
 
 fn json<T: serde::de::DeserializeOwned>(s: String) -> Result<T, StoreError> {
@@ -150,10 +169,11 @@ impl SandboxRecord {
             outbound_proxy_url: r.try_get(29)?,
             queue_timeout: r.try_get(30)?,
             warm_pool_id: r.try_get(31)?,
+            auto_pause_interval: r.try_get(32)?,
         })
     }
 
-    /// Binds all 32 columns in `SANDBOX_COLUMNS` order as $1..$32.
+    /// Binds all 33 columns in `SANDBOX_COLUMNS` order as $1..$33.
     pub(crate) fn bind_all<'q>(
         &'q self,
         q: Query<'q, Any, AnyArguments<'q>>,
@@ -191,6 +211,7 @@ impl SandboxRecord {
             .bind(&self.outbound_proxy_url)
             .bind(self.queue_timeout)
             .bind(&self.warm_pool_id)
+            .bind(self.auto_pause_interval)
     }
 }
 

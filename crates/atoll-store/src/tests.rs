@@ -47,6 +47,7 @@ fn sandbox(id: &str, org: &str, name: &str) -> SandboxRecord {
         outbound_proxy_url: Some("http://proxy.example:3128".into()),
         queue_timeout: Some(5),
         warm_pool_id: None,
+        auto_pause_interval: 7,
     }
 }
 
@@ -386,6 +387,88 @@ async fn checked_writes_never_overrun_a_limit_under_concurrency() {
         store.sandbox(&s.id).await.unwrap().unwrap().state,
         "stopped"
     );
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metric_samples_are_stored_in_batches_queried_by_range_and_pruned() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_org(&OrgRecord {
+            id: "o".into(),
+            name: "n".into(),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    store
+        .insert_sandbox(&sandbox("s1", "o", "a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .sandbox("s1")
+            .await
+            .unwrap()
+            .unwrap()
+            .auto_pause_interval,
+        7
+    );
+    let sample = |id: &str, at: i64| MetricSample {
+        sandbox_id: id.into(),
+        sampled_at: at,
+        cpu_count: 2,
+        cpu_used_pct: 12.34,
+        mem_used: 100 + at,
+        mem_cache: 5,
+        mem_total: 1 << 30,
+        disk_used: 1 << 20,
+        disk_total: 3 << 30,
+    };
+    // more rows than one statement takes
+    let batch: Vec<MetricSample> = (0..2500)
+        .map(|i| sample(if i % 2 == 0 { "s1" } else { "s2" }, 1000 + i / 2))
+        .collect();
+    store.insert_metric_samples(&batch).await.unwrap();
+    // the same tick again changes nothing
+    store.insert_metric_samples(&batch[..10]).await.unwrap();
+    let got = store.metric_samples("s1", 1000, 1004, 100).await.unwrap();
+    assert_eq!(got.len(), 5);
+    assert_eq!(got[0], sample("s1", 1000));
+    assert!(got.windows(2).all(|w| w[0].sampled_at < w[1].sampled_at));
+    assert_eq!(
+        store
+            .metric_samples("s1", 0, i64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_eq!(
+        store
+            .metric_samples("s1", 0, i64::MAX, 5000)
+            .await
+            .unwrap()
+            .len(),
+        1250
+    );
+    assert_eq!(store.prune_metric_samples(1100).await.unwrap(), 200);
+    assert_eq!(
+        store
+            .metric_samples("s2", 0, i64::MAX, 5000)
+            .await
+            .unwrap()
+            .len(),
+        1150
+    );
+    // a deleted sandbox takes its samples along
+    store.delete_sandbox("s1").await.unwrap();
+    assert!(store
+        .metric_samples("s1", 0, i64::MAX, 10)
+        .await
+        .unwrap()
+        .is_empty());
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -1,5 +1,7 @@
 //! Timestamps as Daytona writes them: RFC 3339 in UTC for the API, and Go's
-//! `time.Time.String()` form for the toolbox's `FileInfo.modTime`.
+//! `time.Time.String()` form for the toolbox's `FileInfo.modTime`; and
+//! parsing of the timestamps clients send (RFC 3339, and the `+0000`
+//! offsets Python's `strftime("%z")` writes).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,17 +17,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// Days since 1970-01-01 of a civil date (inverse of `civil_from_days`).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = i64::from(if m > 2 { m - 3 } else { m + 9 });
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Milliseconds since the epoch of an RFC 3339 / ISO 8601 timestamp as
@@ -194,6 +185,83 @@ pub fn go_time_string(t: SystemTime) -> String {
     )
 }
 
+/// Days since 1970-01-01 of a civil date (the inverse of `civil_from_days`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = i64::from((m + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Milliseconds since the epoch of `2026-01-02T03:04:05[.678…](Z|±hh:mm|±hhmm)`
+/// (a space may stand for the `T`); `None` if it is not such a timestamp.
+/// Stricter than [`parse_rfc3339_millis`]: a time and an offset are required.
+pub fn parse_timestamp_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) && !part.is_empty() {
+            part.parse().ok()
+        } else {
+            None
+        }
+    };
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b'T' || b[10] == b't' || b[10] == b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        let frac = &s[start..i.min(start + 3)];
+        millis = frac.parse::<i64>().ok()? * 10i64.pow(3 - frac.len() as u32);
+    }
+    let offset_min = match &s[i..] {
+        "Z" | "z" => 0,
+        rest if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            sign * (num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?)
+        }
+        rest if rest.len() == 5 => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            sign * (num(i + 1..i + 3)? * 60 + num(i + 3..i + 5)?)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y, mo as u32, d as u32);
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +280,44 @@ mod tests {
         // leap day
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn parses_what_clients_send() {
+        let ms = 1_767_323_045_678;
+        for s in [
+            "2026-01-02T03:04:05.678Z",
+            "2026-01-02T03:04:05.678123Z",
+            "2026-01-02T03:04:05.678123+0000",
+            "2026-01-02T05:04:05.678+02:00",
+            "2026-01-01T22:04:05.678-0500",
+            "2026-01-02 03:04:05.678+00:00",
+        ] {
+            assert_eq!(parse_timestamp_millis(s), Some(ms), "{s}");
+        }
+        assert_eq!(parse_timestamp_millis("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_timestamp_millis("2000-02-29T00:00:00.5Z"),
+            Some(951_782_400_500)
+        );
+        for day in [0i64, 59, 60, 365, 10_957, 20_000, -1, -719_468] {
+            let (y, m, d) = civil_from_days(day);
+            assert_eq!(days_from_civil(y, m, d), day);
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2026-01-02",
+            "2026-01-02T03:04:05",
+            "2026-13-02T03:04:05Z",
+            "2026-01-02T03:04:05.Z",
+            "2026-01-02T03:04:05+1",
+            "2026-01-02T03:04:05ZZ",
+            "2026-01-02T03:04:05 +0000",
+            "２026-01-02T03:04:05Z",
+        ] {
+            assert_eq!(parse_timestamp_millis(bad), None, "{bad}");
+        }
     }
 }
 

@@ -63,6 +63,14 @@ pub struct ServeArgs {
     /// 0: unlimited.
     #[arg(long, env = "ATOLL_SANDBOX_IO_IOPS", default_value_t = 10_000)]
     sandbox_io_iops: u64,
+    /// How often every running sandbox's cpu, memory and disk usage is
+    /// sampled into the store (the SDKs' `get_metrics` history), in
+    /// seconds.
+    #[arg(long, env = "ATOLL_METRICS_INTERVAL", default_value_t = 15.0)]
+    metrics_interval: f64,
+    /// How long metric samples are kept, in hours.
+    #[arg(long, env = "ATOLL_METRICS_RETENTION_HOURS", default_value_t = 24.0)]
+    metrics_retention_hours: f64,
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
@@ -110,6 +118,24 @@ pub fn ensure_default_image(images_dir: &Path) -> Result<Image> {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     init_logging();
+    let positive = |v: f64, what: &str| -> Result<Duration> {
+        anyhow::ensure!(
+            v.is_finite() && v > 0.0 && v < 1e9,
+            "{what} must be a positive number"
+        );
+        Ok(Duration::from_secs_f64(v))
+    };
+    anyhow::ensure!(
+        args.metrics_interval >= 0.1,
+        "--metrics-interval must be at least 0.1 seconds"
+    );
+    let metrics = atoll_api::metrics::MetricsConfig {
+        interval: positive(args.metrics_interval, "--metrics-interval")?,
+        retention: positive(
+            args.metrics_retention_hours * 3600.0,
+            "--metrics-retention-hours",
+        )?,
+    };
     let preview_domain = args
         .preview_domain
         .as_deref()
@@ -206,6 +232,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 egress_allow_private: args.egress_allow_private,
                 quota_defaults: args.tenancy.quota_defaults(),
                 rate_limit: args.tenancy.rate_limit(),
+                metrics,
             },
             preview_secret,
         )
@@ -216,6 +243,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("reconciling sandboxes: {e}"))?;
         atoll_api::scheduler::spawn(state.clone());
         atoll_api::warm_pool::spawn(state.clone());
+        atoll_api::metrics::spawn_sampler(state.clone());
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

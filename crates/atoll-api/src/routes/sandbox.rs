@@ -2,8 +2,8 @@
 
 use crate::auth::Principal;
 use crate::dto::{
-    CreateSandbox, ListSandboxesResponse, PaginatedSandboxes, ResizeSandbox, Sandbox,
-    SandboxLabels, ToolboxProxyUrl, UpdateNetworkSettings, UpdateSandboxSecrets,
+    CreateSandbox, ListSandboxesResponse, MetricsResponse, PaginatedSandboxes, ResizeSandbox,
+    Sandbox, SandboxLabels, ToolboxProxyUrl, UpdateNetworkSettings, UpdateSandboxSecrets,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -101,6 +101,45 @@ pub async fn autostop(
     Path((id, m)): Path<(String, String)>,
 ) -> Result<Json<Sandbox>, ApiError> {
     set_interval(s, p, id, m, Interval::AutoStop).await
+}
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/autopause/{interval}",
+    params(("sandboxIdOrName" = String, Path), ("interval" = i64, Path)),
+    responses((status = 200, body = Sandbox), (status = 400)))]
+pub async fn autopause(
+    State(s): State<AppState>,
+    p: Principal,
+    Path((id, m)): Path<(String, String)>,
+) -> Result<Json<Sandbox>, ApiError> {
+    set_interval(s, p, id, m, Interval::AutoPause).await
+}
+
+/// Freezes every process of a started sandbox (memory kept); `start`
+/// resumes it.
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/pause",
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Sandbox), (status = 404), (status = 409)))]
+pub async fn pause(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.pause_sandbox(&p, &id).await?))
+}
+
+/// The sandbox's sampled cpu, memory and disk usage over a time range.
+#[utoipa::path(get, path = "/api/sandbox/{sandboxId}/telemetry/metrics",
+    params(("sandboxId" = String, Path), ("from" = Option<String>, Query), ("to" = Option<String>, Query),
+        ("metricNames" = Option<Vec<String>>, Query)),
+    responses((status = 200, body = MetricsResponse), (status = 400), (status = 404)))]
+pub async fn telemetry_metrics(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Json<MetricsResponse>, ApiError> {
+    let q = QueryPairs::parse(uri.query());
+    Ok(Json(s.metrics_history(&p, &id, &q).await?))
 }
 
 #[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/autoarchive/{interval}",

@@ -2,8 +2,8 @@
 
 use crate::auth::{self, Principal};
 use crate::dto::{
-    CreateOrganization, CreatedOrganization, Health, OrganizationDto, OrganizationQuota,
-    UpdateOrganizationQuota,
+    CreateOrganization, CreatedOrganization, DaytonaConfiguration, Health, OidcConfig,
+    OrganizationDto, OrganizationQuota, UpdateOrganizationQuota,
 };
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -16,6 +16,32 @@ use axum::Json;
 pub async fn health() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
+    })
+}
+
+/// Daytona's client configuration (no key needed). No `analyticsApiUrl`:
+/// the SDKs read metrics history from this server.
+#[utoipa::path(get, path = "/api/config", responses((status = 200, body = DaytonaConfiguration)))]
+pub async fn config(State(s): State<AppState>) -> Json<DaytonaConfiguration> {
+    let public = s.config.public_url.trim_end_matches('/');
+    Json(DaytonaConfiguration {
+        version: env!("CARGO_PKG_VERSION").into(),
+        oidc: OidcConfig {
+            issuer: String::new(),
+            client_id: String::new(),
+            audience: String::new(),
+            provider: String::new(),
+        },
+        linked_accounts_enabled: false,
+        announcements: Default::default(),
+        proxy_template_url: format!("{public}/preview/{{{{sandboxId}}}}/{{{{PORT}}}}"),
+        proxy_toolbox_url: s.toolbox_proxy_url(),
+        default_snapshot: s.config.default_snapshot.clone(),
+        dashboard_url: public.to_string(),
+        max_auto_archive_interval: i64::from(i32::MAX),
+        maintanance_mode: false,
+        environment: "atoll".into(),
+        analytics_api_url: None,
     })
 }
 

@@ -2,7 +2,9 @@
 //! (an API key, or a signed file URL: see `signing`), checks the sandbox
 //! belongs to its organization and runs, refuses
 //! uploads larger than the sandbox's disk, then streams the request to the
-//! sandbox daemon's unix socket.
+//! sandbox daemon's unix socket. `GET /system/metrics` is answered here,
+//! from the runtime (the daemon cannot see its own cgroup), also while the
+//! sandbox is paused.
 
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -11,7 +13,7 @@ use crate::AppState;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::header;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 pub async fn forward(
     State(s): State<AppState>,
@@ -67,6 +69,18 @@ async fn forward_as(
     query: Option<String>,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let skip_activity = req
+        .headers()
+        .get("x-daytona-skip-last-activity-update")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    if req.method() == axum::http::Method::GET && rest == "/system/metrics" {
+        let metrics = s.latest_metrics(&sandbox).await?;
+        if !skip_activity && sandbox.state == state::STARTED {
+            s.record_activity(&sandbox.id).await;
+        }
+        return Ok(axum::Json(metrics).into_response());
+    }
     if sandbox.state != state::STARTED {
         return Err(ApiError::Conflict(format!(
             "Sandbox {} is not started (state: {})",
@@ -93,11 +107,6 @@ async fn forward_as(
             )));
         }
     }
-    let skip_activity = req
-        .headers()
-        .get("x-daytona-skip-last-activity-update")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
     if !skip_activity {
         s.record_activity(&sandbox.id).await;
     }
