@@ -239,7 +239,12 @@ class AtollServer:
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            status, _, body = self.http("GET", "/api/sandbox?limit=200", timeout=30)
+            # Warm pools first, or their filler starts new members.
+            status, _, body = self.http("GET", "/api/warm-pools", timeout=30)
+            if status == 200:
+                for pool in jsonlib.loads(body):
+                    self.http("DELETE", f"/api/warm-pools/{pool['id']}", timeout=60)
+            status, _, body = self.http("GET", "/api/sandbox?limit=200&includeWarm=true", timeout=30)
             if status != 200:
                 return
             for item in jsonlib.loads(body).get("items", []):
