@@ -66,6 +66,21 @@ def test_idle_sandbox_auto_stops_and_activity_keeps_it_running(fast_server):
     assert busy.state == "started", "autoStopInterval 0 must mean never"
 
 
+def test_a_start_restarts_the_idle_clock(fast_server):
+    """A sandbox stopped for longer than its auto-stop interval is not
+    stopped again right after it is started: the start is activity."""
+    d = fast_server.client()
+    sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=1))
+    d.stop(sb)
+    time.sleep(1.5 * MINUTE_S)
+    d.start(sb)
+    time.sleep(4 * TICK_S)  # several scheduler passes, well under a "minute"
+    sb.refresh_data()
+    assert sb.state == "started", sb.state
+    wait_state(sb, "stopped", timeout=3 * MINUTE_S)
+    sb.delete()
+
+
 def test_last_activity_route_counts_as_activity(fast_server):
     d = fast_server.client()
     sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=1))

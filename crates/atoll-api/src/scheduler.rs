@@ -142,97 +142,10 @@ impl AppState {
         let rows = self.store.all_sandboxes().await?;
         let known: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
         for row in rows {
-            let Ok(_guard) = self.locks.get(&row.id).try_lock_owned() else {
-                continue; // an operation is running on it
-            };
-            let Some(mut r) = self.store.sandbox(&row.id).await? else {
-                continue;
-            };
-            // Seen running in the bulk observation: alive (a death since
-            // shows up next pass). Otherwise ask about this one, now.
-            let dead = (r.state == state::STARTED || r.state == state::PAUSED)
-                && seen.get(&r.id) != Some(&true)
-                && self.observed_dead(&r.id).await;
-            let now = now_millis();
-            if r.auto_destroy_at.is_some_and(|t| t <= now)
-                && lifecycle::transition_timeout(&r.state).is_none()
-            {
-                tracing::info!(sandbox = %r.id, minutes = r.ttl_minutes, "time to live is over; deleting the sandbox");
-                r.desired_state = state::DESTROYED.into();
-                self.save(&mut r, state::DESTROYING, None).await?;
-                if let Err(e) = self.destroy(&mut r).await {
-                    tracing::warn!(sandbox = %r.id, error = %e, "deleting an expired sandbox failed");
-                }
-                continue;
-            }
-            if let Some(limit) = lifecycle::transition_timeout(&r.state) {
-                if now - r.state_changed_at > limit.as_millis() as i64 {
-                    let reason = format!(
-                        "the sandbox was {} for more than {} s; the operation did not finish",
-                        r.state,
-                        limit.as_secs()
-                    );
-                    tracing::warn!(sandbox = %r.id, %reason, "transition timed out");
-                    self.save(&mut r, state::ERROR, Some(reason)).await?;
-                }
-                continue;
-            }
-            match r.state.as_str() {
-                state::STARTED | state::PAUSED if dead => {
-                    tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
-                    let runtime = self.runtime.clone();
-                    let id = r.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
-                    r.desired_state = state::STOPPED.into();
-                    self.save(&mut r, state::STOPPED, None).await?;
-                }
-                state::STARTED
-                    if r.auto_stop_interval > 0
-                        && r.warm_pool_id.is_none()
-                        && now - r.last_activity_at >= r.auto_stop_interval * minute_ms =>
-                {
-                    if self.busy_inside(&r.id).await {
-                        // A session command or a PTY still runs: activity.
-                        self.store.touch_activity(&r.id, now).await?;
-                        continue;
-                    }
-                    tracing::info!(sandbox = %r.id, minutes = r.auto_stop_interval, "auto-stopping idle sandbox");
-                    self.stop_locked(&mut r, state::STOPPING).await?;
-                }
-                state::STARTED
-                    if r.auto_pause_interval > 0
-                        && now - r.last_activity_at >= r.auto_pause_interval * minute_ms =>
-                {
-                    if self.busy_inside(&r.id).await {
-                        self.store.touch_activity(&r.id, now).await?;
-                        continue;
-                    }
-                    tracing::info!(sandbox = %r.id, minutes = r.auto_pause_interval, "auto-pausing idle sandbox");
-                    if let Err(e) = self.pause_locked(&mut r, state::PAUSING).await {
-                        tracing::warn!(sandbox = %r.id, error = %e, "auto-pause failed");
-                    }
-                }
-                state::STOPPED
-                    if r.auto_archive_interval > 0
-                        && (r.auto_delete_interval < 0
-                            || r.auto_delete_interval > r.auto_archive_interval)
-                        && now - r.state_changed_at >= r.auto_archive_interval * minute_ms =>
-                {
-                    tracing::info!(sandbox = %r.id, minutes = r.auto_archive_interval, "auto-archiving stopped sandbox");
-                    if let Err(e) = self.archive_locked(&mut r, state::ARCHIVING).await {
-                        tracing::warn!(sandbox = %r.id, error = %e, "auto-archive failed");
-                    }
-                }
-                state::STOPPED | state::ARCHIVED
-                    if r.auto_delete_interval >= 0
-                        && now - r.state_changed_at >= r.auto_delete_interval * minute_ms =>
-                {
-                    tracing::info!(sandbox = %r.id, minutes = r.auto_delete_interval, "auto-deleting stopped sandbox");
-                    r.desired_state = state::DESTROYED.into();
-                    self.save(&mut r, state::DESTROYING, None).await?;
-                    self.destroy(&mut r).await?;
-                }
-                _ => {}
+            if let Err(e) = self.tick_one(&row.id, &seen, minute_ms).await {
+                // One sandbox's failure (a write another server won, a
+                // runtime error) does not end the pass for the others.
+                tracing::warn!(sandbox = %row.id, error = %e, "lifecycle pass: sandbox skipped");
             }
         }
         for (id, running) in seen {
@@ -248,6 +161,108 @@ impl AppState {
                 let runtime = self.runtime.clone();
                 let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
             }
+        }
+        Ok(())
+    }
+
+    /// The scheduler's pass over one sandbox (see the module doc).
+    async fn tick_one(
+        &self,
+        id: &str,
+        seen: &HashMap<String, bool>,
+        minute_ms: i64,
+    ) -> Result<(), crate::error::ApiError> {
+        let Ok(_guard) = self.locks.get(id).try_lock_owned() else {
+            return Ok(()); // an operation is running on it
+        };
+        let Some(mut r) = self.store.sandbox(id).await? else {
+            return Ok(());
+        };
+        // Seen running in the bulk observation: alive (a death since
+        // shows up next pass). Otherwise ask about this one, now.
+        let dead = (r.state == state::STARTED || r.state == state::PAUSED)
+            && seen.get(&r.id) != Some(&true)
+            && self.observed_dead(&r.id).await;
+        let now = now_millis();
+        if r.auto_destroy_at.is_some_and(|t| t <= now)
+            && lifecycle::transition_timeout(&r.state).is_none()
+        {
+            tracing::info!(sandbox = %r.id, minutes = r.ttl_minutes, "time to live is over; deleting the sandbox");
+            r.desired_state = state::DESTROYED.into();
+            self.save(&mut r, state::DESTROYING, None).await?;
+            if let Err(e) = self.destroy(&mut r).await {
+                tracing::warn!(sandbox = %r.id, error = %e, "deleting an expired sandbox failed");
+            }
+            return Ok(());
+        }
+        if let Some(limit) = lifecycle::transition_timeout(&r.state) {
+            if now - r.state_changed_at > limit.as_millis() as i64 {
+                let reason = format!(
+                    "the sandbox was {} for more than {} s; the operation did not finish",
+                    r.state,
+                    limit.as_secs()
+                );
+                tracing::warn!(sandbox = %r.id, %reason, "transition timed out");
+                self.save(&mut r, state::ERROR, Some(reason)).await?;
+            }
+            return Ok(());
+        }
+        match r.state.as_str() {
+            state::STARTED | state::PAUSED if dead => {
+                tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
+                let runtime = self.runtime.clone();
+                let id = r.id.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                r.desired_state = state::STOPPED.into();
+                self.save(&mut r, state::STOPPED, None).await?;
+            }
+            state::STARTED
+                if r.auto_stop_interval > 0
+                    && r.warm_pool_id.is_none()
+                    && now - r.last_activity_at >= r.auto_stop_interval * minute_ms =>
+            {
+                if self.busy_inside(&r.id).await {
+                    // A session command or a PTY still runs: activity.
+                    self.store.touch_activity(&r.id, now).await?;
+                    return Ok(());
+                }
+                tracing::info!(sandbox = %r.id, minutes = r.auto_stop_interval, "auto-stopping idle sandbox");
+                self.stop_locked(&mut r, state::STOPPING).await?;
+            }
+            state::STARTED
+                if r.auto_pause_interval > 0
+                    && now - r.last_activity_at >= r.auto_pause_interval * minute_ms =>
+            {
+                if self.busy_inside(&r.id).await {
+                    self.store.touch_activity(&r.id, now).await?;
+                    return Ok(());
+                }
+                tracing::info!(sandbox = %r.id, minutes = r.auto_pause_interval, "auto-pausing idle sandbox");
+                if let Err(e) = self.pause_locked(&mut r, state::PAUSING).await {
+                    tracing::warn!(sandbox = %r.id, error = %e, "auto-pause failed");
+                }
+            }
+            state::STOPPED
+                if r.auto_archive_interval > 0
+                    && (r.auto_delete_interval < 0
+                        || r.auto_delete_interval > r.auto_archive_interval)
+                    && now - r.state_changed_at >= r.auto_archive_interval * minute_ms =>
+            {
+                tracing::info!(sandbox = %r.id, minutes = r.auto_archive_interval, "auto-archiving stopped sandbox");
+                if let Err(e) = self.archive_locked(&mut r, state::ARCHIVING).await {
+                    tracing::warn!(sandbox = %r.id, error = %e, "auto-archive failed");
+                }
+            }
+            state::STOPPED | state::ARCHIVED
+                if r.auto_delete_interval >= 0
+                    && now - r.state_changed_at >= r.auto_delete_interval * minute_ms =>
+            {
+                tracing::info!(sandbox = %r.id, minutes = r.auto_delete_interval, "auto-deleting stopped sandbox");
+                r.desired_state = state::DESTROYED.into();
+                self.save(&mut r, state::DESTROYING, None).await?;
+                self.destroy(&mut r).await?;
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -202,7 +202,13 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Internal(format!("start task: {e}")))?;
         match result {
-            Ok(_) => self.save(r, state::STARTED, None).await,
+            Ok(_) => {
+                // A start is activity: the auto-stop and auto-pause clocks
+                // start over (a sandbox stopped for longer than its
+                // interval would otherwise be stopped again at once).
+                r.last_activity_at = now_millis();
+                self.save(r, state::STARTED, None).await
+            }
             Err(e) if e.is_network_full() => {
                 tracing::warn!(sandbox = %r.id, error = %e, "no network address left for the sandbox");
                 if r.state != state::CREATING {
