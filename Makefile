@@ -2,7 +2,7 @@
 # (see .cargo/config.toml), so binaries live in target/x86_64-unknown-linux-gnu/.
 #
 #   make run                 setup, release build, `atoll serve` (DATA_DIR=/var/lib/atoll)
-#   make test                setup, fmt and clippy checks, debug build, unit + integration
+#   make test                setup, fmt, clippy and boundary checks, debug build, unit + integration
 #                            tests, e2e SDK tests
 #                            (on SQLite, then again on PostgreSQL)
 #   make build | bench | fmt | clippy | setup | e2e
@@ -18,7 +18,7 @@ DATA_DIR ?= /var/lib/atoll
 SERVE_ARGS ?=
 PYTEST_ARGS ?= -x -q
 
-.PHONY: run test build build-failpoints release setup unit e2e e2e-postgres bench fmt fmt-check clippy
+.PHONY: boundary run test build build-failpoints release setup unit e2e e2e-postgres bench fmt fmt-check clippy
 
 setup:
 	./scripts/setup.sh
@@ -37,7 +37,7 @@ release:
 run: setup release
 	$(RELEASE_BIN) serve --data-dir $(DATA_DIR) $(SERVE_ARGS)
 
-test: setup fmt-check clippy build unit e2e e2e-postgres
+test: setup fmt-check clippy boundary build unit e2e e2e-postgres
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
@@ -75,3 +75,7 @@ fmt-check:
 
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# The control plane compiles no runner internals (see ARCHITECTURE.md).
+boundary:
+	CARGO=$(CARGO) ./scripts/check-boundary.sh

@@ -59,15 +59,6 @@ impl ApiError {
     }
 }
 
-/// Does an error (by its message, which carries the OS error) say the
-/// host's disk is full? SQLite says "database or disk is full"; the OS
-/// "No space left on device (os error 28)".
-pub fn is_out_of_space(message: &str) -> bool {
-    message.contains("No space left on device")
-        || message.contains("os error 28")
-        || message.contains("disk is full")
-}
-
 impl From<crate::quota::QuotaExceeded> for ApiError {
     fn from(e: crate::quota::QuotaExceeded) -> ApiError {
         ApiError::Forbidden(e.to_string())
@@ -86,11 +77,29 @@ impl From<crate::ratelimit::Limited> for ApiError {
     }
 }
 
+/// Runtime errors, by kind: the one place they become statuses.
+impl From<atoll_runtime_api::RuntimeError> for ApiError {
+    fn from(e: atoll_runtime_api::RuntimeError) -> ApiError {
+        use atoll_runtime_api::RuntimeError as R;
+        match e {
+            R::InvalidId(_) | R::Unsupported(_) => ApiError::BadRequest(e.to_string()),
+            R::ImageNotFound(_) => ApiError::NotFound(e.to_string()),
+            R::NotRunning { .. } => ApiError::Conflict(e.to_string()),
+            R::NoSpace(why) => {
+                ApiError::InsufficientStorage(format!("not enough disk space on the server: {why}"))
+            }
+            R::NetworkFull(_) | R::Unreachable(_) => ApiError::Unavailable(e.to_string()),
+            R::Connect(_) => ApiError::BadGateway(e.to_string()),
+            R::Failed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
 impl From<atoll_store::StoreError> for ApiError {
     fn from(e: atoll_store::StoreError) -> ApiError {
         match e {
             atoll_store::StoreError::Conflict(m) => ApiError::Conflict(m),
-            other if is_out_of_space(&other.to_string()) => {
+            other if other.is_disk_full() => {
                 tracing::warn!(error = %other, "database write failed: disk full");
                 ApiError::InsufficientStorage(
                     "the server's disk is full; free space and retry (nothing was changed)".into(),
@@ -129,12 +138,8 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), path = %info.path, error = %self, "request failed");
         }
-        // Server-side failures may quote the runtime: never a host path.
-        let message = if status.is_server_error() {
-            atoll_runner::safe_fs::scrub_host_paths(&self.to_string())
-        } else {
-            self.to_string()
-        };
+        // Runtime messages carry no host path (the runtime scrubs them).
+        let message = self.to_string();
         let body = ErrorBody::new(
             status.as_u16(),
             generic_code(status.as_u16()),

@@ -20,8 +20,8 @@ pub mod service;
 pub mod signing;
 pub mod warm_pool;
 
-use atoll_runner::image::ImageStore;
-use atoll_runner::Runtime;
+use atoll_proxy::pool::{ConnPool, PoolError};
+use atoll_runtime_api::Runtime;
 use atoll_store::Store;
 use axum::extract::Request;
 use axum::middleware::Next;
@@ -55,8 +55,8 @@ pub struct ApiConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    /// The compute backend (the embedded runner, or a fake in tests).
     pub runtime: Arc<dyn Runtime>,
-    pub images: Arc<ImageStore>,
     pub config: Arc<ApiConfig>,
     pub locks: Arc<service::SandboxLocks>,
     /// Key the per-sandbox preview tokens are derived with.
@@ -65,7 +65,10 @@ pub struct AppState {
     pub activity: Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>,
     /// Idle keep-alive connections to apps inside sandboxes (previews), by
     /// sandbox and port.
-    pub app_connections: atoll_proxy::pool::ConnPool<(String, u16)>,
+    pub app_connections: ConnPool<(String, u16)>,
+    /// Idle keep-alive connections to sandbox daemons, by sandbox id (each
+    /// checked by the runtime, when made, to reach that sandbox).
+    pub toolbox_connections: ConnPool<String>,
     /// Token buckets of API keys; `None` when rate limiting is off.
     pub rate_limiter: Option<Arc<ratelimit::RateLimiter>>,
     /// Seals organization secrets at rest (see [`AppState::with_secrets_key`]).
@@ -80,7 +83,6 @@ impl AppState {
     pub fn new(
         store: Store,
         runtime: Arc<dyn Runtime>,
-        images: Arc<ImageStore>,
         config: ApiConfig,
         preview_secret: String,
     ) -> AppState {
@@ -92,11 +94,14 @@ impl AppState {
             rate_limiter,
             store,
             runtime,
-            images,
             config: Arc::new(config),
             locks: Arc::default(),
             activity: Arc::default(),
             app_connections: routes::preview::app_pool(),
+            toolbox_connections: ConnPool::new(
+                atoll_proxy::DEFAULT_MAX_IDLE_PER_SOCKET,
+                atoll_proxy::DEFAULT_IDLE_TIMEOUT,
+            ),
             cpu_readings: Arc::default(),
             preview_secret: Arc::new(preview_secret),
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
@@ -112,24 +117,63 @@ impl AppState {
     }
 }
 
+/// A pool connection from a runtime's stream (its errors as connect errors:
+/// the proxy answers them with a 502).
+async fn daemon_connection(
+    stream: Result<atoll_runtime_api::BoxedStream, atoll_runtime_api::RuntimeError>,
+) -> Result<hyper::client::conn::http1::SendRequest<atoll_proxy::pool::PoolBody>, PoolError> {
+    let stream = stream.map_err(|e| match e {
+        atoll_runtime_api::RuntimeError::Connect(e) => PoolError::Connect(e),
+        other => PoolError::Connect(std::io::Error::other(other.to_string())),
+    })?;
+    Ok(atoll_proxy::pool::handshake_io(stream).await?)
+}
+
 impl AppState {
-    /// Where a sandbox's daemon answers, with the check that the peer on
-    /// the socket is that sandbox's own process (SECURITY.md item 24).
-    /// A sandbox the runtime does not see running gets a check that
-    /// refuses every peer.
-    pub fn toolbox_endpoint(&self, id: &str) -> atoll_proxy::Endpoint {
-        let peer = self.runtime.toolbox_peer(id);
-        let verify = move |s: &tokio::net::UnixStream| match &peer {
-            Some(p) => p.verify(s),
-            None => Err(std::io::Error::new(
-                std::io::ErrorKind::NotConnected,
-                "the sandbox is not running",
-            )),
-        };
-        atoll_proxy::Endpoint {
-            socket: self.runtime.socket(id),
-            verify: Some(Arc::new(verify)),
-        }
+    /// Forwards `req` to a sandbox's daemon, its target rewritten to
+    /// `path_and_query` (see [`atoll_proxy::forward`]), over this server's
+    /// pooled connections; a new one comes from the runtime, which checks
+    /// that the peer is that sandbox's own process (SECURITY.md item 24).
+    pub async fn forward_to_toolbox<B>(
+        &self,
+        id: &str,
+        req: http::Request<B>,
+        path_and_query: &str,
+    ) -> Result<http::Response<atoll_proxy::PooledBody>, atoll_proxy::ProxyError>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let runtime = self.runtime.clone();
+        let connect = || async move { daemon_connection(runtime.connect_toolbox(id).await).await };
+        self.toolbox_connections
+            .forward_with(&id.to_string(), connect, req, path_and_query, &[])
+            .await
+    }
+
+    /// A small GET to a sandbox's daemon (for the control plane's own
+    /// questions): status and the whole body, under `limit` bytes.
+    pub async fn toolbox_get(
+        &self,
+        id: &str,
+        path: &str,
+        limit: usize,
+    ) -> Result<(http::StatusCode, bytes::Bytes), atoll_proxy::ProxyError> {
+        let runtime = self.runtime.clone();
+        let connect = || async move { daemon_connection(runtime.connect_toolbox(id).await).await };
+        self.toolbox_connections
+            .get_with(&id.to_string(), connect, path, limit)
+            .await
+    }
+
+    /// An HTTP connection to `127.0.0.1:{port}` inside a sandbox (previews).
+    pub(crate) async fn app_connection(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<hyper::client::conn::http1::SendRequest<atoll_proxy::pool::PoolBody>, PoolError>
+    {
+        daemon_connection(self.runtime.connect_port(id, port).await).await
     }
 }
 

@@ -14,7 +14,7 @@ use crate::dto::{MetricDataPoint, MetricSeries, MetricsResponse, SystemMetrics};
 use crate::error::ApiError;
 use crate::service::state;
 use crate::AppState;
-use atoll_runner::runtime::SandboxUsage;
+use atoll_runtime_api::SandboxUsage;
 use atoll_store::{MetricSample, SandboxRecord};
 use atoll_types::time::{now_millis, parse_timestamp_millis, rfc3339_millis};
 use std::collections::HashMap;
@@ -149,14 +149,10 @@ fn parse_time(name: &str, v: &str) -> Result<i64, ApiError> {
 }
 
 impl AppState {
-    /// Reads the runtime's usage of one sandbox, off the async threads.
+    /// The runtime's usage of one sandbox (`None`: not running, or the
+    /// runtime did not answer).
     async fn usage_of(&self, id: &str) -> Option<SandboxUsage> {
-        let runtime = self.runtime.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || runtime.usage(&id))
-            .await
-            .ok()
-            .flatten()
+        self.runtime.usage(id).await.ok().flatten()
     }
 
     /// This sandbox's usage now (the toolbox's `SystemMetrics`). The cpu
@@ -284,15 +280,10 @@ impl AppState {
             .into_iter()
             .filter(|r| is_sampled(&r.state))
             .collect();
-        let runtime = self.runtime.clone();
-        let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-        let usages = tokio::task::spawn_blocking(move || {
-            ids.iter()
-                .map(|id| (runtime.usage(id), Instant::now()))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("metrics task: {e}")))?;
+        let mut usages = Vec::with_capacity(rows.len());
+        for r in &rows {
+            usages.push((self.usage_of(&r.id).await, Instant::now()));
+        }
         let at = now_millis();
         let mut batch = Vec::with_capacity(rows.len());
         let mut seen = HashMap::with_capacity(rows.len());

@@ -22,7 +22,7 @@
 
 use crate::lifecycle::{self, state};
 use crate::AppState;
-use atoll_runner::runtime::Observed;
+use atoll_runtime_api::Observed;
 use atoll_types::time::now_millis;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -64,21 +64,15 @@ impl AppState {
     /// PTY? Those count as activity for auto-stop even without requests.
     /// An unreachable daemon is not busy.
     pub async fn busy_inside(&self, id: &str) -> bool {
-        let socket = self.toolbox_endpoint(id);
-        let ask = |path: &'static str| {
-            let socket = socket.clone();
-            async move {
-                let got = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    atoll_proxy::get(&socket, path, 4 << 20),
-                )
-                .await;
-                match got {
-                    Ok(Ok((status, body))) if status.is_success() => {
-                        serde_json::from_slice::<serde_json::Value>(&body).ok()
-                    }
-                    _ => None,
+        let ask = |path: &'static str| async move {
+            let got =
+                tokio::time::timeout(Duration::from_secs(2), self.toolbox_get(id, path, 4 << 20))
+                    .await;
+            match got {
+                Ok(Ok((status, body))) if status.is_success() => {
+                    serde_json::from_slice::<serde_json::Value>(&body).ok()
                 }
+                _ => None,
             }
         };
         let sessions = ask("/process/session").await;
@@ -114,22 +108,25 @@ impl AppState {
         matches!(self.observe_now(id).await, Some(Observed::Stopped { .. }))
     }
 
-    /// The runtime's view of one sandbox, taken now.
+    /// The runtime's view of one sandbox, taken now; `None` when it knows
+    /// no such sandbox or did not answer (neither says it is dead).
     pub(crate) async fn observe_now(&self, id: &str) -> Option<Observed> {
-        let runtime = self.runtime.clone();
-        let id = id.to_string();
-        tokio::task::spawn_blocking(move || runtime.observe_one(&id))
-            .await
-            .ok()
-            .flatten()
+        match self.runtime.observe_one(id).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "observing the sandbox failed");
+                None
+            }
+        }
     }
 
     /// One pass of the scheduler over every sandbox.
     pub async fn lifecycle_tick(&self) -> Result<(), crate::error::ApiError> {
-        let runtime = self.runtime.clone();
-        let observed = tokio::task::spawn_blocking(move || runtime.observe())
-            .await
-            .map_err(|e| crate::error::ApiError::Internal(format!("observe task: {e}")))?;
+        // A runtime that does not answer says nothing about any sandbox:
+        // this pass then changes none (nothing is taken for dead).
+        let observed = self.runtime.observe().await.map_err(|e| {
+            crate::error::ApiError::Unavailable(format!("observing the runtime: {e}"))
+        })?;
         let mut seen: HashMap<String, bool> = HashMap::new();
         for o in &observed {
             match o {
@@ -158,8 +155,7 @@ impl AppState {
                     continue;
                 }
                 tracing::warn!(sandbox = %id, "destroying a running sandbox that has no record");
-                let runtime = self.runtime.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
+                let _ = self.runtime.destroy(&id).await;
             }
         }
         Ok(())
@@ -210,9 +206,7 @@ impl AppState {
         match r.state.as_str() {
             state::STARTED | state::PAUSED if dead => {
                 tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
-                let runtime = self.runtime.clone();
-                let id = r.id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                let _ = self.runtime.stop(&r.id).await;
                 r.desired_state = state::STOPPED.into();
                 self.save(&mut r, state::STOPPED, None).await?;
             }
@@ -276,79 +270,26 @@ mod tests {
     //! read of the rows) is reproduced exactly.
     use super::*;
     use crate::ApiConfig;
-    use atoll_runner::image::ImageStore;
-    use atoll_runner::network::NetworkPolicy;
-    use atoll_runner::runtime::{Handle, RuntimeError};
-    use atoll_runner::{Limits, Runtime, SandboxSpec};
+    use atoll_runtime_api::fake::{FakeRuntime, FakeSandbox};
     use atoll_store::{OrgRecord, SandboxRecord, Store};
     use std::path::PathBuf;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
-    #[derive(Default)]
-    struct ScriptedRuntime {
-        /// What `observe` (the bulk observation) returns.
-        bulk: Vec<Observed>,
-        /// What `observe_one` returns, per id (absent: unknown).
-        now: HashMap<String, Observed>,
-        stopped: Mutex<Vec<String>>,
+    fn running(id: &str) -> Observed {
+        Observed::Running {
+            id: id.into(),
+            pid: 1,
+            paused: false,
+        }
     }
 
-    impl Runtime for ScriptedRuntime {
-        fn start(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
-            Ok(Handle {
-                id: spec.id.clone(),
-                pid: 1,
-                socket: PathBuf::new(),
-            })
-        }
-        fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-            self.stopped.lock().unwrap().push(id.into());
-            Ok(())
-        }
-        fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-            self.stop(id)
-        }
-        fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
-            Ok(self.bulk.clone())
-        }
-        fn observe(&self) -> Vec<Observed> {
-            self.bulk.clone()
-        }
-        fn observe_one(&self, id: &str) -> Option<Observed> {
-            self.now.get(id).cloned()
-        }
-        fn socket(&self, _: &str) -> PathBuf {
-            PathBuf::from("/nonexistent/toolbox.sock")
-        }
-        fn toolbox_peer(&self, _: &str) -> Option<atoll_runner::runtime::ToolboxPeer> {
-            None
-        }
-        fn memory_usage(&self, _: &str) -> Option<u64> {
-            None
-        }
-        fn archive(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn restore(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn is_archived(&self, _: &str) -> bool {
-            false
-        }
-        fn has_disk(&self, _: &str) -> bool {
-            true
-        }
-        fn discard_archive(&self, _: &str) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn update_limits(&self, _: &str, _: &Limits) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn update_network(&self, _: &str, _: &NetworkPolicy) -> Result<(), RuntimeError> {
-            Ok(())
-        }
-        fn open_netns(&self, _: &str) -> Option<std::fs::File> {
-            None
+    /// A sandbox the fake runs (`paused`: frozen).
+    fn live(paused: bool) -> FakeSandbox {
+        FakeSandbox {
+            running: true,
+            paused,
+            disk: true,
+            ..FakeSandbox::default()
         }
     }
 
@@ -391,7 +332,7 @@ mod tests {
         }
     }
 
-    async fn app_with(runtime: Arc<ScriptedRuntime>, ids: &[&str]) -> (AppState, PathBuf) {
+    async fn app_with(runtime: Arc<FakeRuntime>, ids: &[&str]) -> (AppState, PathBuf) {
         let dir = std::env::temp_dir().join(format!("atoll-sched-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let store = Store::open(&format!("sqlite://{}", dir.join("atoll.db").display()))
@@ -406,7 +347,6 @@ mod tests {
         for id in ids {
             store.insert_sandbox(&started(id, &org.id)).await.unwrap();
         }
-        let images = Arc::new(ImageStore::open(&dir.join("images")).unwrap());
         let config = ApiConfig {
             public_url: "http://127.0.0.1:1".into(),
             preview_domain: None,
@@ -417,7 +357,7 @@ mod tests {
             rate_limit: None,
             metrics: crate::metrics::MetricsConfig::default(),
         };
-        let state = AppState::new(store, runtime, images, config, "k".into());
+        let state = AppState::new(store, runtime, config, "k".into());
         (state, dir)
     }
 
@@ -427,73 +367,71 @@ mod tests {
 
     #[tokio::test]
     async fn a_sandbox_missing_from_the_observation_is_not_marked_stopped() {
-        let running = |id: &str| Observed::Running {
-            id: id.into(),
-            pid: 1,
-            paused: false,
-        };
-        let runtime = Arc::new(ScriptedRuntime {
-            // The bulk observation was taken before `fresh` started and
-            // before `killed` died; `unknown` the runtime has no record of.
-            bulk: vec![running("killed")],
-            now: HashMap::from([
-                ("fresh".to_string(), running("fresh")),
-                (
-                    "killed".to_string(),
-                    Observed::Stopped {
-                        id: "killed".into(),
-                    },
-                ),
-            ]),
-            ..Default::default()
-        });
+        let runtime = Arc::new(FakeRuntime::with_images(&["snap"]));
+        runtime.put("fresh", live(false));
+        runtime.put(
+            "killed",
+            FakeSandbox {
+                disk: true,
+                ..FakeSandbox::default()
+            },
+        );
+        // The bulk observation was taken before `fresh` started and
+        // before `killed` died; `unknown` the runtime has no record of.
+        runtime.script_observe(Some(vec![running("killed")]));
         let (app, dir) = app_with(runtime.clone(), &["fresh", "killed", "unknown"]).await;
         app.lifecycle_tick().await.unwrap();
         assert_eq!(state_of(&app, "fresh").await, state::STARTED);
         assert_eq!(state_of(&app, "unknown").await, state::STARTED);
         // Seen running in the bulk observation: its death shows next pass.
         assert_eq!(state_of(&app, "killed").await, state::STARTED);
-        assert!(runtime.stopped.lock().unwrap().is_empty());
+        assert!(runtime.calls_of("stop").is_empty());
 
         // Observed dead in bulk and then on its own: stopped.
-        let runtime = Arc::new(ScriptedRuntime {
-            bulk: vec![Observed::Stopped {
-                id: "killed".into(),
-            }],
-            now: HashMap::from([(
-                "killed".to_string(),
-                Observed::Stopped {
-                    id: "killed".into(),
-                },
-            )]),
-            ..Default::default()
-        });
-        let (app2, dir2) = app_with(runtime.clone(), &["killed", "fresh"]).await;
-        app2.lifecycle_tick().await.unwrap();
-        assert_eq!(state_of(&app2, "killed").await, state::STOPPED);
-        assert_eq!(state_of(&app2, "fresh").await, state::STARTED);
-        assert_eq!(*runtime.stopped.lock().unwrap(), ["killed"]);
-        for d in [dir, dir2] {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        runtime.script_observe(None);
+        app.lifecycle_tick().await.unwrap();
+        assert_eq!(state_of(&app, "killed").await, state::STOPPED);
+        assert_eq!(state_of(&app, "fresh").await, state::STARTED);
+        assert_eq!(runtime.calls_of("stop"), ["killed"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_runtime_that_does_not_answer_changes_no_row() {
+        let runtime = Arc::new(FakeRuntime::with_images(&["snap"]));
+        runtime.put("a", live(false));
+        let (app, dir) = app_with(runtime.clone(), &["a", "b"]).await;
+        runtime.set_unreachable(true);
+        assert!(app.lifecycle_tick().await.is_err());
+        assert_eq!(state_of(&app, "a").await, state::STARTED);
+        assert_eq!(state_of(&app, "b").await, state::STARTED);
+        // Answering again, it reports `b` unknown (never dead) and `a` alive.
+        runtime.set_unreachable(false);
+        app.lifecycle_tick().await.unwrap();
+        assert_eq!(state_of(&app, "a").await, state::STARTED);
+        assert_eq!(state_of(&app, "b").await, state::STARTED);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_leftover_the_store_does_not_know_is_destroyed() {
+        let runtime = Arc::new(FakeRuntime::with_images(&["snap"]));
+        runtime.put("kept", live(false));
+        runtime.adopt_running("orphan");
+        let (app, dir) = app_with(runtime.clone(), &["kept"]).await;
+        app.lifecycle_tick().await.unwrap();
+        assert_eq!(runtime.calls_of("destroy"), ["orphan"]);
+        assert!(runtime.sandbox("orphan").is_none());
+        assert!(runtime.sandbox("kept").is_some_and(|s| s.running));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
     async fn boot_keeps_a_sandbox_started_after_recovery() {
         // Recovery saw nothing running; by the time the rows are read,
         // `fresh` runs (started by another API process on this runner).
-        let runtime = Arc::new(ScriptedRuntime {
-            bulk: vec![],
-            now: HashMap::from([(
-                "fresh".to_string(),
-                Observed::Running {
-                    id: "fresh".into(),
-                    pid: 1,
-                    paused: false,
-                },
-            )]),
-            ..Default::default()
-        });
+        let runtime = Arc::new(FakeRuntime::with_images(&["snap"]));
+        runtime.script_observe_one("fresh", Some(running("fresh")));
         let (app, dir) = app_with(runtime, &["fresh", "gone"]).await;
         app.reconcile_on_boot().await.unwrap();
         assert_eq!(state_of(&app, "fresh").await, state::STARTED);
@@ -503,17 +441,16 @@ mod tests {
 
     #[tokio::test]
     async fn paused_sandboxes_are_alive_and_interrupted_pauses_settle_by_the_runtime() {
-        let paused = |id: &str| Observed::Running {
-            id: id.into(),
-            pid: 1,
-            paused: true,
-        };
-        let stopped = |id: &str| Observed::Stopped { id: id.into() };
-        let runtime = Arc::new(ScriptedRuntime {
-            bulk: vec![paused("frozen"), paused("half"), stopped("killed")],
-            now: HashMap::from([("killed".to_string(), stopped("killed"))]),
-            ..Default::default()
-        });
+        let runtime = Arc::new(FakeRuntime::with_images(&["snap"]));
+        runtime.put("frozen", live(true));
+        runtime.put("half", live(true));
+        runtime.put(
+            "killed",
+            FakeSandbox {
+                disk: true,
+                ..FakeSandbox::default()
+            },
+        );
         let (app, dir) = app_with(runtime.clone(), &["frozen", "half", "killed"]).await;
         for (id, st) in [
             ("frozen", state::PAUSED),

@@ -438,8 +438,8 @@ impl AppState {
                 body.to_string(),
             )))
             .map_err(|e| ApiError::Internal(format!("building the env request: {e}")))?;
-        let endpoint = self.toolbox_endpoint(id);
-        let resp = atoll_proxy::forward(&endpoint, req, "/env", &[])
+        let resp = self
+            .forward_to_toolbox(id, req, "/env")
             .await
             .map_err(|e| ApiError::BadGateway(format!("updating the sandbox environment: {e}")))?;
         if !resp.status().is_success() {

@@ -6,9 +6,7 @@ use crate::auth::Principal;
 use crate::dto::{self, CreateSandbox, Sandbox};
 use crate::error::ApiError;
 use crate::AppState;
-use atoll_runner::network::NetworkPolicy;
-use atoll_runner::runtime::Observed;
-use atoll_runner::{Limits, SandboxSpec};
+use atoll_runtime_api::{Limits, NetworkPolicy, Observed, RuntimeError, SandboxSpec};
 use atoll_store::SandboxRecord;
 use atoll_types::time::{now_millis, rfc3339_millis};
 use std::collections::{BTreeMap, HashMap};
@@ -155,15 +153,10 @@ impl AppState {
     }
 
     fn spec_for(&self, r: &SandboxRecord) -> Result<SandboxSpec, ApiError> {
-        let image = self
-            .images
-            .get(&r.snapshot)
-            .map_err(|e| ApiError::Internal(format!("image store: {e}")))?
-            .ok_or_else(|| ApiError::BadRequest(format!("Snapshot {} not found", r.snapshot)))?;
         Ok(SandboxSpec {
             id: r.id.clone(),
             hostname: hostname_for(&r.id),
-            image_rootfs: image.rootfs,
+            image: r.snapshot.clone(),
             user: Some(r.os_user.clone()),
             env: r.env.clone(),
             disk_bytes: (r.disk as u64) << 30,
@@ -173,7 +166,6 @@ impl AppState {
                 memory_bytes: (r.memory as u64) << 30,
                 pids: DEFAULT_PIDS,
             },
-            entrypoint: image.entrypoint,
         })
     }
 
@@ -197,19 +189,15 @@ impl AppState {
     async fn run_start(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
         let mut spec = self.spec_for(r)?;
         spec.env = self.start_env(r).await?;
-        let runtime = self.runtime.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.start(&spec))
-            .await
-            .map_err(|e| ApiError::Internal(format!("start task: {e}")))?;
-        match result {
-            Ok(_) => {
+        match self.runtime.start(&spec).await {
+            Ok(()) => {
                 // A start is activity: the auto-stop and auto-pause clocks
                 // start over (a sandbox stopped for longer than its
                 // interval would otherwise be stopped again at once).
                 r.last_activity_at = now_millis();
                 self.save(r, state::STARTED, None).await
             }
-            Err(e) if e.is_network_full() => {
+            Err(e @ RuntimeError::NetworkFull(_)) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "no network address left for the sandbox");
                 if r.state != state::CREATING {
                     // Nothing of it was lost: it stays stopped until an
@@ -217,19 +205,23 @@ impl AppState {
                     r.desired_state = state::STOPPED.into();
                     self.save(r, state::STOPPED, None).await?;
                 }
-                Err(ApiError::Unavailable(e.to_string()))
+                Err(e.into())
             }
-            Err(e) if crate::error::is_out_of_space(&e.to_string()) => {
-                tracing::warn!(sandbox = %r.id, error = %e, "no space left to start the sandbox");
+            Err(RuntimeError::NoSpace(why)) => {
+                tracing::warn!(sandbox = %r.id, error = %why, "no space left to start the sandbox");
                 Err(ApiError::InsufficientStorage(format!(
-                    "not enough disk space on the server to start sandbox {}: {}",
+                    "not enough disk space on the server to start sandbox {}: {why}",
                     r.id,
-                    e.public_message()
                 )))
+            }
+            Err(e @ (RuntimeError::ImageNotFound(_) | RuntimeError::Unreachable(_))) => {
+                // Nothing was started: the row keeps its state for the
+                // caller (a create is undone) or the transition timeout.
+                Err(e.into())
             }
             Err(e) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "sandbox failed to start");
-                self.save(r, state::ERROR, Some(e.public_message())).await
+                self.save(r, state::ERROR, Some(e.to_string())).await
             }
         }
     }
@@ -293,10 +285,7 @@ impl AppState {
         let snapshot = req
             .snapshot
             .unwrap_or_else(|| self.config.default_snapshot.clone());
-        let known = self
-            .images
-            .get(&snapshot)
-            .map_err(|e| ApiError::Internal(format!("image store: {e}")))?;
+        let known = self.runtime.image(&snapshot).await?;
         if known.is_none() {
             return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
         }
@@ -424,9 +413,7 @@ impl AppState {
             ) {
                 // The host's disk or the sandbox network is full: undo the
                 // create so nothing changed (no row left in `error`).
-                let runtime = self.runtime.clone();
-                let id = row.id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
+                let _ = self.runtime.destroy(&row.id).await;
                 let _ = self.store.delete_sandbox(&row.id).await;
                 self.locks.forget(&row.id);
             }
@@ -487,11 +474,7 @@ impl AppState {
             "start.after_transition"
         });
         if via == state::RESTORING {
-            let runtime = self.runtime.clone();
-            let id = r.id.clone();
-            let restored = tokio::task::spawn_blocking(move || runtime.restore(&id))
-                .await
-                .map_err(|e| ApiError::Internal(format!("restore task: {e}")))?;
+            let restored = self.runtime.restore(&r.id).await;
             if let Err(e) = restored {
                 // The archive is untouched: the sandbox stays archived.
                 tracing::warn!(sandbox = %r.id, error = %e, "restore failed");
@@ -517,21 +500,15 @@ impl AppState {
         r.last_activity_at = now_millis();
         self.save(r, state::RESUMING, None).await?;
         atoll_types::failpoint::hit("resume.after_transition");
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.resume(&id))
-            .await
-            .map_err(|e| ApiError::Internal(format!("resume task: {e}")))?;
+        let result = self.runtime.resume(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("resume.after_runtime");
                 self.save(r, state::STARTED, None).await
             }
-            Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
+            Err(RuntimeError::NotRunning { .. }) => {
                 tracing::warn!(sandbox = %r.id, "paused sandbox is no longer running; starting it over its disk");
-                let runtime = self.runtime.clone();
-                let id = r.id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                let _ = self.runtime.stop(&r.id).await;
                 self.save(r, state::STARTING, None).await?;
                 self.run_start(r).await
             }
@@ -541,8 +518,7 @@ impl AppState {
                 self.save(r, state::PAUSED, None).await?;
                 Err(ApiError::Internal(format!(
                     "resuming sandbox {}: {}",
-                    r.id,
-                    e.public_message()
+                    r.id, e
                 )))
             }
         }
@@ -574,20 +550,14 @@ impl AppState {
         r.desired_state = state::PAUSED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("pause.after_transition");
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.pause(&id))
-            .await
-            .map_err(|e| ApiError::Internal(format!("pause task: {e}")))?;
+        let result = self.runtime.pause(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("pause.after_runtime");
                 self.save(r, state::PAUSED, None).await
             }
-            Err(atoll_runner::RuntimeError::NotRunning { .. }) => {
-                let runtime = self.runtime.clone();
-                let id = r.id.clone();
-                let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+            Err(RuntimeError::NotRunning { .. }) => {
+                let _ = self.runtime.stop(&r.id).await;
                 r.desired_state = state::STOPPED.into();
                 self.save(r, state::STOPPED, None).await?;
                 Err(ApiError::Conflict(format!(
@@ -601,8 +571,7 @@ impl AppState {
                 self.save(r, state::STARTED, None).await?;
                 Err(ApiError::Internal(format!(
                     "pausing sandbox {}: {}",
-                    r.id,
-                    e.public_message()
+                    r.id, e
                 )))
             }
         }
@@ -632,11 +601,7 @@ impl AppState {
         r.desired_state = state::ARCHIVED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("archive.after_transition");
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.archive(&id))
-            .await
-            .map_err(|e| ApiError::Internal(format!("archive task: {e}")))?;
+        let result = self.runtime.archive(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("archive.after_runtime");
@@ -668,9 +633,7 @@ impl AppState {
         };
         r.desired_state = state::STARTED.into();
         self.save_within_quota(&mut r, via).await?;
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+        let _ = self.runtime.stop(&r.id).await;
         self.run_start(&mut r).await?;
         Ok(self.to_dto(&r))
     }
@@ -695,11 +658,7 @@ impl AppState {
         r.desired_state = state::STOPPED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("stop.after_transition");
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.stop(&id))
-            .await
-            .map_err(|e| ApiError::Internal(format!("stop task: {e}")))?;
+        let result = self.runtime.stop(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("stop.after_runtime");
@@ -786,12 +745,7 @@ impl AppState {
             let mut spec = self.spec_for(&r)?;
             spec.limits.cpus = cpu as u32;
             spec.limits.memory_bytes = (memory as u64) << 30;
-            let runtime = self.runtime.clone();
-            let id = r.id.clone();
-            let result =
-                tokio::task::spawn_blocking(move || runtime.update_limits(&id, &spec.limits))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("resize task: {e}")))?;
+            let result = self.runtime.update_limits(&r.id, &spec.limits).await;
             if let Err(e) = result {
                 // The old limits still apply: back to where it was.
                 (r.cpu, r.memory, r.disk) = old;
@@ -833,11 +787,7 @@ impl AppState {
     }
 
     pub(crate) async fn destroy(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        let result = tokio::task::spawn_blocking(move || runtime.destroy(&id))
-            .await
-            .map_err(|e| ApiError::Internal(format!("destroy task: {e}")))?;
+        let result = self.runtime.destroy(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("delete.after_runtime");
@@ -913,11 +863,9 @@ impl AppState {
             (None, None) => {}
         }
         let policy = policy_of(&r)?;
-        let runtime = self.runtime.clone();
-        let id = r.id.clone();
-        tokio::task::spawn_blocking(move || runtime.update_network(&id, &policy))
+        self.runtime
+            .update_network(&r.id, &policy)
             .await
-            .map_err(|e| ApiError::Internal(format!("network task: {e}")))?
             .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;
         r.updated_at = now_millis();
         let current = r.state.clone();
@@ -994,10 +942,10 @@ impl AppState {
 
     /// After a restart: make stored rows agree with what really runs.
     pub async fn reconcile_on_boot(&self) -> Result<(), ApiError> {
-        let runtime = self.runtime.clone();
-        let observed = tokio::task::spawn_blocking(move || runtime.recover())
+        let observed = self
+            .runtime
+            .recover()
             .await
-            .map_err(|e| ApiError::Internal(format!("recover task: {e}")))?
             .map_err(|e| ApiError::Internal(format!("recovering sandboxes: {e}")))?;
         // Running sandboxes, and whether each is paused.
         let mut running = HashMap::new();
@@ -1021,15 +969,11 @@ impl AppState {
                 (state::STARTED, true) if paused == Some(true) => {
                     // The row is the intent; pause never leaves a row
                     // started with the runtime paused, but be sure.
-                    let runtime = self.runtime.clone();
-                    let id = r.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || runtime.resume(&id)).await;
+                    let _ = self.runtime.resume(&r.id).await;
                 }
                 (state::PAUSED, true) if paused == Some(false) => {
-                    let runtime = self.runtime.clone();
-                    let id = r.id.clone();
-                    let frozen = tokio::task::spawn_blocking(move || runtime.pause(&id)).await;
-                    if !matches!(frozen, Ok(Ok(()))) {
+                    let frozen = self.runtime.pause(&r.id).await;
+                    if frozen.is_err() {
                         tracing::warn!(sandbox = %r.id, "could not pause the sandbox again; it is started");
                         r.desired_state = state::STARTED.into();
                         self.save(&mut r, state::STARTED, None).await?;
@@ -1054,9 +998,7 @@ impl AppState {
                     let _ = self.destroy(&mut r).await;
                 }
                 (state::STOPPING, _) | (state::STOPPED, true) => {
-                    let runtime = self.runtime.clone();
-                    let id = r.id.clone();
-                    let _ = tokio::task::spawn_blocking(move || runtime.stop(&id)).await;
+                    let _ = self.runtime.stop(&r.id).await;
                     self.save(&mut r, state::STOPPED, None).await?;
                 }
                 (state::CREATING | state::STARTING, false) => {
@@ -1071,22 +1013,19 @@ impl AppState {
                     // archive only after the disk is: with both present
                     // the operation was complete but for that removal, and
                     // the disk is the truth.
-                    let runtime = self.runtime.clone();
-                    let id = r.id.clone();
-                    let (has_disk, archived) = tokio::task::spawn_blocking(move || {
-                        (runtime.has_disk(&id), runtime.is_archived(&id))
-                    })
-                    .await
-                    .unwrap_or((false, false));
-                    let (settled, reason) = match (has_disk, archived) {
+                    let disk = match self.runtime.disk_state(&r.id).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            // Nothing known: settled by a later boot, or
+                            // by the transition timeout.
+                            tracing::warn!(sandbox = %r.id, error = %e, "cannot tell where the sandbox's disk is");
+                            continue;
+                        }
+                    };
+                    let (settled, reason) = match (disk.present, disk.archived) {
                         (true, stale) => {
                             if stale {
-                                let runtime = self.runtime.clone();
-                                let id = r.id.clone();
-                                let _ = tokio::task::spawn_blocking(move || {
-                                    runtime.discard_archive(&id)
-                                })
-                                .await;
+                                let _ = self.runtime.discard_archive(&r.id).await;
                             }
                             (state::STOPPED, None)
                         }
@@ -1125,13 +1064,12 @@ impl AppState {
         // Whatever still runs has no row: a leftover of a deleted sandbox.
         for id in running.into_keys() {
             tracing::warn!(sandbox = %id, "destroying a running sandbox that has no record");
-            let runtime = self.runtime.clone();
-            let _ = tokio::task::spawn_blocking(move || runtime.destroy(&id)).await;
+            let _ = self.runtime.destroy(&id).await;
         }
         Ok(())
     }
 
-    pub fn snapshot_dto(&self, image: &atoll_runner::image::Image) -> dto::SnapshotDto {
+    pub fn snapshot_dto(&self, image: &atoll_runtime_api::ImageInfo) -> dto::SnapshotDto {
         let created = rfc3339_millis(image.created_at_ms);
         dto::SnapshotDto {
             id: image.digest.clone(),
@@ -1183,7 +1121,7 @@ impl AppState {
     /// what the operator allows, it never widens it.
     fn normalized_allow_list(&self, list: Option<&str>) -> Result<Option<String>, ApiError> {
         let Some(list) = list else { return Ok(None) };
-        let bad = |e: atoll_runner::network::NetworkError| {
+        let bad = |e: atoll_runtime_api::PolicyError| {
             ApiError::BadRequest(format!("networkAllowList: {e}"))
         };
         let parsed = NetworkPolicy::parse_allow_list(list).map_err(bad)?;

@@ -83,11 +83,10 @@ impl AppState {
                 crate::routes::account::REGION
             )));
         }
-        let image = self
-            .images
-            .get(&req.snapshot)
-            .map_err(|e| ApiError::Internal(format!("image store: {e}")))?
-            .ok_or_else(|| ApiError::NotFound(format!("Snapshot {} not found", req.snapshot)))?;
+        let image =
+            self.runtime.image(&req.snapshot).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("Snapshot {} not found", req.snapshot))
+            })?;
         let now = now_millis();
         let pool = WarmPoolRecord {
             id: uuid::Uuid::new_v4().to_string(),
@@ -214,11 +213,9 @@ impl AppState {
             with_policy.network_block_all = want.network_block_all;
             with_policy.network_allow_list = want.network_allow_list.clone();
             let policy = crate::service::policy_of(&with_policy)?;
-            let runtime = self.runtime.clone();
-            let sid = id.to_string();
-            tokio::task::spawn_blocking(move || runtime.update_network(&sid, &policy))
+            self.runtime
+                .update_network(id, &policy)
                 .await
-                .map_err(|e| ApiError::Internal(format!("network task: {e}")))?
                 .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;
         }
         let now = now_millis();

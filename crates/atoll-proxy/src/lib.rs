@@ -193,6 +193,39 @@ impl<K> ConnPool<K>
 where
     K: std::hash::Hash + Eq + Clone + Send + 'static,
 {
+    /// A small GET over a pooled connection for `key` (or a new one from
+    /// `connect`): status and the whole body, which must be under `limit`
+    /// bytes (for the control plane's own questions, like "is anything
+    /// still running?").
+    pub async fn get_with<C, F>(
+        &self,
+        key: &K,
+        connect: C,
+        path: &str,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), ProxyError>
+    where
+        C: FnOnce() -> F,
+        F: std::future::Future<
+            Output = Result<hyper::client::conn::http1::SendRequest<PoolBody>, PoolError>,
+        >,
+    {
+        use http_body_util::{Empty, Limited};
+        let req = Request::builder()
+            .method(http::Method::GET)
+            .uri(path)
+            .header(header::HOST, "sandbox")
+            .body(boxed(Empty::<Bytes>::new()))?;
+        let resp = self.send(key, req, true, connect).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| ProxyError::Connect(std::io::Error::other(e.to_string())))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// Forwards `req` over a pooled connection for `key` (or a new one from
     /// `connect`) as [`forward`] does: target rewritten to
     /// `path_and_query`, hop-by-hop headers and the caller's credentials
@@ -247,33 +280,11 @@ impl DaemonPool {
         path: &str,
         limit: usize,
     ) -> Result<(StatusCode, Bytes), ProxyError> {
-        use http_body_util::{Empty, Limited};
-        let req = Request::builder()
-            .method(http::Method::GET)
-            .uri(path)
-            .header(header::HOST, "sandbox")
-            .body(boxed(Empty::<Bytes>::new()))?;
-        let resp = self.send_to(socket, req, true).await?;
-        let status = resp.status();
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| ProxyError::Connect(std::io::Error::other(e.to_string())))?
-            .to_bytes();
-        Ok((status, body))
-    }
-
-    async fn send_to(
-        &self,
-        socket: &Endpoint,
-        req: Request<PoolBody>,
-        reusable: bool,
-    ) -> Result<Response<PooledBody>, ProxyError> {
         let connect = || async {
             let stream = socket.connect().await?;
             Ok(pool::handshake(TokioIo::new(stream)).await?)
         };
-        Ok(self.send(&socket.socket, req, reusable, connect).await?)
+        self.get_with(&socket.socket, connect, path, limit).await
     }
 }
 

@@ -78,6 +78,15 @@ where
     Ok(sender)
 }
 
+/// [`handshake`] over a tokio byte stream (a unix socket, a TCP stream, a
+/// runtime's boxed stream).
+pub async fn handshake_io<T>(io: T) -> Result<SendRequest<PoolBody>, hyper::Error>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    handshake(hyper_util::rt::TokioIo::new(io)).await
+}
+
 /// Idle connections by key. Cheap to clone (the clones share them).
 pub struct ConnPool<K> {
     inner: Arc<Inner<K>>,

@@ -7,7 +7,10 @@
 //! `safe_fs` (opening beneath a directory without following links), `network` (veth slots, addresses and the nftables policy, over
 //! `netlink`), `caps`, `seccomp`, `cgroup`, `journal` (what is running, so a
 //! restarted runner re-adopts it), `image` (the content-addressed image
-//! store) and `runtime` (the `Runtime` trait and `NamespaceRuntime`).
+//! store), `runtime` (`NamespaceRuntime`, the blocking operations) and
+//! `local` (`LocalRuntime`: the control plane's `atoll_runtime_api::Runtime`
+//! over them, with the toolbox peer check and the in-namespace connects, so
+//! no host path or namespace leaves this crate).
 
 pub mod archive;
 pub mod caps;
@@ -17,6 +20,7 @@ pub mod etc;
 pub mod image;
 pub mod init;
 pub mod journal;
+pub mod local;
 pub mod mounts;
 pub mod netlink;
 pub mod network;
@@ -26,5 +30,6 @@ pub mod seccomp;
 pub mod spec;
 pub mod userns;
 
-pub use runtime::{NamespaceRuntime, Observed, Runtime, RuntimeConfig, RuntimeError};
+pub use local::LocalRuntime;
+pub use runtime::{NamespaceRuntime, Observed, RuntimeConfig, RuntimeError};
 pub use spec::{Limits, SandboxSpec};

@@ -34,6 +34,11 @@ pub enum RuntimeError {
     },
     #[error("starting sandbox {id}: {reason}")]
     Spawn { id: String, reason: String },
+    #[error("preparing the disk of sandbox {id}: {source}")]
+    Disk {
+        id: String,
+        source: crate::disk::DiskError,
+    },
     #[error(transparent)]
     Network(#[from] crate::network::NetworkError),
     #[error("sandbox {id} did not answer on its toolbox socket within {secs}s")]
@@ -52,58 +57,24 @@ impl RuntimeError {
             RuntimeError::Network(crate::network::NetworkError::Full { .. })
         )
     }
-}
 
-/// What the runtime sees of one sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    /// PID 1 lives (`paused`: every process frozen, memory kept).
-    Running {
-        id: String,
-        pid: i32,
-        paused: bool,
-    },
-    Stopped {
-        id: String,
-    },
-    /// A start that was interrupted (runner crash) or failed.
-    Failed {
-        id: String,
-        reason: String,
-    },
-}
-
-impl Observed {
-    pub fn id(&self) -> &str {
-        match self {
-            Observed::Running { id, .. }
-            | Observed::Stopped { id }
-            | Observed::Failed { id, .. } => id,
+    /// Did it fail for want of disk space (the host's or a quota)? Read
+    /// from the OS errors in its chain of sources, not from its text.
+    pub fn is_no_space(&self) -> bool {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+                    return true;
+                }
+            }
+            cur = e.source();
         }
+        false
     }
 }
 
-/// What a running sandbox uses, read from its cgroup and its disk (never
-/// the host's figures).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SandboxUsage {
-    /// Cpu time used since it started, in nanoseconds (a rate needs two
-    /// readings).
-    pub cpu_ns: u64,
-    /// Memory it holds: charged memory minus the page cache the kernel
-    /// reclaims first.
-    pub memory_used: u64,
-    /// Page cache charged to it.
-    pub memory_cache: u64,
-    /// Its memory limit (0: none).
-    pub memory_limit: u64,
-    /// Bytes used on its disk's filesystem.
-    pub disk_used: u64,
-    /// Size of its disk's filesystem.
-    pub disk_total: u64,
-    /// Bytes still writable by its users (ext4 keeps some for root).
-    pub disk_free: u64,
-}
+pub use atoll_runtime_api::{Observed, SandboxUsage};
 
 /// A started sandbox.
 #[derive(Debug, Clone)]
@@ -145,66 +116,6 @@ impl ToolboxPeer {
             return refuse(format!("pid {} is not in the sandbox", cred.pid()));
         }
         Ok(())
-    }
-}
-
-/// Everything the control plane asks of a sandbox backend.
-pub trait Runtime: Send + Sync {
-    /// Starts the sandbox (first start or restart over its kept upper dir).
-    fn start(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError>;
-    /// Stops it, keeping its filesystem.
-    fn stop(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Stops it and deletes everything it had.
-    fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
-    /// After a runner restart: re-adopts live sandboxes and cleans up
-    /// interrupted starts and orphaned cgroups.
-    fn recover(&self) -> Result<Vec<Observed>, RuntimeError>;
-    /// Current state of every sandbox the runtime knows.
-    fn observe(&self) -> Vec<Observed>;
-    /// Current state of one sandbox, looked at now; `None` if the runtime
-    /// knows no such sandbox (which says nothing about whether it runs
-    /// elsewhere, or is about to).
-    fn observe_one(&self, id: &str) -> Option<Observed> {
-        self.observe().into_iter().find(|o| o.id() == id)
-    }
-    /// The toolbox socket of a sandbox, on the host.
-    fn socket(&self, id: &str) -> PathBuf;
-    /// Who must be at the other end of that socket (`None`: the sandbox
-    /// is not running, so nobody may be).
-    fn toolbox_peer(&self, id: &str) -> Option<ToolboxPeer>;
-    /// Memory charged to the sandbox, in bytes.
-    fn memory_usage(&self, id: &str) -> Option<u64>;
-    /// Packs a stopped sandbox's disk into the archive store, freeing it.
-    fn archive(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Unpacks an archived sandbox's disk so it can start again.
-    fn restore(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Is there an archive of this sandbox?
-    fn is_archived(&self, id: &str) -> bool;
-    /// Does the sandbox have its disk (not archived away)?
-    fn has_disk(&self, id: &str) -> bool;
-    /// Drops a sandbox's archive (stale once its disk is back).
-    fn discard_archive(&self, id: &str) -> Result<(), RuntimeError>;
-    /// Applies new cpu/memory/pids limits to a running sandbox, live.
-    fn update_limits(&self, id: &str, limits: &crate::spec::Limits) -> Result<(), RuntimeError>;
-    /// Applies a new network policy to a running sandbox, live (a stopped
-    /// one gets its policy from its spec at the next start).
-    fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError>;
-    /// The running sandbox's network namespace (an open
-    /// `/proc/<pid>/ns/net`), for connecting to its localhost from here.
-    fn open_netns(&self, id: &str) -> Option<std::fs::File>;
-    /// Freezes every process of a running sandbox, keeping its memory;
-    /// it stays paused across runner restarts until [`Runtime::resume`].
-    fn pause(&self, _id: &str) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Unsupported("pause sandboxes"))
-    }
-    /// Thaws a paused sandbox (a running one is left as it is).
-    fn resume(&self, _id: &str) -> Result<(), RuntimeError> {
-        Err(RuntimeError::Unsupported("resume sandboxes"))
-    }
-    /// What a running (or paused) sandbox uses now; `None` if it is not
-    /// running.
-    fn usage(&self, _id: &str) -> Option<SandboxUsage> {
-        None
     }
 }
 
@@ -436,8 +347,10 @@ fn sync_fs(path: &Path) {
     }
 }
 
-impl Runtime for NamespaceRuntime {
-    fn start(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
+/// The operations behind [`crate::local::LocalRuntime`]: blocking calls,
+/// run on a blocking thread by async callers.
+impl NamespaceRuntime {
+    pub fn start(&self, spec: &SandboxSpec) -> Result<Handle, RuntimeError> {
         let id = spec.id.as_str();
         let dirs = self.dirs(id)?;
         if let Some(e) = self.journal.get(id) {
@@ -467,9 +380,9 @@ impl Runtime for NamespaceRuntime {
         let had_disk = disk_image.exists();
         self.disks
             .provision(&disk_image, spec.disk_bytes)
-            .map_err(|e| RuntimeError::Spawn {
+            .map_err(|source| RuntimeError::Disk {
                 id: id.into(),
-                reason: e.to_string(),
+                source,
             })?;
         if !had_disk {
             self.disk_pool.taken();
@@ -682,12 +595,12 @@ impl Runtime for NamespaceRuntime {
         })
     }
 
-    fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn stop(&self, id: &str) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         self.cleanup(id)
     }
 
-    fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id)?;
         self.cleanup(id)?;
         self.archives.remove(id)?;
@@ -702,7 +615,7 @@ impl Runtime for NamespaceRuntime {
         }
     }
 
-    fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+    pub fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
         let mut out = Vec::new();
         let entries = self.journal.entries();
         for e in &entries {
@@ -745,20 +658,20 @@ impl Runtime for NamespaceRuntime {
         Ok(out)
     }
 
-    fn observe(&self) -> Vec<Observed> {
+    pub fn observe(&self) -> Vec<Observed> {
         self.journal.entries().into_iter().map(observed).collect()
     }
 
-    fn observe_one(&self, id: &str) -> Option<Observed> {
+    pub fn observe_one(&self, id: &str) -> Option<Observed> {
         self.dirs(id).ok()?;
         self.journal.get(id).map(observed)
     }
 
-    fn socket(&self, id: &str) -> PathBuf {
+    pub fn socket(&self, id: &str) -> PathBuf {
         SandboxDirs::new(&self.cfg.sandboxes_dir, id).socket()
     }
 
-    fn toolbox_peer(&self, id: &str) -> Option<ToolboxPeer> {
+    pub fn toolbox_peer(&self, id: &str) -> Option<ToolboxPeer> {
         if let Some(p) = self.peers.lock().unwrap_or_else(|p| p.into_inner()).get(id) {
             return Some(*p);
         }
@@ -778,11 +691,11 @@ impl Runtime for NamespaceRuntime {
         Some(peer)
     }
 
-    fn memory_usage(&self, id: &str) -> Option<u64> {
+    pub fn memory_usage(&self, id: &str) -> Option<u64> {
         self.cgroups.memory_usage(id)
     }
 
-    fn archive(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn archive(&self, id: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id)?;
         if let Some(e) = self.journal.get(id) {
             if journal::is_alive(&e) {
@@ -796,30 +709,34 @@ impl Runtime for NamespaceRuntime {
         Ok(())
     }
 
-    fn restore(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn restore(&self, id: &str) -> Result<(), RuntimeError> {
         let dirs = self.dirs(id)?;
         Ok(self.archives.restore(id, &dirs.disk_image())?)
     }
 
-    fn is_archived(&self, id: &str) -> bool {
+    pub fn is_archived(&self, id: &str) -> bool {
         self.dirs(id).is_ok() && self.archives.exists(id)
     }
 
-    fn has_disk(&self, id: &str) -> bool {
+    pub fn has_disk(&self, id: &str) -> bool {
         self.dirs(id).is_ok_and(|d| d.disk_image().exists())
     }
 
-    fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         Ok(self.archives.remove(id)?)
     }
 
-    fn update_limits(&self, id: &str, limits: &crate::spec::Limits) -> Result<(), RuntimeError> {
+    pub fn update_limits(
+        &self,
+        id: &str,
+        limits: &crate::spec::Limits,
+    ) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         Ok(self.cgroups.apply(id, limits)?)
     }
 
-    fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+    pub fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         let (Some(net), Some(mut entry)) = (&self.network, self.journal.get(id)) else {
             return Ok(());
@@ -836,7 +753,7 @@ impl Runtime for NamespaceRuntime {
         Ok(())
     }
 
-    fn open_netns(&self, id: &str) -> Option<std::fs::File> {
+    pub fn open_netns(&self, id: &str) -> Option<std::fs::File> {
         let e = self.journal.get(id)?;
         if e.state != EntryState::Running {
             return None;
@@ -848,7 +765,7 @@ impl Runtime for NamespaceRuntime {
         journal::is_alive(&e).then_some(ns)
     }
 
-    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn pause(&self, id: &str) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         let mut e = self.running_entry(id)?;
         // Journal first: a runner restarted before the freeze finished
@@ -869,7 +786,7 @@ impl Runtime for NamespaceRuntime {
         Ok(())
     }
 
-    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+    pub fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         self.dirs(id)?;
         let mut e = self.running_entry(id)?;
         self.cgroups.thaw(id)?;
@@ -884,7 +801,7 @@ impl Runtime for NamespaceRuntime {
         Ok(())
     }
 
-    fn usage(&self, id: &str) -> Option<SandboxUsage> {
+    pub fn usage(&self, id: &str) -> Option<SandboxUsage> {
         self.dirs(id).ok()?;
         let e = self.running_entry(id).ok()?;
         let memory = self.cgroups.memory_stats(id).unwrap_or_default();

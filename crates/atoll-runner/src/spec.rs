@@ -6,16 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// Resource limits of one sandbox.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Limits {
-    /// CPU quota in whole cores.
-    pub cpus: u32,
-    /// Memory limit in bytes; swap is always 0.
-    pub memory_bytes: u64,
-    /// Maximum number of tasks (processes and threads).
-    pub pids: u32,
-}
+pub use atoll_runtime_api::Limits;
 
 /// What the daemon is told at start (through a sealed memfd, see
 /// [`DAEMON_CONFIG_FD_ENV`]).

@@ -33,6 +33,30 @@ pub enum StoreError {
     UnsupportedUrl(String),
 }
 
+impl StoreError {
+    /// Did the database fail for want of disk space? From the error's
+    /// codes: SQLite's `SQLITE_FULL` (13), PostgreSQL's `disk_full`
+    /// (53100), or an OS `ENOSPC`/`EDQUOT` on the connection's I/O.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match self {
+            StoreError::Db(sqlx::Error::Database(db)) => {
+                matches!(db.code().as_deref(), Some("13") | Some("53100"))
+            }
+            StoreError::Db(sqlx::Error::Io(e)) => {
+                matches!(e.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+            }
+            StoreError::Migrate(sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(
+                db,
+            ))) => {
+                matches!(db.code().as_deref(), Some("13") | Some("53100"))
+            }
+            _ => false,
+        }
+    }
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Clone)]

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use atoll_api::{auth, ApiConfig, AppState};
 use atoll_runner::image::{Image, ImageStore};
-use atoll_runner::{NamespaceRuntime, RuntimeConfig};
+use atoll_runner::{LocalRuntime, NamespaceRuntime, RuntimeConfig};
 use atoll_store::{ApiKeyRecord, OrgRecord, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -222,8 +222,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .context("loading the preview key")?;
         let state = AppState::new(
             store,
-            Arc::new(runtime),
-            images,
+            Arc::new(LocalRuntime::new(Arc::new(runtime), images)),
             ApiConfig {
                 public_url: public_url.clone(),
                 preview_domain: preview_domain.clone(),

@@ -15,7 +15,7 @@ use crate::extract::QueryPairs;
 use crate::preview::{self, valid_port};
 use crate::service::state;
 use crate::AppState;
-use atoll_proxy::pool::{ConnPool, PoolError};
+use atoll_proxy::pool::ConnPool;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Uri};
@@ -307,19 +307,10 @@ async fn proxy(
     if let Some(a) = app_auth {
         extra.push((header::AUTHORIZATION, a));
     }
-    // Straight to 127.0.0.1:{port} inside the sandbox's network namespace
-    // (a socket made there from here), over pooled keep-alive connections:
-    // no hop through the sandbox daemon.
-    let runtime = s.runtime.clone();
-    let id = r.id.clone();
-    let connect = move || async move {
-        // A small file read and a /proc lookup: cheaper inline than a
-        // blocking-pool handoff.
-        let ns = runtime.open_netns(&id).ok_or_else(|| {
-            PoolError::Connect(std::io::Error::other("the sandbox is not running"))
-        })?;
-        atoll_proxy::app::http_in_netns(ns, port).await
-    };
+    // Straight to 127.0.0.1:{port} inside the sandbox (the runtime makes
+    // the connection), over pooled keep-alive connections: no hop through
+    // the sandbox daemon.
+    let connect = || s.app_connection(&r.id, port);
     let resp = s
         .app_connections
         .forward_with(&(r.id.clone(), port), connect, req, &target, &extra)

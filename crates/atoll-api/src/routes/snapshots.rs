@@ -10,10 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::Uri;
 use axum::Json;
 
-fn images(s: &AppState) -> Result<Vec<atoll_runner::image::Image>, ApiError> {
-    s.images
-        .list()
-        .map_err(|e| ApiError::Internal(format!("image store: {e}")))
+async fn images(s: &AppState) -> Result<Vec<atoll_runtime_api::ImageInfo>, ApiError> {
+    Ok(s.runtime.images().await?)
 }
 
 #[utoipa::path(get, path = "/api/snapshots",
@@ -32,7 +30,11 @@ pub async fn list(
             "page must be >= 1 and limit between 1 and 200".into(),
         ));
     }
-    let mut all: Vec<SnapshotDto> = images(&s)?.iter().map(|i| s.snapshot_dto(i)).collect();
+    let mut all: Vec<SnapshotDto> = images(&s)
+        .await?
+        .iter()
+        .map(|i| s.snapshot_dto(i))
+        .collect();
     if let Some(n) = q.get("name") {
         all.retain(|d| d.name.contains(n));
     }
@@ -58,7 +60,8 @@ pub async fn get(
     _p: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<SnapshotDto>, ApiError> {
-    images(&s)?
+    images(&s)
+        .await?
         .iter()
         .find(|i| i.name == id || i.digest == id)
         .map(|i| Json(s.snapshot_dto(i)))

@@ -110,8 +110,8 @@ async fn forward_as(
     if !skip_activity {
         s.record_activity(&sandbox.id).await;
     }
-    let socket = s.toolbox_endpoint(&sandbox.id);
-    let resp = atoll_proxy::forward(&socket, req, &path_and_query, &[])
+    let resp = s
+        .forward_to_toolbox(&sandbox.id, req, &path_and_query)
         .await
         .map_err(|e| ApiError::BadGateway(e.to_string()))?;
     Ok(resp.map(Body::new))

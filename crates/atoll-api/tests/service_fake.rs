@@ -1,0 +1,309 @@
+//! The control plane in process, against the fake runtime: the REST
+//! router on a fresh SQLite database per test, driven by HTTP requests as
+//! a client sends them, with the runtime's behaviour scripted (failures
+//! of each kind, a runner that does not answer). What is asserted is what
+//! a client sees (status, error body, sandbox state) and what the runtime
+//! was asked to do.
+
+use atoll_api::{ApiConfig, AppState};
+use atoll_runtime_api::fake::FakeRuntime;
+use atoll_runtime_api::RuntimeError;
+use atoll_store::{ApiKeyRecord, OrgRecord, Store};
+use axum::body::Body;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use tower::ServiceExt;
+
+const KEY: &str = "atoll_test_key_0123456789";
+
+struct Api {
+    router: axum::Router,
+    runtime: Arc<FakeRuntime>,
+    _dir: TempDir,
+}
+
+/// A directory removed when the test ends.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn api() -> Api {
+    let dir = std::env::temp_dir().join(format!("atoll-fake-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::open(&format!("sqlite://{}", dir.join("atoll.db").display()))
+        .await
+        .unwrap();
+    let org = OrgRecord {
+        id: "org-1".into(),
+        name: "default".into(),
+        created_at: 0,
+    };
+    store.insert_org(&org).await.unwrap();
+    store
+        .insert_api_key(&ApiKeyRecord {
+            id: "key-1".into(),
+            organization_id: org.id.clone(),
+            name: "test".into(),
+            key_hash: atoll_api::auth::hash_key(KEY),
+            key_prefix: KEY[..8].into(),
+            role: atoll_api::auth::ROLE_ADMIN.into(),
+            created_at: 0,
+            expires_at: None,
+            revoked_at: None,
+        })
+        .await
+        .unwrap();
+    let runtime = Arc::new(FakeRuntime::with_images(&["snap", "other"]));
+    let config = ApiConfig {
+        public_url: "http://127.0.0.1:1".into(),
+        preview_domain: None,
+        default_snapshot: "snap".into(),
+        lifecycle: Default::default(),
+        egress_allow_private: false,
+        quota_defaults: Default::default(),
+        rate_limit: None,
+        metrics: Default::default(),
+    };
+    let state = AppState::new(store, runtime.clone(), config, "preview-key".into());
+    Api {
+        router: atoll_api::router(state),
+        runtime,
+        _dir: TempDir(dir),
+    }
+}
+
+impl Api {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(match body {
+                Some(b) => Body::from(b.to_string()),
+                None => Body::empty(),
+            })
+            .unwrap();
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn create(&self, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/api/sandbox", Some(body)).await
+    }
+
+    async fn state(&self, id: &str) -> String {
+        let (status, sb) = self
+            .call(Method::GET, &format!("/api/sandbox/{id}"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sb}");
+        sb["state"].as_str().unwrap().to_string()
+    }
+
+    async fn ids(&self) -> Vec<String> {
+        let (_, list) = self.call(Method::GET, "/api/sandbox", None).await;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        items
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn create_stop_start_archive_restore_drive_the_runtime() {
+    let api = api().await;
+    let (status, sb) = api
+        .create(json!({"cpu": 2, "memory": 2, "disk": 5, "labels": {"team": "a"}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_string();
+    assert_eq!(sb["state"], "started");
+    let held = api
+        .runtime
+        .sandbox(&id)
+        .expect("the runtime was asked to start it");
+    let spec = held.spec.unwrap();
+    assert!(held.running);
+    assert_eq!(spec.image, "snap");
+    assert_eq!(spec.limits.cpus, 2);
+    assert_eq!(spec.limits.memory_bytes, 2 << 30);
+    assert_eq!(spec.disk_bytes, 5 << 30);
+
+    let (status, _) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/stop"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(api.state(&id).await, "stopped");
+    assert!(!api.runtime.sandbox(&id).unwrap().running);
+
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/archive"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.state(&id).await, "archived");
+    assert!(api.runtime.sandbox(&id).unwrap().archived);
+
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.state(&id).await, "started");
+    assert_eq!(api.runtime.calls_of("restore"), [id.clone()]);
+    assert!(api.runtime.sandbox(&id).unwrap().running);
+
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/sandbox/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        api.runtime.sandbox(&id).is_none(),
+        "destroyed on the runtime"
+    );
+}
+
+#[tokio::test]
+async fn runtime_errors_become_api_errors_by_kind_and_a_failed_create_leaves_nothing() {
+    let api = api().await;
+    for (error, want) in [
+        (
+            RuntimeError::NoSpace("the runner's disk is full".into()),
+            StatusCode::INSUFFICIENT_STORAGE,
+        ),
+        (
+            RuntimeError::NetworkFull("all 13 addresses are taken".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+        (
+            RuntimeError::Unreachable("connection refused".into()),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    ] {
+        let what = error.to_string();
+        api.runtime.fail_next("start", error);
+        let (status, body) = api.create(json!({})).await;
+        assert_eq!(status, want, "{what}: {body}");
+        assert_eq!(
+            body["statusCode"],
+            want.as_u16(),
+            "Daytona's error body: {body}"
+        );
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains(what.split(':').next().unwrap()),
+            "{body}"
+        );
+        assert!(
+            api.ids().await.is_empty(),
+            "{what}: the failed create left a row"
+        );
+    }
+    // A runtime that cannot be asked at all refuses the create up front.
+    api.runtime.set_unreachable(true);
+    let (status, body) = api.create(json!({})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    api.runtime.set_unreachable(false);
+    assert!(api.ids().await.is_empty());
+
+    let (status, body) = api.create(json!({"snapshot": "missing"})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert!(
+        api.runtime.calls_of("start").len() == 3,
+        "no start for a missing image"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_start_of_a_stopped_sandbox_is_an_error_state_with_the_reason() {
+    let api = api().await;
+    let (_, sb) = api.create(json!({})).await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    api.call(Method::POST, &format!("/api/sandbox/{id}/stop"), None)
+        .await;
+    api.runtime.fail_next(
+        "start",
+        RuntimeError::Failed("init helper exited with 1".into()),
+    );
+    let (status, _) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/start"), None)
+        .await;
+    assert!(status.is_success() || status.is_server_error(), "{status}");
+    let (_, sb) = api
+        .call(Method::GET, &format!("/api/sandbox/{id}"), None)
+        .await;
+    assert_eq!(sb["state"], "error", "{sb}");
+    assert_eq!(sb["errorReason"], "init helper exited with 1", "{sb}");
+    // Out of space on a restart: the sandbox keeps its state, nothing lost.
+    let (_, sb) = api.create(json!({})).await;
+    let id2 = sb["id"].as_str().unwrap().to_string();
+    api.call(Method::POST, &format!("/api/sandbox/{id2}/stop"), None)
+        .await;
+    api.runtime.fail_next(
+        "start",
+        RuntimeError::NoSpace("no space left on the runner".into()),
+    );
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/sandbox/{id2}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+}
+
+#[tokio::test]
+async fn the_toolbox_of_a_sandbox_the_runtime_cannot_reach_is_a_502_in_daytonas_body() {
+    let api = api().await;
+    let (_, sb) = api.create(json!({})).await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let (status, body) = api
+        .call(Method::GET, &format!("/toolbox/{id}/files?path=/"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(body["statusCode"], 502, "{body}");
+    assert!(api.runtime.calls_of("connect_toolbox").contains(&id));
+}
+
+#[tokio::test]
+async fn live_resize_and_network_changes_reach_the_runtime() {
+    let api = api().await;
+    let (_, sb) = api.create(json!({})).await;
+    let id = sb["id"].as_str().unwrap().to_string();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/api/sandbox/{id}/network-settings"),
+            Some(json!({"networkAllowList": "1.1.1.0/24"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let policy = api.runtime.sandbox(&id).unwrap().network.unwrap();
+    assert_eq!(
+        policy
+            .allow_list
+            .unwrap()
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<Vec<_>>(),
+        ["1.1.1.0/24"]
+    );
+    // A range sandboxes never reach is refused before the runtime hears of it.
+    let calls = api.runtime.calls_of("update_network").len();
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/api/sandbox/{id}/network-settings"),
+            Some(json!({"networkAllowList": "169.254.169.254/32"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(api.runtime.calls_of("update_network").len(), calls);
+}

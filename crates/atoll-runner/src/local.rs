@@ -1,0 +1,289 @@
+//! `LocalRuntime`: the embedded runner, behind the control plane's
+//! [`atoll_runtime_api::Runtime`] boundary. It resolves a spec's image in
+//! this host's image store, runs the [`NamespaceRuntime`]'s blocking calls
+//! on blocking threads, connects to a sandbox's toolbox socket (checking
+//! the peer is that sandbox's own process) and to ports on its loopback
+//! (a socket made in its network namespace), and turns its errors into the
+//! boundary's kinds with host paths scrubbed from every message. Nothing
+//! that crosses this boundary names a host path or a namespace.
+
+use crate::image::{Image, ImageStore};
+use crate::runtime::{NamespaceRuntime, RuntimeError as HostError};
+use atoll_runtime_api::{
+    BoxedStream, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime, RuntimeError,
+    SandboxSpec, SandboxUsage,
+};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// The in-process runtime of `atoll serve`.
+pub struct LocalRuntime {
+    sandboxes: Arc<NamespaceRuntime>,
+    images: Arc<ImageStore>,
+}
+
+impl LocalRuntime {
+    pub fn new(sandboxes: Arc<NamespaceRuntime>, images: Arc<ImageStore>) -> LocalRuntime {
+        LocalRuntime { sandboxes, images }
+    }
+
+    /// Runs `f` on the namespace runtime, on a blocking thread.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&NamespaceRuntime) -> Result<T, HostError> + Send + 'static,
+    {
+        let rt = self.sandboxes.clone();
+        tokio::task::spawn_blocking(move || f(&rt))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("runtime task: {e}")))?
+            .map_err(to_boundary)
+    }
+
+    fn image_of(&self, name: &str) -> Result<Image, RuntimeError> {
+        self.images
+            .get(name)
+            .map_err(|e| {
+                RuntimeError::Failed(crate::safe_fs::scrub_host_paths(&format!(
+                    "image store: {e}"
+                )))
+            })?
+            .ok_or_else(|| RuntimeError::ImageNotFound(name.to_string()))
+    }
+}
+
+/// The boundary's kind of a runtime error; messages scrubbed of host paths
+/// (the full error is logged here, where the paths mean something).
+pub fn to_boundary(e: HostError) -> RuntimeError {
+    match e {
+        HostError::InvalidId(id) => RuntimeError::InvalidId(id),
+        HostError::NotRunning { id } => RuntimeError::NotRunning { id },
+        HostError::Unsupported(what) => RuntimeError::Unsupported(what),
+        e if e.is_network_full() => RuntimeError::NetworkFull(e.public_message()),
+        e if e.is_no_space() => {
+            tracing::warn!(error = %e, "runtime: out of disk space");
+            RuntimeError::NoSpace(e.public_message())
+        }
+        e => {
+            tracing::debug!(error = %e, "runtime error");
+            RuntimeError::Failed(e.public_message())
+        }
+    }
+}
+
+fn image_info(i: Image) -> ImageInfo {
+    ImageInfo {
+        name: i.name,
+        digest: i.digest,
+        size_bytes: i.size_bytes,
+        created_at_ms: i.created_at_ms,
+        entrypoint: i.entrypoint,
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for LocalRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let image = self.image_of(&spec.image)?;
+        let host_spec = crate::spec::SandboxSpec {
+            id: spec.id.clone(),
+            hostname: spec.hostname.clone(),
+            image_rootfs: image.rootfs,
+            user: spec.user.clone(),
+            env: spec.env.clone(),
+            limits: spec.limits.clone(),
+            disk_bytes: spec.disk_bytes,
+            network: spec.network.clone(),
+            entrypoint: image.entrypoint,
+        };
+        self.blocking(move |rt| rt.start(&host_spec).map(|_| ()))
+            .await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.stop(&id)).await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.destroy(&id)).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.pause(&id)).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.resume(&id)).await
+    }
+
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.archive(&id)).await
+    }
+
+    async fn restore(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.restore(&id)).await
+    }
+
+    async fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| rt.discard_archive(&id)).await
+    }
+
+    async fn disk_state(&self, id: &str) -> Result<DiskState, RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| {
+            Ok(DiskState {
+                present: rt.has_disk(&id),
+                archived: rt.is_archived(&id),
+            })
+        })
+        .await
+    }
+
+    async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+        self.blocking(|rt| rt.recover()).await
+    }
+
+    async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
+        self.blocking(|rt| Ok(rt.observe())).await
+    }
+
+    async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| Ok(rt.observe_one(&id))).await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
+        let id = id.to_string();
+        self.blocking(move |rt| Ok(rt.usage(&id))).await
+    }
+
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let (id, limits) = (id.to_string(), limits.clone());
+        self.blocking(move |rt| rt.update_limits(&id, &limits))
+            .await
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+        let (id, policy) = (id.to_string(), policy.clone());
+        self.blocking(move |rt| rt.update_network(&id, &policy))
+            .await
+    }
+
+    async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError> {
+        if !crate::spec::is_safe_id(id) {
+            return Err(RuntimeError::InvalidId(id.into()));
+        }
+        // A small cached lookup (the journal only after a restart): cheaper
+        // inline than a blocking-pool handoff on every new connection.
+        let peer = self
+            .sandboxes
+            .toolbox_peer(id)
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.into() })?;
+        let socket = self.sandboxes.socket(id);
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .map_err(|e| RuntimeError::Connect(scrubbed(e)))?;
+        // SECURITY.md item 24: the peer must be this sandbox's own process,
+        // even if the socket was swapped behind the runner's back.
+        peer.verify(&stream).map_err(RuntimeError::Connect)?;
+        Ok(Box::new(stream))
+    }
+
+    async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError> {
+        if !crate::spec::is_safe_id(id) {
+            return Err(RuntimeError::InvalidId(id.into()));
+        }
+        // A small file read and a /proc lookup: cheaper inline too.
+        let ns = self
+            .sandboxes
+            .open_netns(id)
+            .ok_or_else(|| RuntimeError::NotRunning { id: id.into() })?;
+        let stream = connect_in_netns(ns.into(), port)
+            .await
+            .map_err(RuntimeError::Connect)?;
+        Ok(Box::new(atoll_proxy::app::QuickAck::new(stream)))
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.list())
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("image task: {e}")))?
+            .map(|v| v.into_iter().map(image_info).collect())
+            .map_err(|e| {
+                RuntimeError::Failed(crate::safe_fs::scrub_host_paths(&format!(
+                    "image store: {e}"
+                )))
+            })
+    }
+
+    async fn image(&self, name: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        match self.image_of(name) {
+            Ok(i) => Ok(Some(image_info(i))),
+            Err(RuntimeError::ImageNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An I/O error with host paths scrubbed from its text.
+fn scrubbed(e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), crate::safe_fs::scrub_host_paths(&e.to_string()))
+}
+
+/// Connects to `127.0.0.1:{port}` in the network namespace `ns` (an open
+/// `/proc/<pid>/ns/net`). Only the socket is made there: this thread joins
+/// the namespace for the one `socket(2)` call and returns at once (a socket
+/// keeps the namespace it was made in); the connect is tokio's usual
+/// non-blocking one, in this process's namespace's event loop.
+pub async fn connect_in_netns(ns: OwnedFd, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let fd = socket_in(&ns)?;
+    drop(ns);
+    let socket = tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    let stream = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// This process's own network namespace, opened on first use (by a thread
+/// that is in it: every thread is, outside `socket_in`).
+fn host_netns() -> std::io::Result<&'static std::fs::File> {
+    static HOST: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = HOST.get() {
+        return Ok(f);
+    }
+    let f = std::fs::File::open("/proc/thread-self/ns/net")?;
+    Ok(HOST.get_or_init(|| f))
+}
+
+/// A non-blocking TCP socket made inside `ns`.
+fn socket_in(ns: &OwnedFd) -> std::io::Result<OwnedFd> {
+    use nix::sched::{setns, CloneFlags};
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let host = host_netns()?;
+    // Moves only this thread; it is moved back below before anything else
+    // runs on it.
+    setns(ns, CloneFlags::CLONE_NEWNET)?;
+    let made = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    );
+    if let Err(e) = setns(host, CloneFlags::CLONE_NEWNET) {
+        // A worker thread left in a sandbox's namespace would make the
+        // control plane's own sockets there: never carry on.
+        eprintln!("atoll: cannot return to the host network namespace: {e}");
+        std::process::abort();
+    }
+    Ok(made?)
+}

@@ -1,0 +1,360 @@
+//! `FakeRuntime`: an in-memory [`Runtime`] for the control plane's
+//! in-process tests (feature `fake`). It keeps each sandbox's state as a
+//! real runtime would (running, paused, stopped with its disk, archived),
+//! records every call, and lets a test script what a real one does under
+//! stress: a failure of the next call of an operation, a runtime that does
+//! not answer, a sandbox killed from outside, or observations that lag
+//! (the bulk `observe` and the per-sandbox `observe_one` set apart).
+//! It has no toolbox: connecting to one is a connect error.
+
+use crate::{
+    BoxedStream, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime, RuntimeError,
+    SandboxSpec, SandboxUsage,
+};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+
+/// One sandbox as the fake holds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeSandbox {
+    /// The spec of its last start.
+    pub spec: Option<SandboxSpec>,
+    pub running: bool,
+    pub paused: bool,
+    /// Its disk is here (not archived away).
+    pub disk: bool,
+    pub archived: bool,
+    /// The limits last applied live.
+    pub limits: Option<Limits>,
+    /// The network policy last applied live.
+    pub network: Option<NetworkPolicy>,
+}
+
+#[derive(Default)]
+struct State {
+    sandboxes: HashMap<String, FakeSandbox>,
+    images: Vec<ImageInfo>,
+    calls: Vec<String>,
+    failures: HashMap<String, VecDeque<RuntimeError>>,
+    unreachable: bool,
+    bulk: Option<Vec<Observed>>,
+    one: HashMap<String, Option<Observed>>,
+}
+
+/// See the module doc.
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<State>,
+}
+
+impl FakeRuntime {
+    /// A fake that can start sandboxes of the images named.
+    pub fn with_images(names: &[&str]) -> FakeRuntime {
+        let fake = FakeRuntime::default();
+        fake.lock().images = names
+            .iter()
+            .map(|n| ImageInfo {
+                name: n.to_string(),
+                digest: format!("sha256:{:064x}", n.len()),
+                size_bytes: 1 << 20,
+                created_at_ms: 0,
+                entrypoint: vec![],
+            })
+            .collect();
+        fake
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next call of `op` (a method name: "start", "stop", ...) fails
+    /// with `error`; several queue up in order.
+    pub fn fail_next(&self, op: &str, error: RuntimeError) {
+        self.lock()
+            .failures
+            .entry(op.to_string())
+            .or_default()
+            .push_back(error);
+    }
+
+    /// From now on every call fails as a runner that is down does (or
+    /// answers again, with `false`).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.lock().unreachable = unreachable;
+    }
+
+    /// The sandbox's processes die behind the runtime's back (OOM, a kill
+    /// from outside): it is stopped, its disk kept.
+    pub fn kill(&self, id: &str) {
+        if let Some(s) = self.lock().sandboxes.get_mut(id) {
+            s.running = false;
+            s.paused = false;
+        }
+    }
+
+    /// A sandbox the runtime runs without the control plane having asked
+    /// (a leftover of a crash).
+    pub fn adopt_running(&self, id: &str) {
+        self.lock().sandboxes.insert(
+            id.to_string(),
+            FakeSandbox {
+                running: true,
+                disk: true,
+                ..FakeSandbox::default()
+            },
+        );
+    }
+
+    /// Sets what the fake holds of one sandbox, as if the runtime had
+    /// brought it there (a test's starting point).
+    pub fn put(&self, id: &str, sandbox: FakeSandbox) {
+        self.lock().sandboxes.insert(id.to_string(), sandbox);
+    }
+
+    /// `observe` returns `bulk` instead of the real state (`None`: real).
+    pub fn script_observe(&self, bulk: Option<Vec<Observed>>) {
+        self.lock().bulk = bulk;
+    }
+
+    /// `observe_one(id)` returns `seen` instead of the real state.
+    pub fn script_observe_one(&self, id: &str, seen: Option<Observed>) {
+        self.lock().one.insert(id.to_string(), seen);
+    }
+
+    /// Every call so far, as "op id" (or "op" for calls without one).
+    pub fn calls(&self) -> Vec<String> {
+        self.lock().calls.clone()
+    }
+
+    /// The calls of one operation, by sandbox id.
+    pub fn calls_of(&self, op: &str) -> Vec<String> {
+        let prefix = format!("{op} ");
+        self.calls()
+            .into_iter()
+            .filter_map(|c| c.strip_prefix(&prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// What the fake holds of one sandbox.
+    pub fn sandbox(&self, id: &str) -> Option<FakeSandbox> {
+        self.lock().sandboxes.get(id).cloned()
+    }
+
+    /// Records the call and returns the scripted failure for it, if any.
+    fn enter(&self, op: &str, id: Option<&str>) -> Result<MutexGuard<'_, State>, RuntimeError> {
+        let mut st = self.lock();
+        st.calls.push(match id {
+            Some(id) => format!("{op} {id}"),
+            None => op.to_string(),
+        });
+        if st.unreachable {
+            return Err(RuntimeError::Unreachable("the fake runner is down".into()));
+        }
+        if let Some(e) = st.failures.get_mut(op).and_then(VecDeque::pop_front) {
+            return Err(e);
+        }
+        if let Some(id) = id {
+            if !valid_id(id) {
+                return Err(RuntimeError::InvalidId(id.into()));
+            }
+        }
+        Ok(st)
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn observed(id: &str, s: &FakeSandbox) -> Observed {
+    if s.running {
+        Observed::Running {
+            id: id.into(),
+            pid: 1,
+            paused: s.paused,
+        }
+    } else {
+        Observed::Stopped { id: id.into() }
+    }
+}
+
+fn running<'a>(st: &'a mut State, id: &str) -> Result<&'a mut FakeSandbox, RuntimeError> {
+    match st.sandboxes.get_mut(id) {
+        Some(s) if s.running => Ok(s),
+        _ => Err(RuntimeError::NotRunning { id: id.into() }),
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for FakeRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let mut st = self.enter("start", Some(&spec.id))?;
+        if !st.images.iter().any(|i| i.name == spec.image) {
+            return Err(RuntimeError::ImageNotFound(spec.image.clone()));
+        }
+        let s = st.sandboxes.entry(spec.id.clone()).or_default();
+        if s.archived && !s.disk {
+            return Err(RuntimeError::Failed(format!(
+                "sandbox {} is archived: restore it first",
+                spec.id
+            )));
+        }
+        s.spec = Some(spec.clone());
+        s.running = true;
+        s.disk = true;
+        Ok(())
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("stop", Some(id))?;
+        if let Some(s) = st.sandboxes.get_mut(id) {
+            s.running = false;
+            s.paused = false;
+        }
+        Ok(())
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("destroy", Some(id))?;
+        st.sandboxes.remove(id);
+        Ok(())
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("pause", Some(id))?;
+        running(&mut st, id)?.paused = true;
+        Ok(())
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("resume", Some(id))?;
+        running(&mut st, id)?.paused = false;
+        Ok(())
+    }
+
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("archive", Some(id))?;
+        match st.sandboxes.get_mut(id) {
+            Some(s) if s.running => Err(RuntimeError::Failed(
+                "cannot archive a running sandbox".into(),
+            )),
+            Some(s) if s.disk => {
+                s.archived = true;
+                s.disk = false;
+                Ok(())
+            }
+            _ => Err(RuntimeError::Failed(format!(
+                "sandbox {id} has no disk to archive"
+            ))),
+        }
+    }
+
+    async fn restore(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("restore", Some(id))?;
+        match st.sandboxes.get_mut(id) {
+            Some(s) if s.archived => {
+                s.disk = true;
+                s.archived = false;
+                Ok(())
+            }
+            _ => Err(RuntimeError::Failed(format!("sandbox {id} has no archive"))),
+        }
+    }
+
+    async fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("discard_archive", Some(id))?;
+        if let Some(s) = st.sandboxes.get_mut(id) {
+            s.archived = false;
+        }
+        Ok(())
+    }
+
+    async fn disk_state(&self, id: &str) -> Result<DiskState, RuntimeError> {
+        let st = self.enter("disk_state", Some(id))?;
+        Ok(st
+            .sandboxes
+            .get(id)
+            .map(|s| DiskState {
+                present: s.disk,
+                archived: s.archived,
+            })
+            .unwrap_or_default())
+    }
+
+    async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let st = self.enter("recover", None)?;
+        Ok(st.sandboxes.iter().map(|(id, s)| observed(id, s)).collect())
+    }
+
+    async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
+        let st = self.enter("observe", None)?;
+        if let Some(b) = &st.bulk {
+            return Ok(b.clone());
+        }
+        Ok(st.sandboxes.iter().map(|(id, s)| observed(id, s)).collect())
+    }
+
+    async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
+        let st = self.enter("observe_one", Some(id))?;
+        if let Some(seen) = st.one.get(id) {
+            return Ok(seen.clone());
+        }
+        Ok(st.sandboxes.get(id).map(|s| observed(id, s)))
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
+        let st = self.enter("usage", Some(id))?;
+        Ok(st.sandboxes.get(id).filter(|s| s.running).map(|s| {
+            let limits = s.spec.as_ref().map(|p| p.limits.clone());
+            SandboxUsage {
+                cpu_ns: 1_000_000,
+                memory_used: 64 << 20,
+                memory_cache: 0,
+                memory_limit: limits.map_or(0, |l| l.memory_bytes),
+                disk_used: 100 << 20,
+                disk_total: s.spec.as_ref().map_or(0, |p| p.disk_bytes),
+                disk_free: s.spec.as_ref().map_or(0, |p| p.disk_bytes - (100 << 20)),
+            }
+        }))
+    }
+
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let mut st = self.enter("update_limits", Some(id))?;
+        running(&mut st, id)?.limits = Some(limits.clone());
+        Ok(())
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+        let mut st = self.enter("update_network", Some(id))?;
+        if let Some(s) = st.sandboxes.get_mut(id) {
+            s.network = Some(policy.clone());
+        }
+        Ok(())
+    }
+
+    async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError> {
+        let _st = self.enter("connect_toolbox", Some(id))?;
+        Err(RuntimeError::Connect(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "the fake runtime has no toolbox",
+        )))
+    }
+
+    async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError> {
+        let _st = self.enter("connect_port", Some(id))?;
+        Err(RuntimeError::Connect(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            format!("nothing listens on port {port} of a fake sandbox"),
+        )))
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        let st = self.enter("images", None)?;
+        Ok(st.images.clone())
+    }
+}

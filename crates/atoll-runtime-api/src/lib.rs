@@ -1,0 +1,82 @@
+//! The boundary between Atoll's control plane and its compute backends,
+//! as cloud-hypervisor's `hypervisor::Vm` is between its VMM and KVM/MSHV:
+//! the [`Runtime`] trait, whose calls take and return ids, specs and
+//! streams (never a host path), the data they carry ([`model`], [`net`])
+//! and one typed error ([`RuntimeError`]).
+//!
+//! Implementations: the runner's `LocalRuntime` (in-process, the embedded
+//! runner of `atoll serve`) and the control plane's fake for tests. The
+//! control plane depends on this crate only, never on the runner's
+//! internals.
+
+pub mod error;
+#[cfg(feature = "fake")]
+pub mod fake;
+pub mod model;
+pub mod net;
+
+pub use error::RuntimeError;
+pub use model::{DiskState, ImageInfo, Limits, Observed, SandboxSpec, SandboxUsage};
+pub use net::{Cidr, NetworkPolicy, PolicyError};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream to something inside a sandbox (its toolbox daemon, or a
+/// port on its loopback), already checked to be that sandbox's.
+pub trait SandboxStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> SandboxStream for T {}
+
+/// A boxed [`SandboxStream`].
+pub type BoxedStream = Box<dyn SandboxStream>;
+
+/// What the control plane asks of a compute backend. Every call names a
+/// sandbox by its server-generated id; the runtime validates it.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync {
+    /// Starts the sandbox: first start, or a restart over the disk it kept.
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError>;
+    /// Stops it, keeping its disk.
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Stops it and deletes everything it had (its archive too).
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Freezes every process of a running sandbox, keeping its memory.
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Thaws a paused sandbox (a running one is left as it is).
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Packs a stopped sandbox's disk into the archive store, freeing it.
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Unpacks an archived sandbox's disk so it can start again.
+    async fn restore(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Drops a sandbox's archive (stale once its disk is back).
+    async fn discard_archive(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Where a stopped sandbox's disk is.
+    async fn disk_state(&self, id: &str) -> Result<DiskState, RuntimeError>;
+    /// After a restart of the runtime: re-adopts live sandboxes and cleans
+    /// up interrupted starts; what it found.
+    async fn recover(&self) -> Result<Vec<Observed>, RuntimeError>;
+    /// The state of every sandbox the runtime knows. An `Err` says
+    /// nothing about any sandbox (never read it as "all stopped").
+    async fn observe(&self) -> Result<Vec<Observed>, RuntimeError>;
+    /// The state of one sandbox, looked at now; `None` if the runtime
+    /// knows no such sandbox.
+    async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError>;
+    /// What a running (or paused) sandbox uses now; `None` if it is not
+    /// running.
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RuntimeError>;
+    /// Applies new limits to a running sandbox, live.
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError>;
+    /// Applies a new network policy to a running sandbox, live (a stopped
+    /// one gets its policy from its spec at the next start).
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError>;
+    /// A new connection to the sandbox's toolbox daemon, checked to reach
+    /// that sandbox's own process.
+    async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError>;
+    /// A new TCP connection to `127.0.0.1:port` inside the sandbox.
+    async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError>;
+    /// The images this runtime can start sandboxes from.
+    async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError>;
+    /// One image by name.
+    async fn image(&self, name: &str) -> Result<Option<ImageInfo>, RuntimeError> {
+        Ok(self.images().await?.into_iter().find(|i| i.name == name))
+    }
+}

@@ -1,0 +1,119 @@
+//! What crosses the boundary: the spec of a sandbox as the control plane
+//! states it (ids and names, never a host path), what a runtime sees of a
+//! sandbox, what a sandbox uses, the images a runtime can start.
+
+use crate::net::NetworkPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Resource limits of one sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU quota in whole cores.
+    pub cpus: u32,
+    /// Memory limit in bytes; swap is always 0.
+    pub memory_bytes: u64,
+    /// Maximum number of tasks (processes and threads).
+    pub pids: u32,
+}
+
+/// One sandbox as the control plane asks for it. The runtime resolves
+/// `image` to its own copy of that image and derives every host path from
+/// `id`, which it validates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxSpec {
+    /// Server-generated id (a UUID).
+    pub id: String,
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+    /// The image (a snapshot name) the sandbox starts from.
+    pub image: String,
+    /// The user commands run as (`daytona` in the default image).
+    pub user: Option<String>,
+    /// Sandbox environment variables, passed to every command.
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    /// Size of the sandbox's disk in bytes (its quota).
+    pub disk_bytes: u64,
+    /// What the sandbox may reach beyond loopback.
+    #[serde(default)]
+    pub network: NetworkPolicy,
+}
+
+/// What a runtime sees of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Observed {
+    /// PID 1 lives (`paused`: every process frozen, memory kept).
+    Running {
+        id: String,
+        pid: i32,
+        paused: bool,
+    },
+    Stopped {
+        id: String,
+    },
+    /// A start that was interrupted (runner crash) or failed.
+    Failed {
+        id: String,
+        reason: String,
+    },
+}
+
+impl Observed {
+    pub fn id(&self) -> &str {
+        match self {
+            Observed::Running { id, .. }
+            | Observed::Stopped { id }
+            | Observed::Failed { id, .. } => id,
+        }
+    }
+}
+
+/// Where a stopped sandbox's disk is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskState {
+    /// Its disk is on the runtime, ready to start.
+    pub present: bool,
+    /// An archive of it is in the archive store.
+    pub archived: bool,
+}
+
+/// What a running sandbox uses, read from its cgroup and its disk (never
+/// the host's figures).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SandboxUsage {
+    /// Cpu time used since it started, in nanoseconds (a rate needs two
+    /// readings).
+    pub cpu_ns: u64,
+    /// Memory it holds: charged memory minus the page cache the kernel
+    /// reclaims first.
+    pub memory_used: u64,
+    /// Page cache charged to it.
+    pub memory_cache: u64,
+    /// Its memory limit (0: none).
+    pub memory_limit: u64,
+    /// Bytes used on its disk's filesystem.
+    pub disk_used: u64,
+    /// Size of its disk's filesystem.
+    pub disk_total: u64,
+    /// Bytes still writable by its users (ext4 keeps some for root).
+    pub disk_free: u64,
+}
+
+/// An image a runtime can start sandboxes from ("snapshot" in Daytona's
+/// API).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageInfo {
+    pub name: String,
+    /// `sha256:<hex>` of the image's content.
+    pub digest: String,
+    pub size_bytes: u64,
+    pub created_at_ms: i64,
+    /// What a sandbox of this image runs at boot; empty: nothing.
+    pub entrypoint: Vec<String>,
+}
