@@ -158,7 +158,7 @@ async fn create_stop_start_archive_restore_drive_the_runtime() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(api.state(&id).await, "started");
-    assert_eq!(api.runtime.calls_of("restore"), [id.clone()]);
+    assert_eq!(api.runtime.calls_of("restore"), std::slice::from_ref(&id));
     assert!(api.runtime.sandbox(&id).unwrap().running);
 
     let (status, _) = api
