@@ -93,6 +93,36 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
+/// A runner, authenticated by its own key (`Authorization: Bearer <runner
+/// key>`), for the routes runners call (`/api/runners/me`, health checks).
+#[derive(Debug, Clone)]
+pub struct RunnerPrincipal(pub atoll_store::RunnerRecord);
+
+impl FromRequestParts<AppState> for RunnerPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or_else(|| {
+            ApiError::Unauthorized("missing Authorization: Bearer <runner key>".into())
+        })?;
+        let r = state
+            .store
+            .runner_by_key_hash(&hash_key(token))
+            .await?
+            .ok_or_else(|| ApiError::Unauthorized("invalid runner key".into()))?;
+        if r.state == crate::runners::state::DECOMMISSIONED {
+            return Err(ApiError::Forbidden(format!(
+                "runner {} is decommissioned",
+                r.name
+            )));
+        }
+        Ok(RunnerPrincipal(r))
+    }
+}
+
 /// Middleware on `/api`: a request with a valid API key is counted against
 /// that key's token bucket (429 with `Retry-After` past it) and its
 /// `Principal` is handed to the handler. Requests without a valid key pass

@@ -475,3 +475,124 @@ pub struct DaytonaConfiguration {
     pub environment: String,
     pub analytics_api_url: Option<String>,
 }
+
+/// Daytona's `CreateRunner`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateRunner {
+    pub region_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
+    /// Only `container` (namespace sandboxes) is supported.
+    #[serde(default)]
+    pub sandbox_class: Option<String>,
+}
+
+/// Daytona's `CreateRunnerResponse`: the runner's key, shown this once.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateRunnerResponse {
+    pub id: String,
+    pub api_key: String,
+}
+
+/// Daytona's `Runner` (and `RunnerFull`, with `apiKey`), plus Atoll's
+/// `draining` and `local`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Runner {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// `initializing`, `ready`, `unresponsive`, `disabled`, `decommissioned`.
+    pub state: String,
+    pub unschedulable: bool,
+    pub draining: bool,
+    /// The embedded runner of an `atoll serve`.
+    pub local: bool,
+    pub tags: Vec<String>,
+    pub runner_class: String,
+    pub class: String,
+    /// Capacity as last reported: cores, GiB, GiB.
+    pub cpu: f64,
+    pub memory: f64,
+    pub disk: f64,
+    pub gpu: f64,
+    pub domain: Option<String>,
+    pub api_url: Option<String>,
+    pub proxy_url: Option<String>,
+    pub current_cpu_usage_percentage: f64,
+    pub current_memory_usage_percentage: f64,
+    pub current_disk_usage_percentage: f64,
+    pub current_allocated_cpu: f64,
+    pub current_allocated_memory_gi_b: f64,
+    pub current_allocated_disk_gi_b: f64,
+    pub current_snapshot_count: f64,
+    pub current_started_sandboxes: f64,
+    /// 0-100: how much room it has left (the scheduler prefers the highest).
+    pub availability_score: f64,
+    pub last_checked: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub version: String,
+    pub api_version: String,
+    pub app_version: Option<String>,
+    /// `RunnerFull` only: never the key itself (it is stored hashed), its
+    /// first characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+/// Body of `PATCH /api/runners/{id}/scheduling`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerScheduling {
+    pub unschedulable: bool,
+}
+
+/// Body of `PATCH /api/runners/{id}/draining`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerDraining {
+    pub draining: bool,
+}
+
+/// Daytona's `RunnerHealthMetrics`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerHealthMetrics {
+    pub current_cpu_load_average: f64,
+    pub current_cpu_usage_percentage: f64,
+    pub current_memory_usage_percentage: f64,
+    pub current_disk_usage_percentage: f64,
+    pub current_allocated_cpu: f64,
+    pub current_allocated_memory_gi_b: f64,
+    pub current_allocated_disk_gi_b: f64,
+    pub current_snapshot_count: f64,
+    pub current_started_sandboxes: f64,
+    pub cpu: f64,
+    pub memory_gi_b: f64,
+    pub disk_gi_b: f64,
+    #[serde(default)]
+    pub gpu: Option<f64>,
+    #[serde(default)]
+    pub gpu_type: Option<String>,
+}
+
+/// Daytona's `RunnerHealthcheck`, sent by a runner with its own key.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunnerHealthcheck {
+    #[serde(default)]
+    pub metrics: Option<RunnerHealthMetrics>,
+    #[serde(default)]
+    pub service_health: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub domain: Option<String>,
+    #[serde(default)]
+    pub proxy_url: Option<String>,
+    #[serde(default)]
+    pub api_url: Option<String>,
+    pub app_version: String,
+}

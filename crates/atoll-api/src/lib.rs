@@ -14,6 +14,7 @@ pub mod preview;
 pub mod quota;
 pub mod ratelimit;
 pub mod routes;
+pub mod runners;
 pub mod scheduler;
 pub mod secrets;
 pub mod service;
@@ -52,6 +53,9 @@ pub struct ApiConfig {
     pub metrics: metrics::MetricsConfig,
 }
 
+/// The embedded runner's id when the server names none (tests).
+pub const DEFAULT_LOCAL_RUNNER_ID: &str = "local";
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -75,6 +79,8 @@ pub struct AppState {
     pub secrets_key: Arc<secrets::SecretsKey>,
     /// Wakes the warm-pool filler (a pool changed or a member was taken).
     pub warm_pool_wake: Arc<tokio::sync::Notify>,
+    /// This server's embedded runner (the runner of rows without one).
+    pub local_runner_id: Arc<String>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
     pub cpu_readings: Arc<std::sync::Mutex<std::collections::HashMap<String, metrics::CpuReading>>>,
 }
@@ -106,7 +112,15 @@ impl AppState {
             preview_secret: Arc::new(preview_secret),
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
+            local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
         }
+    }
+
+    /// Names this server's embedded runner (kept in its data directory, so
+    /// it survives restarts; several servers each have their own).
+    pub fn with_local_runner_id(mut self, id: String) -> AppState {
+        self.local_runner_id = Arc::new(id);
+        self
     }
 
     /// The server's key for secret values (a fresh random one otherwise:
@@ -190,7 +204,9 @@ async fn not_found(req: Request) -> ApiError {
 }
 
 pub fn router(state: AppState) -> Router {
-    use routes::{account, preview, sandbox, secrets, snapshots, system, toolbox, warm_pools};
+    use routes::{
+        account, preview, runners, sandbox, secrets, snapshots, system, toolbox, warm_pools,
+    };
     let api = Router::new()
         .route("/health", get(system::health))
         .route("/users/me", get(account::users_me))
@@ -202,6 +218,14 @@ pub fn router(state: AppState) -> Router {
             "/admin/organizations/{id}/quota",
             get(system::get_quota).put(system::put_quota),
         )
+        .route("/runners", get(runners::list).post(runners::create))
+        .route("/runners/me", get(runners::me))
+        .route("/runners/healthcheck", post(runners::healthcheck))
+        .route("/runners/by-sandbox/{sandbox_id}", get(runners::by_sandbox))
+        .route("/runners/{id}", get(runners::get).delete(runners::delete))
+        .route("/runners/{id}/full", get(runners::get_full))
+        .route("/runners/{id}/scheduling", patch(runners::scheduling))
+        .route("/runners/{id}/draining", patch(runners::draining))
         .route("/sandbox", get(sandbox::list).post(sandbox::create))
         .route("/sandbox/paginated", get(sandbox::paginated))
         .route("/sandbox/{id}", get(sandbox::get).delete(sandbox::delete))

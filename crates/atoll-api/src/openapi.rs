@@ -24,6 +24,10 @@ use utoipa::OpenApi;
         crate::routes::warm_pools::list, crate::routes::warm_pools::create,
         crate::routes::warm_pools::update, crate::routes::warm_pools::delete,
         sandbox::pause, sandbox::autopause, sandbox::telemetry_metrics, system::config,
+        crate::routes::runners::create, crate::routes::runners::list, crate::routes::runners::get,
+        crate::routes::runners::get_full, crate::routes::runners::by_sandbox,
+        crate::routes::runners::scheduling, crate::routes::runners::draining,
+        crate::routes::runners::delete, crate::routes::runners::me, crate::routes::runners::healthcheck,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -35,6 +39,8 @@ use utoipa::OpenApi;
         dto::UpdateSandboxSecrets, dto::CreateWarmPool, dto::UpdateWarmPool, dto::WarmPool,
         dto::SystemMetrics, dto::MetricsResponse, dto::MetricSeries, dto::MetricDataPoint,
         dto::DaytonaConfiguration, dto::OidcConfig,
+        dto::CreateRunner, dto::CreateRunnerResponse, dto::Runner, dto::RunnerScheduling,
+        dto::RunnerDraining, dto::RunnerHealthMetrics, dto::RunnerHealthcheck,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -329,6 +329,7 @@ mod tests {
             queue_timeout: None,
             warm_pool_id: None,
             auto_pause_interval: 0,
+            runner_id: None,
         }
     }
 

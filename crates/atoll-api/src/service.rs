@@ -132,7 +132,7 @@ impl AppState {
             last_activity_at: rfc3339_millis(r.last_activity_at),
             sandbox_class: "container".into(),
             daemon_version: env!("CARGO_PKG_VERSION").into(),
-            runner_id: "local".into(),
+            runner_id: self.runner_of(r).to_string(),
             toolbox_proxy_url: self.toolbox_proxy_url(),
             auto_destroy_at: r.auto_destroy_at.map(rfc3339_millis),
             queue_timeout: r.queue_timeout,
@@ -323,7 +323,11 @@ impl AppState {
         // auto-pause turns the default auto-stop off.
         let default_auto_stop = if auto_pause_interval > 0 { 0 } else { 15 };
         let now = now_millis();
+        // Placement first: a runner that takes no new sandboxes (draining,
+        // unschedulable, down) refuses the create, warm pool or not.
+        let runner = self.pick_runner(None).await?;
         let row = SandboxRecord {
+            runner_id: Some(runner.id),
             ttl_minutes,
             auto_destroy_at: (ttl_minutes > 0).then(|| now + self.minutes_ms(ttl_minutes)),
             secrets,
@@ -402,6 +406,9 @@ impl AppState {
     /// Inserts a new sandbox row (within quota) and starts it. A host
     /// whose disk or sandbox network is full undoes the create.
     pub(crate) async fn launch(&self, mut row: SandboxRecord) -> Result<Sandbox, ApiError> {
+        if row.runner_id.is_none() {
+            row.runner_id = Some(self.pick_runner(None).await?.id);
+        }
         let lock = self.locks.get(&row.id);
         let _guard = lock.lock().await;
         self.insert_within_quota(&row).await?;

@@ -355,5 +355,6 @@ fn member_row(pool: &WarmPoolRecord) -> SandboxRecord {
         queue_timeout: None,
         warm_pool_id: Some(pool.id.clone()),
         auto_pause_interval: 0,
+        runner_id: None,
     }
 }

@@ -19,6 +19,7 @@ use tower::ServiceExt;
 const KEY: &str = "atoll_test_key_0123456789";
 
 struct Api {
+    state: AppState,
     router: axum::Router,
     runtime: Arc<FakeRuntime>,
     _dir: TempDir,
@@ -70,8 +71,15 @@ async fn api() -> Api {
         rate_limit: None,
         metrics: Default::default(),
     };
-    let state = AppState::new(store, runtime.clone(), config, "preview-key".into());
+    let state = AppState::new(store, runtime.clone(), config, "preview-key".into())
+        .with_local_runner_id("runner-local".into());
+    state
+        .register_local_runner("host-a", "local")
+        .await
+        .unwrap();
+    state.check_local_runner().await.unwrap();
     Api {
+        state: state.clone(),
         router: atoll_api::router(state),
         runtime,
         _dir: TempDir(dir),
@@ -80,10 +88,20 @@ async fn api() -> Api {
 
 impl Api {
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(KEY, method, path, body).await
+    }
+
+    async fn call_as(
+        &self,
+        key: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(path)
-            .header("authorization", format!("Bearer {KEY}"))
+            .header("authorization", format!("Bearer {key}"))
             .header("content-type", "application/json")
             .body(match body {
                 Some(b) => Body::from(b.to_string()),
@@ -306,4 +324,206 @@ async fn live_resize_and_network_changes_reach_the_runtime() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(api.runtime.calls_of("update_network").len(), calls);
+}
+
+#[tokio::test]
+async fn the_embedded_runner_is_registered_reports_capacity_and_holds_what_is_created() {
+    let api = api().await;
+    let (status, list) = api.call(Method::GET, "/api/runners", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    let local = &list[0];
+    assert_eq!(local["id"], "runner-local");
+    assert_eq!(local["name"], "host-a");
+    assert_eq!(local["state"], "ready");
+    assert_eq!(local["local"], true);
+    assert_eq!(local["runnerClass"], "container");
+    assert_eq!(
+        local["cpu"], 8.0,
+        "the runtime's reported capacity: {local}"
+    );
+    assert_eq!(local["memory"], 32.0);
+    assert!(local["lastChecked"].is_string(), "{local}");
+
+    let (_, sb) = api.create(json!({"cpu": 2, "memory": 3, "disk": 4})).await;
+    let id = sb["id"].as_str().unwrap();
+    assert_eq!(sb["runnerId"], "runner-local", "{sb}");
+    let (status, r) = api
+        .call(Method::GET, &format!("/api/runners/by-sandbox/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["id"], "runner-local");
+    assert_eq!(r["currentAllocatedCpu"], 2.0, "{r}");
+    assert_eq!(r["currentAllocatedMemoryGiB"], 3.0, "{r}");
+    assert_eq!(r["currentAllocatedDiskGiB"], 4.0, "{r}");
+    assert_eq!(r["currentStartedSandboxes"], 1.0, "{r}");
+    assert!(
+        r["apiKey"].as_str().is_some_and(|k| !k.starts_with("atl_")),
+        "never the key: {r}"
+    );
+    // The embedded runner cannot be deleted out from under its server.
+    let (status, _) = api
+        .call(Method::DELETE, "/api/runners/runner-local", None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn a_draining_or_unschedulable_runner_takes_no_new_sandbox_and_keeps_its_own() {
+    let api = api().await;
+    let (_, sb) = api.create(json!({})).await;
+    let kept = sb["id"].as_str().unwrap().to_string();
+    for (route, body) in [
+        ("draining", json!({"draining": true})),
+        ("scheduling", json!({"unschedulable": true})),
+    ] {
+        let (status, r) = api
+            .call(
+                Method::PATCH,
+                &format!("/api/runners/runner-local/{route}"),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+        let (status, body) = api.create(json!({})).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let msg = body["message"].as_str().unwrap();
+        assert!(msg.contains("host-a is"), "{msg}");
+        // What it runs keeps running and answers lifecycle calls.
+        assert_eq!(api.state(&kept).await, "started");
+        let (status, _) = api
+            .call(Method::POST, &format!("/api/sandbox/{kept}/stop"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = api
+            .call(Method::POST, &format!("/api/sandbox/{kept}/start"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let off = if route == "draining" {
+            json!({"draining": false})
+        } else {
+            json!({"unschedulable": false})
+        };
+        let (status, r) = api
+            .call(
+                Method::PATCH,
+                &format!("/api/runners/runner-local/{route}"),
+                Some(off),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{r}");
+    }
+    let (status, body) = api.create(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(api.ids().await.len(), 2);
+}
+
+#[tokio::test]
+async fn a_registered_runner_authenticates_with_its_own_key_and_goes_unresponsive_when_silent() {
+    let api = api().await;
+    let (status, created) = api
+        .call(
+            Method::POST,
+            "/api/runners",
+            Some(json!({"name": "edge-1", "regionId": "eu", "tags": ["ssd"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let key = created["apiKey"].as_str().unwrap().to_string();
+    // Names are unique; bad names and unknown fields are refused.
+    for body in [
+        json!({"name": "edge-1", "regionId": "eu"}),
+        json!({"name": "Edge 1", "regionId": "eu"}),
+        json!({"name": "edge-2", "regionId": "eu", "sandboxClass": "windows"}),
+        json!({"name": "edge-2", "regionId": "eu", "cpu": 4}),
+    ] {
+        let (status, b) = api
+            .call(Method::POST, "/api/runners", Some(body.clone()))
+            .await;
+        assert!(
+            status == StatusCode::CONFLICT || status == StatusCode::BAD_REQUEST,
+            "{body} -> {status} {b}"
+        );
+    }
+    let (status, me) = api
+        .call_as(&key, Method::GET, "/api/runners/me", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["id"], id.as_str());
+    assert_eq!(me["state"], "initializing");
+    // An API key is not a runner key, and a runner key is not an API key.
+    let (status, _) = api.call(Method::GET, "/api/runners/me", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api.call_as(&key, Method::GET, "/api/sandbox", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let health = json!({
+        "appVersion": "0.1.0",
+        "apiUrl": "https://edge-1.example:2281",
+        "metrics": {
+            "currentCpuLoadAverage": 0.5, "currentCpuUsagePercentage": 10.0,
+            "currentMemoryUsagePercentage": 20.0, "currentDiskUsagePercentage": 30.0,
+            "currentAllocatedCpu": 0, "currentAllocatedMemoryGiB": 0, "currentAllocatedDiskGiB": 0,
+            "currentSnapshotCount": 1, "currentStartedSandboxes": 0,
+            "cpu": 16, "memoryGiB": 64, "diskGiB": 500
+        }
+    });
+    let (status, b) = api
+        .call_as(&key, Method::POST, "/api/runners/healthcheck", Some(health))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let (_, r) = api
+        .call(Method::GET, &format!("/api/runners/{id}"), None)
+        .await;
+    assert_eq!(r["state"], "ready", "{r}");
+    assert_eq!(r["cpu"], 16.0);
+    assert_eq!(r["apiUrl"], "https://edge-1.example:2281");
+    assert_eq!(r["tags"], json!(["ssd"]));
+    let (status, b) = api
+        .call_as(
+            &key,
+            Method::POST,
+            "/api/runners/healthcheck",
+            Some(json!({"appVersion": "1", "apiUrl": "file:///etc"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");
+
+    // Filters by region; an unknown filter is refused.
+    let (_, eu) = api
+        .call(Method::GET, "/api/runners?regionId=eu", None)
+        .await;
+    assert_eq!(eu.as_array().unwrap().len(), 1);
+    let (status, _) = api.call(Method::GET, "/api/runners?region=eu", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // Silent past the limit: unresponsive (the embedded runner is not).
+    api.state
+        .store
+        .mark_unresponsive_runners(i64::MAX, 0)
+        .await
+        .unwrap();
+    let (_, r) = api
+        .call(Method::GET, &format!("/api/runners/{id}"), None)
+        .await;
+    assert_eq!(r["state"], "unresponsive", "{r}");
+    let (_, local) = api
+        .call(Method::GET, "/api/runners/runner-local", None)
+        .await;
+    assert_eq!(local["state"], "ready");
+
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/runners/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call_as(&key, Method::GET, "/api/runners/me", None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a deleted runner's key is dead"
+    );
 }

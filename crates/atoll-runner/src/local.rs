@@ -10,8 +10,8 @@
 use crate::image::{Image, ImageStore};
 use crate::runtime::{NamespaceRuntime, RuntimeError as HostError};
 use atoll_runtime_api::{
-    BoxedStream, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime, RuntimeError,
-    SandboxSpec, SandboxUsage,
+    BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
+    RuntimeError, SandboxSpec, SandboxUsage,
 };
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -209,6 +209,10 @@ impl Runtime for LocalRuntime {
             .await
             .map_err(RuntimeError::Connect)?;
         Ok(Box::new(atoll_proxy::app::QuickAck::new(stream)))
+    }
+
+    async fn capacity(&self) -> Result<Capacity, RuntimeError> {
+        self.blocking(|rt| Ok(rt.capacity())).await
     }
 
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {

@@ -296,6 +296,11 @@ impl Network {
         })
     }
 
+    /// How many sandboxes the block holds at once.
+    pub fn slots(&self) -> u32 {
+        lock(&self.inner.addresses).capacity()
+    }
+
     /// A ready slot from the pool, or a fresh one if the pool is empty.
     pub fn take(&self) -> Result<Slot, NetworkError> {
         let ready = lock(&self.inner.pool).pop();

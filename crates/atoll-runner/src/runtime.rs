@@ -828,6 +828,47 @@ impl NamespaceRuntime {
     }
 }
 
+impl NamespaceRuntime {
+    /// What this host offers sandboxes: its cores, memory, the filesystem
+    /// sandbox disks live on, and the network block's addresses.
+    pub fn capacity(&self) -> atoll_runtime_api::Capacity {
+        const GIB: u64 = 1 << 30;
+        let cpu = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        let memory = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        let (disk, free) = nix::sys::statvfs::statvfs(&self.cfg.sandboxes_dir)
+            .map(|st| {
+                let frag = st.fragment_size();
+                (
+                    st.blocks().saturating_mul(frag),
+                    st.blocks_available().saturating_mul(frag),
+                )
+            })
+            .unwrap_or((0, 0));
+        let running = self
+            .journal
+            .entries()
+            .iter()
+            .filter(|e| e.state == EntryState::Running && journal::is_alive(e))
+            .count() as u32;
+        atoll_runtime_api::Capacity {
+            cpu,
+            memory_gib: memory / GIB,
+            disk_gib: disk / GIB,
+            disk_free_gib: free / GIB,
+            network_slots: self.network.as_ref().map_or(0, |n| n.slots()),
+            running,
+        }
+    }
+}
+
 /// Used, total and available bytes of a running sandbox's disk: the
 /// filesystem under its root (an overlay whose statfs is its upper
 /// layer's, the sandbox's own loop-mounted disk), seen through its PID 1.

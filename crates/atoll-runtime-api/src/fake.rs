@@ -8,8 +8,8 @@
 //! It has no toolbox: connecting to one is a connect error.
 
 use crate::{
-    BoxedStream, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime, RuntimeError,
-    SandboxSpec, SandboxUsage,
+    BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
+    RuntimeError, SandboxSpec, SandboxUsage,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -351,6 +351,18 @@ impl Runtime for FakeRuntime {
             std::io::ErrorKind::ConnectionRefused,
             format!("nothing listens on port {port} of a fake sandbox"),
         )))
+    }
+
+    async fn capacity(&self) -> Result<Capacity, RuntimeError> {
+        let st = self.enter("capacity", None)?;
+        Ok(Capacity {
+            cpu: 8,
+            memory_gib: 32,
+            disk_gib: 200,
+            disk_free_gib: 150,
+            network_slots: 100,
+            running: st.sandboxes.values().filter(|s| s.running).count() as u32,
+        })
     }
 
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {

@@ -16,7 +16,7 @@ pub mod model;
 pub mod net;
 
 pub use error::RuntimeError;
-pub use model::{DiskState, ImageInfo, Limits, Observed, SandboxSpec, SandboxUsage};
+pub use model::{Capacity, DiskState, ImageInfo, Limits, Observed, SandboxSpec, SandboxUsage};
 pub use net::{Cidr, NetworkPolicy, PolicyError};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -73,6 +73,8 @@ pub trait Runtime: Send + Sync {
     async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError>;
     /// A new TCP connection to `127.0.0.1:port` inside the sandbox.
     async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError>;
+    /// What the runtime's host offers sandboxes (its health check).
+    async fn capacity(&self) -> Result<Capacity, RuntimeError>;
     /// The images this runtime can start sandboxes from.
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError>;
     /// One image by name.

@@ -104,6 +104,24 @@ pub struct SandboxUsage {
     pub disk_free: u64,
 }
 
+/// What a runtime's host offers sandboxes, as it reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Capacity {
+    /// Cores.
+    pub cpu: u32,
+    pub memory_gib: u64,
+    /// Space on the filesystem sandbox disks live on.
+    pub disk_gib: u64,
+    /// Free space there now.
+    pub disk_free_gib: u64,
+    /// Sandboxes that can run at once for want of network addresses (0:
+    /// sandboxes get loopback only, no limit from the network).
+    pub network_slots: u32,
+    /// Sandboxes the runtime runs now.
+    pub running: u32,
+}
+
 /// An image a runtime can start sandboxes from ("snapshot" in Daytona's
 /// API).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

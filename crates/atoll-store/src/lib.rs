@@ -4,6 +4,7 @@
 //! so PostgreSQL is a second connection URL, not a rewrite.
 
 mod records;
+mod runners;
 mod secrets;
 mod warm_pools;
 
@@ -11,6 +12,7 @@ pub use records::{
     ApiKeyRecord, MetricSample, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord,
     VolumeMount,
 };
+pub use runners::{RunnerAllocation, RunnerRecord};
 pub use secrets::SecretRecord;
 pub use warm_pools::WarmPoolRecord;
 
@@ -139,7 +141,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, os_user, env
      error_reason, recoverable, auto_stop_interval, auto_archive_interval, auto_delete_interval, \
      volumes, created_at, updated_at, last_activity_at, state_changed_at, ttl_minutes, \
      auto_destroy_at, secrets, outbound_proxy_url, queue_timeout, warm_pool_id, \
-     auto_pause_interval";
+     auto_pause_interval, runner_id";
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
@@ -743,7 +745,7 @@ async fn insert_sandbox_row<'c>(
     let sql = format!(
         "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
-         $27, $28, $29, $30, $31, $32, $33)"
+         $27, $28, $29, $30, $31, $32, $33, $34)"
     );
     s.bind_all(sqlx::query(&sql))
         .execute(x)
@@ -771,8 +773,8 @@ async fn update_sandbox_row<'c>(
          auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
          last_activity_at = $25, state_changed_at = $26, ttl_minutes = $27, \
          auto_destroy_at = $28, secrets = $29, outbound_proxy_url = $30, queue_timeout = $31, \
-         warm_pool_id = $32, auto_pause_interval = $33 \
-         WHERE id = $1 AND organization_id = $2 AND state = $34";
+         warm_pool_id = $32, auto_pause_interval = $33, runner_id = $34 \
+         WHERE id = $1 AND organization_id = $2 AND state = $35";
     let done = s
         .bind_all(sqlx::query(sql))
         .bind(expected_state)

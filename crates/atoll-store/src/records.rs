@@ -111,6 +111,9 @@ pub struct SandboxRecord {
     pub warm_pool_id: Option<String>,
     /// Minutes of inactivity before a started sandbox is paused (0: never).
     pub auto_pause_interval: i64,
+    /// The runner it lives on (`None`: placed before runners existed, on
+    /// the embedded runner).
+    pub runner_id: Option<String>,
 }
 
 /// One resource usage sample of a sandbox.
@@ -170,10 +173,11 @@ impl SandboxRecord {
             queue_timeout: r.try_get(30)?,
             warm_pool_id: r.try_get(31)?,
             auto_pause_interval: r.try_get(32)?,
+            runner_id: r.try_get(33)?,
         })
     }
 
-    /// Binds all 33 columns in `SANDBOX_COLUMNS` order as $1..$33.
+    /// Binds all 34 columns in `SANDBOX_COLUMNS` order as $1..$34.
     pub(crate) fn bind_all<'q>(
         &'q self,
         q: Query<'q, Any, AnyArguments<'q>>,
@@ -212,6 +216,7 @@ impl SandboxRecord {
             .bind(self.queue_timeout)
             .bind(&self.warm_pool_id)
             .bind(self.auto_pause_interval)
+            .bind(&self.runner_id)
     }
 }
 

@@ -48,6 +48,7 @@ fn sandbox(id: &str, org: &str, name: &str) -> SandboxRecord {
         queue_timeout: Some(5),
         warm_pool_id: None,
         auto_pause_interval: 7,
+        runner_id: Some("runner-1".into()),
     }
 }
 
@@ -469,6 +470,128 @@ async fn metric_samples_are_stored_in_batches_queried_by_range_and_pruned() {
         .await
         .unwrap()
         .is_empty());
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn runner(id: &str, name: &str, local: bool) -> RunnerRecord {
+    RunnerRecord {
+        id: id.into(),
+        name: name.into(),
+        region: "us".into(),
+        runner_class: "linux".into(),
+        tags: vec!["gpu-less".into()],
+        api_key_hash: format!("hash-{id}"),
+        state: "initializing".into(),
+        unschedulable: false,
+        draining: false,
+        local,
+        api_url: Some("https://r1.example:2281".into()),
+        proxy_url: None,
+        domain: None,
+        app_version: None,
+        cpu: 8,
+        memory_gib: 16,
+        disk_gib: 100,
+        metrics: None,
+        last_checked: None,
+        created_at: 1000,
+        updated_at: 1000,
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn runners_round_trip_go_unresponsive_and_count_what_they_hold() {
+    let (store, dir) = fresh().await;
+    store
+        .insert_org(&OrgRecord {
+            id: "o1".into(),
+            name: "one".into(),
+            created_at: 0,
+        })
+        .await
+        .unwrap();
+    let mut r1 = runner("r1", "one", false);
+    store.insert_runner(&r1).await.unwrap();
+    store
+        .insert_runner(&runner("local", "here", true))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.insert_runner(&runner("r2", "one", false)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(store.runner("r1").await.unwrap(), Some(r1.clone()));
+    assert_eq!(
+        store.runner_by_key_hash("hash-r1").await.unwrap(),
+        Some(r1.clone())
+    );
+    assert_eq!(
+        store.runner_by_name("here").await.unwrap().unwrap().id,
+        "local"
+    );
+
+    r1.state = "ready".into();
+    r1.last_checked = Some(5000);
+    r1.draining = true;
+    store.update_runner(&r1).await.unwrap();
+    assert_eq!(store.runner("r1").await.unwrap(), Some(r1.clone()));
+    // silent since 5000: unresponsive at 20000 with a 10 s limit; the
+    // embedded runner is never marked (it is the server itself)
+    assert_eq!(
+        store
+            .mark_unresponsive_runners(10_000, 20_000)
+            .await
+            .unwrap(),
+        ["r1"]
+    );
+    assert_eq!(
+        store.runner("r1").await.unwrap().unwrap().state,
+        "unresponsive"
+    );
+    assert!(store
+        .mark_unresponsive_runners(10_000, 20_000)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let mut a = sandbox("s1", "o1", "a");
+    a.runner_id = Some("r1".into());
+    a.cpu = 2;
+    a.memory = 4;
+    a.disk = 10;
+    store.insert_sandbox(&a).await.unwrap();
+    let mut b = sandbox("s2", "o1", "b");
+    b.runner_id = None;
+    b.state = "stopped".into();
+    store.insert_sandbox(&b).await.unwrap();
+    let held = store.runner_allocations("local").await.unwrap();
+    assert_eq!(
+        held["r1"],
+        RunnerAllocation {
+            cpu: 2,
+            memory_gib: 4,
+            disk_gib: 10,
+            started: 1,
+            sandboxes: 1
+        }
+    );
+    assert_eq!(
+        held["local"],
+        RunnerAllocation {
+            cpu: 0,
+            memory_gib: 0,
+            disk_gib: 3,
+            started: 0,
+            sandboxes: 1
+        }
+    );
+    assert!(matches!(
+        store.delete_runner("r1", false).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.delete_runner("r1", true).await.unwrap());
+    assert!(store.runner("r1").await.unwrap().is_none());
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

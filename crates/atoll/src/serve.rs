@@ -72,6 +72,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ATOLL_METRICS_RETENTION_HOURS", default_value_t = 24.0)]
     metrics_retention_hours: f64,
     /// Image store directory (default: <data-dir>/images).
+    /// Name of this server's embedded runner in `/api/runners` (default:
+    /// the host name and the start of the runner's id).
+    #[arg(long, env = "ATOLL_RUNNER_NAME")]
+    runner_name: Option<String>,
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     images_dir: Option<PathBuf>,
     /// File holding the key organization secrets are sealed with (64 hex
@@ -166,6 +170,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let image = ensure_default_image(&images_dir)?;
     let images = Arc::new(ImageStore::open(&images_dir)?);
 
+    let runner_id = crate::tenancy::runner_id(&data_dir)?;
+    let runner_name = match &args.runner_name {
+        Some(n) => {
+            anyhow::ensure!(
+                atoll_api::runners::valid_runner_name(n),
+                "--runner-name {n:?}: use 1-63 of a-z, 0-9, '-' and '.'"
+            );
+            n.clone()
+        }
+        None => default_runner_name(&runner_id),
+    };
     let exe = std::env::current_exe().context("locating the atoll binary")?;
     let runtime = NamespaceRuntime::new(RuntimeConfig {
         state_dir: data_dir.join("runner"),
@@ -235,11 +250,20 @@ pub fn run(args: ServeArgs) -> Result<()> {
             },
             preview_secret,
         )
-        .with_secrets_key(secrets_key);
+        .with_secrets_key(secrets_key)
+        .with_local_runner_id(runner_id.clone());
         state
             .reconcile_on_boot()
             .await
             .map_err(|e| anyhow::anyhow!("reconciling sandboxes: {e}"))?;
+        state
+            .register_local_runner(&runner_name, atoll_api::routes::account::REGION)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering the embedded runner: {e}"))?;
+        if let Err(e) = state.check_local_runner().await {
+            tracing::warn!(error = %e, "first health check of the embedded runner failed");
+        }
+        atoll_api::runners::spawn_health(state.clone());
         atoll_api::scheduler::spawn(state.clone());
         atoll_api::warm_pool::spawn(state.clone());
         atoll_api::metrics::spawn_sampler(state.clone());
@@ -397,5 +421,36 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// `<host name>-<start of the runner id>`, in the characters runner names
+/// allow.
+fn default_runner_name(runner_id: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    let host = host.trim_matches(|c| c == '-' || c == '.');
+    let short: String = runner_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(8)
+        .collect();
+    if host.is_empty() {
+        format!("runner-{short}")
+    } else {
+        format!("{host}-{short}")
     }
 }

@@ -117,6 +117,46 @@ pub fn secrets_key(path: &Path) -> Result<atoll_api::secrets::SecretsKey> {
         .with_context(|| format!("the secrets key in {}", path.display()))
 }
 
+/// The id of this data directory's embedded runner, kept in
+/// `<data-dir>/runner.id` (made on first start; servers sharing the data
+/// directory share the runner, so they share the id). Written to a
+/// temporary file and linked into place, so a racing server reads either
+/// nothing or the whole id.
+pub fn runner_id(data_dir: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("runner.id");
+    let valid = |t: &str| {
+        !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if !path.exists() {
+        let tmp = data_dir.join(format!(".runner.id.{}", std::process::id()));
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(id.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        let linked = std::fs::hard_link(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", path.display())),
+        }
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let id = text.trim();
+    anyhow::ensure!(valid(id), "{} does not hold a runner id", path.display());
+    Ok(id.to_string())
+}
+
 /// The file of a `sqlite:` database URL (`None` for other databases and
 /// in-memory ones).
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {

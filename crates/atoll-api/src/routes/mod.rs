@@ -3,6 +3,7 @@
 
 pub mod account;
 pub mod preview;
+pub mod runners;
 pub mod sandbox;
 pub mod secrets;
 pub mod snapshots;

@@ -1,0 +1,340 @@
+//! Runners: the registry of compute hosts sandboxes run on, as Daytona's
+//! `/api/runners` routes show it. Every `atoll serve` registers its
+//! embedded runner at boot and checks its health on an interval (the
+//! capacity its runtime reports); remote runners are registered by an
+//! admin and authenticate with their own key (stored hashed), reporting
+//! health through `POST /api/runners/healthcheck`. A runner whose health
+//! checks stop is marked `unresponsive`. Placement picks, among runners
+//! that take new sandboxes (ready, neither unschedulable nor draining, in
+//! the asked region, served by this server), the one with the most room.
+
+use crate::dto;
+use crate::error::ApiError;
+use crate::AppState;
+use atoll_store::{RunnerAllocation, RunnerRecord};
+use atoll_types::time::{now_millis, rfc3339_millis};
+use std::time::Duration;
+
+/// Runner states, as Daytona names them.
+pub mod state {
+    pub const INITIALIZING: &str = "initializing";
+    pub const READY: &str = "ready";
+    pub const UNRESPONSIVE: &str = "unresponsive";
+    pub const DISABLED: &str = "disabled";
+    pub const DECOMMISSIONED: &str = "decommissioned";
+}
+
+/// How often runners report health.
+pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Silence after which a runner is unresponsive: three missed reports and
+/// a margin.
+pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(35);
+/// The runner class of namespace sandboxes (Daytona's `RunnerClass`).
+pub const RUNNER_CLASS: &str = "container";
+/// What this server reports as its runner version.
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A runner name: 1-63 of `[a-z0-9.-]`, starting with a letter or digit.
+pub fn valid_runner_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn gib_pct(used: f64, total: f64) -> f64 {
+    if total <= 0.0 {
+        0.0
+    } else {
+        (100.0 * used / total).clamp(0.0, 100.0)
+    }
+}
+
+/// How much room a runner has left, 0-100: the lowest of its free cpu,
+/// memory and disk shares, by what is placed on it.
+pub fn availability_score(r: &RunnerRecord, a: &RunnerAllocation) -> f64 {
+    let free = |used: i64, total: i64| 100.0 - gib_pct(used as f64, total as f64);
+    free(a.cpu, r.cpu)
+        .min(free(a.memory_gib, r.memory_gib))
+        .min(free(a.disk_gib, r.disk_gib))
+}
+
+/// Does the runner take new sandboxes (its flags and state)?
+pub fn schedulable(r: &RunnerRecord) -> bool {
+    r.state == state::READY && !r.unschedulable && !r.draining
+}
+
+impl AppState {
+    /// The runner a sandbox row lives on (rows from before runners
+    /// existed are on the embedded runner).
+    pub fn runner_of<'a>(&'a self, r: &'a atoll_store::SandboxRecord) -> &'a str {
+        r.runner_id.as_deref().unwrap_or(&self.local_runner_id)
+    }
+
+    /// The API view of a runner, with what is placed on it.
+    pub fn runner_dto(&self, r: &RunnerRecord, a: &RunnerAllocation, full: bool) -> dto::Runner {
+        let metrics: Option<dto::RunnerHealthMetrics> = r
+            .metrics
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok());
+        let pct = |f: fn(&dto::RunnerHealthMetrics) -> f64| metrics.as_ref().map_or(0.0, f);
+        dto::Runner {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            region: r.region.clone(),
+            state: r.state.clone(),
+            unschedulable: r.unschedulable,
+            draining: r.draining,
+            local: r.local,
+            tags: r.tags.clone(),
+            runner_class: r.runner_class.clone(),
+            class: r.runner_class.clone(),
+            cpu: r.cpu as f64,
+            memory: r.memory_gib as f64,
+            disk: r.disk_gib as f64,
+            gpu: 0.0,
+            domain: r.domain.clone(),
+            api_url: r.api_url.clone(),
+            proxy_url: r.proxy_url.clone(),
+            current_cpu_usage_percentage: pct(|m| m.current_cpu_usage_percentage),
+            current_memory_usage_percentage: pct(|m| m.current_memory_usage_percentage),
+            current_disk_usage_percentage: pct(|m| m.current_disk_usage_percentage),
+            current_allocated_cpu: a.cpu as f64,
+            current_allocated_memory_gi_b: a.memory_gib as f64,
+            current_allocated_disk_gi_b: a.disk_gib as f64,
+            current_snapshot_count: pct(|m| m.current_snapshot_count),
+            current_started_sandboxes: a.started as f64,
+            availability_score: availability_score(r, a),
+            last_checked: r.last_checked.map(rfc3339_millis),
+            created_at: rfc3339_millis(r.created_at),
+            updated_at: rfc3339_millis(r.updated_at),
+            version: "0".into(),
+            api_version: "0".into(),
+            app_version: r.app_version.clone(),
+            api_key: full.then(|| "(stored hashed; shown once at registration)".to_string()),
+        }
+    }
+
+    /// Registers this server's embedded runner, or refreshes its row (a
+    /// restart keeps its id, flags and sandboxes).
+    pub async fn register_local_runner(
+        &self,
+        name: &str,
+        region: &str,
+    ) -> Result<RunnerRecord, ApiError> {
+        let now = now_millis();
+        let id = self.local_runner_id.as_str();
+        if let Some(mut r) = self.store.runner(id).await? {
+            r.name = name.to_string();
+            r.region = region.to_string();
+            r.updated_at = now;
+            self.store.update_runner(&r).await?;
+            return Ok(r);
+        }
+        // The embedded runner takes no remote calls: its key is one nobody
+        // is ever shown.
+        let key = crate::auth::generate_key()?;
+        let r = RunnerRecord {
+            id: id.to_string(),
+            name: name.to_string(),
+            region: region.to_string(),
+            runner_class: RUNNER_CLASS.into(),
+            tags: vec![],
+            api_key_hash: crate::auth::hash_key(&key),
+            state: state::INITIALIZING.into(),
+            unschedulable: false,
+            draining: false,
+            local: true,
+            api_url: Some(self.config.public_url.clone()),
+            proxy_url: None,
+            domain: None,
+            app_version: Some(VERSION.into()),
+            cpu: 0,
+            memory_gib: 0,
+            disk_gib: 0,
+            metrics: None,
+            last_checked: None,
+            created_at: now,
+            updated_at: now,
+        };
+        match self.store.insert_runner(&r).await {
+            Ok(()) => Ok(r),
+            // Another server on this data directory registered it first.
+            Err(atoll_store::StoreError::Conflict(_)) if self.store.runner(id).await?.is_some() => {
+                Box::pin(self.register_local_runner(name, region)).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The embedded runner's health check: the capacity its runtime
+    /// reports, and `ready` (an admin's `disabled` or `decommissioned`
+    /// stays). A runtime that does not answer leaves the runner as it was
+    /// and the error is returned.
+    pub async fn check_local_runner(&self) -> Result<(), ApiError> {
+        let cap = self.runtime.capacity().await?;
+        let Some(mut r) = self.store.runner(&self.local_runner_id).await? else {
+            return Ok(());
+        };
+        let held = self
+            .store
+            .runner_allocations(&self.local_runner_id)
+            .await?
+            .remove(&r.id)
+            .unwrap_or_default();
+        let disk_used = cap.disk_gib.saturating_sub(cap.disk_free_gib) as f64;
+        let metrics = dto::RunnerHealthMetrics {
+            current_cpu_load_average: load_average().unwrap_or(0.0),
+            current_cpu_usage_percentage: gib_pct(held.cpu as f64, f64::from(cap.cpu)),
+            current_memory_usage_percentage: gib_pct(held.memory_gib as f64, cap.memory_gib as f64),
+            current_disk_usage_percentage: gib_pct(disk_used, cap.disk_gib as f64),
+            current_allocated_cpu: held.cpu as f64,
+            current_allocated_memory_gi_b: held.memory_gib as f64,
+            current_allocated_disk_gi_b: held.disk_gib as f64,
+            current_snapshot_count: self.runtime.images().await.map_or(0, |i| i.len()) as f64,
+            current_started_sandboxes: f64::from(cap.running),
+            cpu: f64::from(cap.cpu),
+            memory_gi_b: cap.memory_gib as f64,
+            disk_gi_b: cap.disk_gib as f64,
+            gpu: None,
+            gpu_type: None,
+        };
+        let now = now_millis();
+        r.cpu = i64::from(cap.cpu);
+        r.memory_gib = cap.memory_gib as i64;
+        r.disk_gib = cap.disk_gib as i64;
+        r.metrics = serde_json::to_string(&metrics).ok();
+        r.last_checked = Some(now);
+        r.app_version = Some(VERSION.into());
+        if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
+            r.state = state::READY.into();
+        }
+        r.updated_at = now;
+        self.store.update_runner(&r).await?;
+        Ok(())
+    }
+
+    /// A remote runner's health check (its own key authenticated it).
+    pub async fn runner_healthcheck(
+        &self,
+        mut r: RunnerRecord,
+        h: dto::RunnerHealthcheck,
+    ) -> Result<(), ApiError> {
+        let now = now_millis();
+        if let Some(m) = &h.metrics {
+            r.cpu = m.cpu.max(0.0) as i64;
+            r.memory_gib = m.memory_gi_b.max(0.0) as i64;
+            r.disk_gib = m.disk_gi_b.max(0.0) as i64;
+            r.metrics = serde_json::to_string(m).ok();
+        }
+        let url = |u: Option<String>| -> Result<Option<String>, ApiError> {
+            match u {
+                Some(u)
+                    if !(u.starts_with("http://") || u.starts_with("https://"))
+                        || u.len() > 2048 =>
+                {
+                    Err(ApiError::BadRequest(format!(
+                        "invalid runner URL {u:?}: expected http(s)://…"
+                    )))
+                }
+                other => Ok(other),
+            }
+        };
+        r.api_url = url(h.api_url)?.or(r.api_url);
+        r.proxy_url = url(h.proxy_url)?.or(r.proxy_url);
+        r.domain = h.domain.or(r.domain);
+        r.app_version = Some(h.app_version);
+        r.last_checked = Some(now);
+        if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
+            r.state = state::READY.into();
+        }
+        r.updated_at = now;
+        self.store.update_runner(&r).await?;
+        Ok(())
+    }
+
+    /// Marks runners silent for longer than [`UNRESPONSIVE_AFTER`].
+    pub async fn sweep_unresponsive_runners(&self) -> Result<(), ApiError> {
+        let now = now_millis();
+        let before = now - UNRESPONSIVE_AFTER.as_millis() as i64;
+        for id in self.store.mark_unresponsive_runners(before, now).await? {
+            tracing::warn!(runner = %id, "runner stopped reporting health: unresponsive");
+        }
+        Ok(())
+    }
+
+    /// The runner a new sandbox goes to: among those that take new
+    /// sandboxes, in `region` when given, and that this server can drive,
+    /// the one with the most room. None left is a 503 that says why.
+    pub async fn pick_runner(&self, region: Option<&str>) -> Result<RunnerRecord, ApiError> {
+        let runners = self.store.runners().await?;
+        let held = self.store.runner_allocations(&self.local_runner_id).await?;
+        let mut why = Vec::new();
+        let mut best: Option<(f64, RunnerRecord)> = None;
+        for r in runners {
+            if region.is_some_and(|want| want != r.region) {
+                continue;
+            }
+            if !schedulable(&r) {
+                let flag = if r.draining {
+                    "draining"
+                } else if r.unschedulable {
+                    "unschedulable"
+                } else {
+                    r.state.as_str()
+                };
+                why.push(format!("{} is {flag}", r.name));
+                continue;
+            }
+            if r.id != *self.local_runner_id {
+                why.push(format!("{} is not connected to this server", r.name));
+                continue;
+            }
+            let score = availability_score(&r, &held.get(&r.id).copied().unwrap_or_default());
+            if best.as_ref().is_none_or(|(s, _)| score > *s) {
+                best = Some((score, r));
+            }
+        }
+        best.map(|(_, r)| r).ok_or_else(|| {
+            let region = region
+                .map(|r| format!(" in region {r:?}"))
+                .unwrap_or_default();
+            let why = if why.is_empty() {
+                "none is registered".to_string()
+            } else {
+                why.join(", ")
+            };
+            ApiError::Unavailable(format!(
+                "no runner{region} can take a new sandbox now: {why}"
+            ))
+        })
+    }
+}
+
+/// The host's 1-minute load average.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Checks the embedded runner's health and sweeps silent runners, forever.
+pub fn spawn_health(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            if let Err(e) = state.check_local_runner().await {
+                tracing::warn!(error = %e, "embedded runner health check failed");
+            }
+            if let Err(e) = state.sweep_unresponsive_runners().await {
+                tracing::warn!(error = %e, "sweeping unresponsive runners failed");
+            }
+        }
+    })
+}
