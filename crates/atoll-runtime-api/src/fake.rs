@@ -5,7 +5,9 @@
 //! stress: a failure of the next call of an operation, a runtime that does
 //! not answer, a sandbox killed from outside, or observations that lag
 //! (the bulk `observe` and the per-sandbox `observe_one` set apart).
-//! It has no toolbox: connecting to one is a connect error.
+//! A sandbox has no toolbox or ports of its own: a test routes them to
+//! TCP listeners it runs (`route_toolbox`, `route_port`); others are
+//! connect errors.
 
 use crate::{
     BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
@@ -39,6 +41,8 @@ struct State {
     unreachable: bool,
     bulk: Option<Vec<Observed>>,
     one: HashMap<String, Option<Observed>>,
+    /// Where a sandbox's toolbox (port `None`) or port is served.
+    routes: HashMap<(String, Option<u16>), std::net::SocketAddr>,
 }
 
 /// See the module doc.
@@ -120,6 +124,45 @@ impl FakeRuntime {
     /// `observe_one(id)` returns `seen` instead of the real state.
     pub fn script_observe_one(&self, id: &str, seen: Option<Observed>) {
         self.lock().one.insert(id.to_string(), seen);
+    }
+
+    /// The sandbox's toolbox is the server at `addr` (while it runs).
+    pub fn route_toolbox(&self, id: &str, addr: std::net::SocketAddr) {
+        self.lock().routes.insert((id.to_string(), None), addr);
+    }
+
+    /// Port `port` of the sandbox is the server at `addr` (while it runs).
+    pub fn route_port(&self, id: &str, port: u16, addr: std::net::SocketAddr) {
+        self.lock()
+            .routes
+            .insert((id.to_string(), Some(port)), addr);
+    }
+
+    /// A connection to what `id`'s toolbox or port is routed to.
+    async fn connect_routed(
+        &self,
+        op: &str,
+        id: &str,
+        port: Option<u16>,
+    ) -> Result<BoxedStream, RuntimeError> {
+        let addr = {
+            let mut st = self.enter(op, Some(id))?;
+            running(&mut st, id)?;
+            st.routes.get(&(id.to_string(), port)).copied()
+        };
+        let Some(addr) = addr else {
+            return Err(RuntimeError::Connect(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                match port {
+                    Some(p) => format!("nothing listens on port {p} of the fake sandbox"),
+                    None => "the fake sandbox has no toolbox".to_string(),
+                },
+            )));
+        };
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(RuntimeError::Connect)?;
+        Ok(Box::new(stream))
     }
 
     /// Every call so far, as "op id" (or "op" for calls without one).
@@ -338,19 +381,11 @@ impl Runtime for FakeRuntime {
     }
 
     async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError> {
-        let _st = self.enter("connect_toolbox", Some(id))?;
-        Err(RuntimeError::Connect(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "the fake runtime has no toolbox",
-        )))
+        self.connect_routed("connect_toolbox", id, None).await
     }
 
     async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError> {
-        let _st = self.enter("connect_port", Some(id))?;
-        Err(RuntimeError::Connect(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            format!("nothing listens on port {port} of a fake sandbox"),
-        )))
+        self.connect_routed("connect_port", id, Some(port)).await
     }
 
     async fn capacity(&self) -> Result<Capacity, RuntimeError> {

@@ -1,0 +1,344 @@
+//! `RemoteRuntime`: the control plane's [`Runtime`] for a runner on
+//! another host (or process), over the runner API (`server`). Calls go over
+//! pooled keep-alive HTTP/1.1 connections; a stream (toolbox, port) is a
+//! connection of its own upgraded to a byte pipe. A runner that cannot be
+//! reached, or does not answer in time, is `RuntimeError::Unreachable`:
+//! nothing is known of the outcome, and callers never read it as a
+//! sandbox's state.
+
+use crate::token::{ControlKey, SCHEME};
+use crate::wire::{self, ErrorBody, STREAM_UPGRADE};
+use atoll_proxy::pool::{self, ConnPool, PoolBody, PoolError};
+use atoll_runtime_api::{
+    BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
+    RuntimeError, SandboxSpec, SandboxUsage,
+};
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a call may take (a start waits for the sandbox's daemon).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most bytes of an answer.
+const MAX_ANSWER: usize = 16 << 20;
+
+/// See the module doc.
+pub struct RemoteRuntime {
+    runner_id: String,
+    /// `host:port` of the runner API.
+    authority: String,
+    key: Arc<ControlKey>,
+    pool: ConnPool<()>,
+}
+
+impl std::fmt::Debug for RemoteRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteRuntime")
+            .field("runner_id", &self.runner_id)
+            .field("authority", &self.authority)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteRuntime {
+    /// A client of the runner `runner_id` whose API is at `api_url`
+    /// (`http://host:port`), signing its requests with `key`.
+    pub fn new(
+        runner_id: &str,
+        api_url: &str,
+        key: Arc<ControlKey>,
+    ) -> Result<RemoteRuntime, RuntimeError> {
+        let rest = api_url.strip_prefix("http://").ok_or_else(|| {
+            RuntimeError::Failed(format!(
+                "runner URL {api_url:?}: only http:// runner URLs are supported (put the runner behind a TLS-terminating tunnel for https)"
+            ))
+        })?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+            return Err(RuntimeError::Failed(format!(
+                "runner URL {api_url:?} is not http://host:port"
+            )));
+        }
+        Ok(RemoteRuntime {
+            runner_id: runner_id.to_string(),
+            authority: authority.to_string(),
+            key,
+            pool: ConnPool::new(8, Duration::from_secs(30)),
+        })
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> RuntimeError {
+        RuntimeError::Unreachable(format!(
+            "runner {} ({}): {e}",
+            self.runner_id, self.authority
+        ))
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Request<PoolBody>, RuntimeError> {
+        let token = self.key.token(&self.runner_id, now_ms());
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.authority)
+            .header(header::AUTHORIZATION, format!("{SCHEME} {token}"));
+        if body.is_some() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        b.body(pool::boxed(Full::new(Bytes::from(
+            body.unwrap_or_default(),
+        ))))
+        .map_err(|e| RuntimeError::Failed(format!("building a runner request: {e}")))
+    }
+
+    async fn connect(&self) -> Result<tokio::net::TcpStream, PoolError> {
+        let tcp = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(PoolError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// One call: `method path` with a JSON body, answered with JSON `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<T, RuntimeError> {
+        let req = self.request(method, path, body)?;
+        let connect = || async { Ok(pool::handshake_io(self.connect().await?).await?) };
+        let sent = tokio::time::timeout(timeout, async {
+            let resp = self.pool.send(&(), req, true, connect).await?;
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
+                .to_bytes();
+            Ok::<_, PoolError>((status, bytes))
+        })
+        .await;
+        let (status, bytes) = match sent {
+            Err(_) => {
+                return Err(self.unreachable(format!("no answer within {} s", timeout.as_secs())))
+            }
+            Ok(Err(e)) => return Err(self.unreachable(e)),
+            Ok(Ok(answer)) => answer,
+        };
+        answer(status, &bytes)
+    }
+
+    fn path(id: &str, tail: &str) -> String {
+        // Ids are validated by the runtime at the other end; they must not
+        // change the path here either.
+        let id: String = id
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        format!("{}/sandboxes/{id}{tail}", wire::PREFIX)
+    }
+
+    async fn stream(&self, path: &str) -> Result<BoxedStream, RuntimeError> {
+        let mut req = self.request(Method::GET, path, None)?;
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        req.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
+        let opened = tokio::time::timeout(CALL_TIMEOUT, async {
+            let tcp = self.connect().await?;
+            let mut sender = pool::handshake_io(tcp).await?;
+            Ok::<_, PoolError>(sender.send_request(req).await?)
+        })
+        .await;
+        let resp = match opened {
+            Err(_) => return Err(self.unreachable("no answer to a stream request")),
+            Ok(Err(e)) => return Err(self.unreachable(e)),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(answer::<()>(status, &bytes).err().unwrap_or_else(|| {
+                RuntimeError::Failed(format!("the runner answered {status} to a stream request"))
+            }));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        Ok(Box::new(hyper_util::rt::TokioIo::new(upgraded)))
+    }
+}
+
+/// A runner's answer: `T` on success, its runtime error otherwise.
+fn answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, RuntimeError> {
+    if status.is_success() {
+        return serde_json::from_slice(bytes)
+            .map_err(|e| RuntimeError::Failed(format!("the runner's answer does not parse: {e}")));
+    }
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(b) if status == StatusCode::UNAUTHORIZED => RuntimeError::Failed(format!(
+            "the runner refused this control plane's credentials: {}",
+            b.message
+        ))
+        .into_err(),
+        Ok(b) => Err(wire::decode(b)),
+        Err(_) => Err(RuntimeError::Failed(format!(
+            "the runner answered {status}"
+        ))),
+    }
+}
+
+trait IntoErr<T> {
+    fn into_err(self) -> Result<T, RuntimeError>;
+}
+
+impl<T> IntoErr<T> for RuntimeError {
+    fn into_err(self) -> Result<T, RuntimeError> {
+        Err(self)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Option<Vec<u8>> {
+    serde_json::to_vec(v).ok()
+}
+
+#[async_trait::async_trait]
+impl Runtime for RemoteRuntime {
+    async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
+        let path = Self::path(&spec.id, "/start");
+        self.call(Method::POST, &path, json(spec), START_TIMEOUT)
+            .await
+    }
+
+    async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(Method::POST, &Self::path(id, "/stop"), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::POST,
+            &Self::path(id, "/destroy"),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(Method::POST, &Self::path(id, "/pause"), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(Method::POST, &Self::path(id, "/resume"), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn archive(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::POST,
+            &Self::path(id, "/archive"),
+            None,
+            START_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn restore(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::POST,
+            &Self::path(id, "/restore"),
+            None,
+            START_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
+        let path = Self::path(id, "/discard-archive");
+        self.call(Method::POST, &path, None, CALL_TIMEOUT).await
+    }
+
+    async fn disk_state(&self, id: &str) -> Result<DiskState, RuntimeError> {
+        self.call(Method::GET, &Self::path(id, "/disk"), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+        self.call(Method::POST, "/v1/recover", None, START_TIMEOUT)
+            .await
+    }
+
+    async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
+        self.call(Method::GET, "/v1/sandboxes", None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
+        self.call(Method::GET, &Self::path(id, ""), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
+        self.call(Method::GET, &Self::path(id, "/usage"), None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
+        let path = Self::path(id, "/limits");
+        self.call(Method::PUT, &path, json(limits), CALL_TIMEOUT)
+            .await
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
+        let path = Self::path(id, "/network");
+        self.call(Method::PUT, &path, json(policy), CALL_TIMEOUT)
+            .await
+    }
+
+    async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError> {
+        self.stream(&Self::path(id, "/toolbox")).await
+    }
+
+    async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError> {
+        self.stream(&Self::path(id, &format!("/ports/{port}")))
+            .await
+    }
+
+    async fn capacity(&self) -> Result<Capacity, RuntimeError> {
+        self.call(Method::GET, "/v1/capacity", None, CALL_TIMEOUT)
+            .await
+    }
+
+    async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        self.call(Method::GET, "/v1/images", None, CALL_TIMEOUT)
+            .await
+    }
+}

@@ -1,0 +1,248 @@
+//! The runner's HTTP API (`atoll runner --listen`): each route is one call
+//! of the [`Runtime`] it serves, every request authenticated by a
+//! control-plane token for this runner. Stream routes (a sandbox's toolbox,
+//! one of its ports) answer `101 Switching Protocols` and become a raw
+//! byte pipe to what the runtime connected, after the runtime's own checks
+//! passed (so a refused connect is an ordinary error answer).
+
+use crate::token::{ControlVerifier, SCHEME};
+use crate::wire::{self, ErrorBody, STREAM_UPGRADE};
+use atoll_runtime_api::{Limits, NetworkPolicy, Runtime, RuntimeError, SandboxSpec};
+use axum::extract::{Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use std::sync::Arc;
+
+#[derive(Clone)]
+struct Served {
+    runtime: Arc<dyn Runtime>,
+    verifier: Arc<ControlVerifier>,
+}
+
+/// A runtime error as the protocol sends it.
+struct Failure(RuntimeError);
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let (status, body) = wire::encode(&self.0);
+        (status, Json(body)).into_response()
+    }
+}
+
+impl From<RuntimeError> for Failure {
+    fn from(e: RuntimeError) -> Failure {
+        Failure(e)
+    }
+}
+
+type Answer<T> = Result<Json<T>, Failure>;
+
+fn refuse(status: StatusCode, kind: &str, message: &str) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            kind: kind.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn authenticate(State(s): State<Served>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(SCHEME))
+        .map(|(_, t)| t.trim().to_string());
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing Authorization: Atoll-Control <token>",
+        );
+    };
+    if let Err(e) = s.verifier.verify(&token, now_ms()) {
+        tracing::warn!(error = %e, "runner API: refused a request");
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+    }
+    next.run(req).await
+}
+
+/// The runner API over `runtime`, for the control plane `verifier` trusts.
+pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
+    let s = Served {
+        runtime,
+        verifier: Arc::new(verifier),
+    };
+    Router::new()
+        .route("/v1/sandboxes", get(observe))
+        .route("/v1/recover", post(recover))
+        .route("/v1/capacity", get(capacity))
+        .route("/v1/images", get(images))
+        .route("/v1/sandboxes/{id}", get(observe_one))
+        .route("/v1/sandboxes/{id}/start", post(start))
+        .route("/v1/sandboxes/{id}/disk", get(disk_state))
+        .route("/v1/sandboxes/{id}/usage", get(usage))
+        .route("/v1/sandboxes/{id}/limits", put(update_limits))
+        .route("/v1/sandboxes/{id}/network", put(update_network))
+        .route("/v1/sandboxes/{id}/toolbox", get(toolbox))
+        .route("/v1/sandboxes/{id}/ports/{port}", get(port))
+        .route("/v1/sandboxes/{id}/{op}", post(operation))
+        .layer(axum::middleware::from_fn_with_state(
+            s.clone(),
+            authenticate,
+        ))
+        .with_state(s)
+}
+
+async fn observe(State(s): State<Served>) -> Answer<Vec<atoll_runtime_api::Observed>> {
+    Ok(Json(s.runtime.observe().await?))
+}
+
+async fn recover(State(s): State<Served>) -> Answer<Vec<atoll_runtime_api::Observed>> {
+    Ok(Json(s.runtime.recover().await?))
+}
+
+async fn capacity(State(s): State<Served>) -> Answer<atoll_runtime_api::Capacity> {
+    Ok(Json(s.runtime.capacity().await?))
+}
+
+async fn images(State(s): State<Served>) -> Answer<Vec<atoll_runtime_api::ImageInfo>> {
+    Ok(Json(s.runtime.images().await?))
+}
+
+async fn observe_one(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+) -> Answer<Option<atoll_runtime_api::Observed>> {
+    Ok(Json(s.runtime.observe_one(&id).await?))
+}
+
+async fn start(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(spec): Json<SandboxSpec>,
+) -> Answer<()> {
+    if spec.id != id {
+        return Err(RuntimeError::InvalidId(spec.id).into());
+    }
+    Ok(Json(s.runtime.start(&spec).await?))
+}
+
+async fn operation(State(s): State<Served>, Path((id, op)): Path<(String, String)>) -> Response {
+    let rt = &s.runtime;
+    let done = match op.as_str() {
+        "stop" => rt.stop(&id).await,
+        "destroy" => rt.destroy(&id).await,
+        "pause" => rt.pause(&id).await,
+        "resume" => rt.resume(&id).await,
+        "archive" => rt.archive(&id).await,
+        "restore" => rt.restore(&id).await,
+        "discard-archive" => rt.discard_archive(&id).await,
+        _ => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                "notFound",
+                &format!("no operation {op:?}"),
+            )
+        }
+    };
+    match done {
+        Ok(()) => Json(()).into_response(),
+        Err(e) => Failure(e).into_response(),
+    }
+}
+
+async fn disk_state(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+) -> Answer<atoll_runtime_api::DiskState> {
+    Ok(Json(s.runtime.disk_state(&id).await?))
+}
+
+async fn usage(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+) -> Answer<Option<atoll_runtime_api::SandboxUsage>> {
+    Ok(Json(s.runtime.usage(&id).await?))
+}
+
+async fn update_limits(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(limits): Json<Limits>,
+) -> Answer<()> {
+    Ok(Json(s.runtime.update_limits(&id, &limits).await?))
+}
+
+async fn update_network(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(policy): Json<NetworkPolicy>,
+) -> Answer<()> {
+    Ok(Json(s.runtime.update_network(&id, &policy).await?))
+}
+
+async fn toolbox(State(s): State<Served>, Path(id): Path<String>, req: Request) -> Response {
+    let stream = s.runtime.connect_toolbox(&id).await;
+    splice(req, stream)
+}
+
+async fn port(
+    State(s): State<Served>,
+    Path((id, port)): Path<(String, u16)>,
+    req: Request,
+) -> Response {
+    let stream = s.runtime.connect_port(&id, port).await;
+    splice(req, stream)
+}
+
+/// Answers 101 and joins the client's upgraded connection to `stream`.
+fn splice(
+    mut req: Request,
+    stream: Result<atoll_runtime_api::BoxedStream, RuntimeError>,
+) -> Response {
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_UPGRADE));
+    if !wants {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "badRequest",
+            "stream routes need Upgrade: atoll-stream",
+        );
+    }
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => return Failure(e).into_response(),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut stream).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "runner API: upgrade failed"),
+        }
+    });
+    let mut resp = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    resp.headers_mut()
+        .insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
+    resp
+}

@@ -1,0 +1,222 @@
+//! The runner protocol end to end in one process: a `FakeRuntime` served by
+//! the runner API on loopback, driven through `RemoteRuntime` as the
+//! control plane drives a runner. What one side's runtime does (state,
+//! errors by kind, streams) is what the other side sees; requests without
+//! this runner's control-plane token are refused; a runner that is gone is
+//! `Unreachable`.
+
+use atoll_remote::{ControlKey, ControlVerifier, RemoteRuntime};
+use atoll_runtime_api::fake::FakeRuntime;
+use atoll_runtime_api::{Limits, NetworkPolicy, Observed, Runtime, RuntimeError, SandboxSpec};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const RUNNER: &str = "runner-7";
+
+async fn serve(fake: Arc<FakeRuntime>, key: &ControlKey) -> (String, tokio::task::JoinHandle<()>) {
+    let verifier = ControlVerifier::new(&key.public_key(), RUNNER).unwrap();
+    let app = atoll_remote::server::router(fake, verifier);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (format!("http://{addr}"), task)
+}
+
+fn spec(id: &str) -> SandboxSpec {
+    SandboxSpec {
+        id: id.into(),
+        hostname: "sb".into(),
+        image: "base".into(),
+        user: Some("daytona".into()),
+        env: Default::default(),
+        limits: Limits {
+            cpus: 2,
+            memory_bytes: 1 << 30,
+            pids: 512,
+        },
+        disk_bytes: 3 << 30,
+        network: NetworkPolicy::default(),
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_errors_and_streams_cross_the_protocol() {
+    let key = Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let (url, _server) = serve(fake.clone(), &key).await;
+    let remote = RemoteRuntime::new(RUNNER, &url, key.clone()).unwrap();
+
+    remote.start(&spec("sb-1")).await.unwrap();
+    assert_eq!(fake.sandbox("sb-1").unwrap().spec.unwrap(), spec("sb-1"));
+    assert_eq!(
+        remote.observe_one("sb-1").await.unwrap(),
+        Some(Observed::Running {
+            id: "sb-1".into(),
+            pid: 1,
+            paused: false
+        })
+    );
+    assert_eq!(remote.observe_one("nope").await.unwrap(), None);
+    remote.pause("sb-1").await.unwrap();
+    assert!(fake.sandbox("sb-1").unwrap().paused);
+    remote.resume("sb-1").await.unwrap();
+    let limits = Limits {
+        cpus: 4,
+        memory_bytes: 2 << 30,
+        pids: 100,
+    };
+    remote.update_limits("sb-1", &limits).await.unwrap();
+    assert_eq!(fake.sandbox("sb-1").unwrap().limits, Some(limits));
+    assert!(remote.usage("sb-1").await.unwrap().is_some());
+    assert_eq!(remote.capacity().await.unwrap().running, 1);
+    assert_eq!(remote.images().await.unwrap()[0].name, "base");
+    remote.stop("sb-1").await.unwrap();
+    remote.archive("sb-1").await.unwrap();
+    let disk = remote.disk_state("sb-1").await.unwrap();
+    assert!(disk.archived && !disk.present);
+    remote.restore("sb-1").await.unwrap();
+    assert_eq!(
+        remote.observe().await.unwrap(),
+        vec![Observed::Stopped { id: "sb-1".into() }]
+    );
+
+    // Errors keep their kind.
+    fake.fail_next(
+        "start",
+        RuntimeError::NoSpace("disk full on the runner".into()),
+    );
+    assert!(
+        matches!(remote.start(&spec("sb-2")).await, Err(RuntimeError::NoSpace(m)) if m == "disk full on the runner")
+    );
+    fake.fail_next("start", RuntimeError::NetworkFull("no address".into()));
+    assert!(matches!(
+        remote.start(&spec("sb-2")).await,
+        Err(RuntimeError::NetworkFull(_))
+    ));
+    assert!(matches!(
+        remote.pause("sb-1").await,
+        Err(RuntimeError::NotRunning { .. })
+    ));
+    assert!(matches!(
+        remote.start(&SandboxSpec { image: "missing".into(), ..spec("sb-3") }).await,
+        Err(RuntimeError::ImageNotFound(n)) if n == "missing"
+    ));
+    // An id that would change the path is sent escaped and refused there.
+    assert!(matches!(
+        remote.stop("../../v1/recover").await,
+        Err(RuntimeError::InvalidId(_))
+    ));
+
+    // Streams: the toolbox and a port are byte pipes to what the runtime
+    // connected; a refused connect is an error answer, not a broken pipe.
+    remote.start(&spec("sb-1")).await.unwrap();
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    fake.route_toolbox("sb-1", echo_addr);
+    fake.route_port("sb-1", 8080, echo_addr);
+    for mut stream in [
+        remote.connect_toolbox("sb-1").await.unwrap(),
+        remote.connect_port("sb-1", 8080).await.unwrap(),
+    ] {
+        let payload = vec![42u8; 256 * 1024];
+        let (mut r, mut w) = tokio::io::split(&mut stream);
+        let writer = async {
+            w.write_all(&payload).await.unwrap();
+            w.flush().await.unwrap();
+        };
+        let mut got = vec![0u8; payload.len()];
+        let reader = r.read_exact(&mut got);
+        let (_, read) = tokio::join!(writer, reader);
+        read.unwrap();
+        assert!(got == payload, "the pipe carries bytes unchanged both ways");
+    }
+    assert!(matches!(
+        remote.connect_port("sb-1", 9999).await,
+        Err(RuntimeError::Connect(_))
+    ));
+    remote.stop("sb-1").await.unwrap();
+    assert!(matches!(
+        remote.connect_toolbox("sb-1").await,
+        Err(RuntimeError::NotRunning { .. })
+    ));
+}
+
+#[tokio::test]
+async fn only_this_runners_control_plane_is_obeyed() {
+    let key = ControlKey::from_seed(&[1u8; 32]).unwrap();
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let (url, _server) = serve(fake.clone(), &key).await;
+    // Another deployment's key, and a token this key made for another runner.
+    let stranger = RemoteRuntime::new(
+        RUNNER,
+        &url,
+        Arc::new(ControlKey::from_seed(&[2u8; 32]).unwrap()),
+    )
+    .unwrap();
+    let other_runner = RemoteRuntime::new("runner-8", &url, Arc::new(key)).unwrap();
+    for rt in [&stranger, &other_runner] {
+        match rt.start(&spec("sb-1")).await {
+            Err(RuntimeError::Failed(m)) => assert!(m.contains("refused"), "{m}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(rt.connect_toolbox("sb-1").await.is_err());
+    }
+    assert!(
+        fake.calls().is_empty(),
+        "the runtime was never asked: {:?}",
+        fake.calls()
+    );
+    // No token at all.
+    let resp = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (mut r, mut w) = resp.into_split();
+    w.write_all(b"POST /v1/recover HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 12];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 401");
+    assert!(fake.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_runner_that_is_gone_is_unreachable_never_a_state() {
+    let key = Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let (url, server) = serve(fake, &key).await;
+    let remote = RemoteRuntime::new(RUNNER, &url, key).unwrap();
+    remote.observe().await.unwrap();
+    server.abort();
+    let _ = server.await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(matches!(
+        remote.observe().await,
+        Err(RuntimeError::Unreachable(_))
+    ));
+    assert!(matches!(
+        remote.observe_one("sb-1").await,
+        Err(RuntimeError::Unreachable(_))
+    ));
+    assert!(matches!(
+        remote.connect_toolbox("sb-1").await,
+        Err(RuntimeError::Unreachable(_))
+    ));
+    assert!(RemoteRuntime::new(
+        RUNNER,
+        "https://x:1",
+        Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap())
+    )
+    .is_err());
+}
