@@ -542,6 +542,10 @@ pub struct Runner {
     /// first characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// `GET /api/runners/me` only: the public key (Ed25519, base64url) a
+    /// runner checks the control plane's requests with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane_key: Option<String>,
 }
 
 /// Body of `PATCH /api/runners/{id}/scheduling`.

@@ -15,6 +15,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod routes;
 pub mod runners;
+pub mod runtimes;
 pub mod scheduler;
 pub mod secrets;
 pub mod service;
@@ -59,8 +60,14 @@ pub const DEFAULT_LOCAL_RUNNER_ID: &str = "local";
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    /// The compute backend (the embedded runner, or a fake in tests).
+    /// The embedded runner's runtime (a fake in tests); sandboxes on other
+    /// runners are driven through [`AppState::rt`].
     pub runtime: Arc<dyn Runtime>,
+    /// Signs this deployment's requests to remote runners (`None`: none
+    /// can be driven from this server).
+    pub control_key: Option<Arc<atoll_remote::ControlKey>>,
+    /// Clients of remote runners.
+    pub remote_runtimes: Arc<runtimes::RemoteRuntimes>,
     pub config: Arc<ApiConfig>,
     pub locks: Arc<service::SandboxLocks>,
     /// Key the per-sandbox preview tokens are derived with.
@@ -113,7 +120,15 @@ impl AppState {
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
             local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
+            control_key: None,
+            remote_runtimes: Arc::default(),
         }
+    }
+
+    /// The key this server signs requests to remote runners with.
+    pub fn with_control_key(mut self, key: atoll_remote::ControlKey) -> AppState {
+        self.control_key = Some(Arc::new(key));
+        self
     }
 
     /// Names this server's embedded runner (kept in its data directory, so
@@ -158,8 +173,13 @@ impl AppState {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let runtime = self.runtime.clone();
-        let connect = || async move { daemon_connection(runtime.connect_toolbox(id).await).await };
+        let connect = || async move {
+            let stream = match self.rt_by_id(id).await {
+                Ok(rt) => rt.connect_toolbox(id).await,
+                Err(e) => Err(e),
+            };
+            daemon_connection(stream).await
+        };
         self.toolbox_connections
             .forward_with(&id.to_string(), connect, req, path_and_query, &[])
             .await
@@ -173,8 +193,13 @@ impl AppState {
         path: &str,
         limit: usize,
     ) -> Result<(http::StatusCode, bytes::Bytes), atoll_proxy::ProxyError> {
-        let runtime = self.runtime.clone();
-        let connect = || async move { daemon_connection(runtime.connect_toolbox(id).await).await };
+        let connect = || async move {
+            let stream = match self.rt_by_id(id).await {
+                Ok(rt) => rt.connect_toolbox(id).await,
+                Err(e) => Err(e),
+            };
+            daemon_connection(stream).await
+        };
         self.toolbox_connections
             .get_with(&id.to_string(), connect, path, limit)
             .await
@@ -187,7 +212,11 @@ impl AppState {
         port: u16,
     ) -> Result<hyper::client::conn::http1::SendRequest<atoll_proxy::pool::PoolBody>, PoolError>
     {
-        daemon_connection(self.runtime.connect_port(id, port).await).await
+        let stream = match self.rt_by_id(id).await {
+            Ok(rt) => rt.connect_port(id, port).await,
+            Err(e) => Err(e),
+        };
+        daemon_connection(stream).await
     }
 }
 

@@ -57,6 +57,9 @@ pub mod state {
     pub const PAUSING: &str = "pausing";
     pub const PAUSED: &str = "paused";
     pub const RESUMING: &str = "resuming";
+    /// Its runner stopped responding: nothing is known of it until the
+    /// runner answers again (then it is reconciled).
+    pub const UNKNOWN: &str = "unknown";
 
     /// States an operation passes through; none may last.
     pub const TRANSITIONAL: &[&str] = &[
@@ -109,6 +112,9 @@ pub fn illegal_message(id: &str, current: &str, action: Action) -> String {
         (Action::Archive, "started" | "paused") => "; stop it first",
         (Action::Pause, "stopped" | "archived") => "; only started sandboxes can be paused",
         (Action::Resize, "paused") => "; start it (resume) first",
+        (_, "unknown") => {
+            "; its runner is not responding (delete it, or wait for the runner to return)"
+        }
         (_, s) if state::TRANSITIONAL.contains(&s) => "; wait for the current operation to finish",
         _ => "",
     };

@@ -152,7 +152,10 @@ impl AppState {
     /// The runtime's usage of one sandbox (`None`: not running, or the
     /// runtime did not answer).
     async fn usage_of(&self, id: &str) -> Option<SandboxUsage> {
-        self.runtime.usage(id).await.ok().flatten()
+        match self.rt_by_id(id).await {
+            Ok(rt) => rt.usage(id).await.ok().flatten(),
+            Err(_) => None,
+        }
     }
 
     /// This sandbox's usage now (the toolbox's `SystemMetrics`). The cpu

@@ -24,11 +24,29 @@ pub mod state {
     pub const DECOMMISSIONED: &str = "decommissioned";
 }
 
-/// How often runners report health.
+/// How often runners report health (tests shorten it with
+/// `ATOLL_RUNNER_HEALTH_SECS`).
 pub const HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// [`HEALTH_INTERVAL`], or the test override.
+pub fn health_interval() -> Duration {
+    std::env::var("ATOLL_RUNNER_HEALTH_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v >= 0.1)
+        .map_or(HEALTH_INTERVAL, Duration::from_secs_f64)
+}
 /// Silence after which a runner is unresponsive: three missed reports and
-/// a margin.
+/// a margin (tests shorten it with `ATOLL_RUNNER_UNRESPONSIVE_SECS`).
 pub const UNRESPONSIVE_AFTER: Duration = Duration::from_secs(35);
+
+fn unresponsive_after() -> Duration {
+    std::env::var("ATOLL_RUNNER_UNRESPONSIVE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .map_or(UNRESPONSIVE_AFTER, Duration::from_secs_f64)
+}
 /// The runner class of namespace sandboxes (Daytona's `RunnerClass`).
 pub const RUNNER_CLASS: &str = "container";
 /// What this server reports as its runner version.
@@ -52,9 +70,16 @@ fn gib_pct(used: f64, total: f64) -> f64 {
 }
 
 /// How much room a runner has left, 0-100: the lowest of its free cpu,
-/// memory and disk shares, by what is placed on it.
+/// memory and disk shares, by what is placed on it. A runner that has not
+/// reported its capacity yet has none known: 0.
 pub fn availability_score(r: &RunnerRecord, a: &RunnerAllocation) -> f64 {
-    let free = |used: i64, total: i64| 100.0 - gib_pct(used as f64, total as f64);
+    let free = |used: i64, total: i64| {
+        if total <= 0 {
+            0.0
+        } else {
+            100.0 - gib_pct(used as f64, total as f64)
+        }
+    };
     free(a.cpu, r.cpu)
         .min(free(a.memory_gib, r.memory_gib))
         .min(free(a.disk_gib, r.disk_gib))
@@ -113,6 +138,7 @@ impl AppState {
             api_version: "0".into(),
             app_version: r.app_version.clone(),
             api_key: full.then(|| "(stored hashed; shown once at registration)".to_string()),
+            control_plane_key: None,
         }
     }
 
@@ -246,20 +272,121 @@ impl AppState {
         r.domain = h.domain.or(r.domain);
         r.app_version = Some(h.app_version);
         r.last_checked = Some(now);
+        let returned = r.state == state::UNRESPONSIVE;
         if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
             r.state = state::READY.into();
         }
         r.updated_at = now;
         self.store.update_runner(&r).await?;
+        if returned {
+            tracing::info!(runner = %r.id, name = %r.name, "runner is back; reconciling its sandboxes");
+            let state = self.clone();
+            let id = r.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = state.reconcile_runner(&id).await {
+                    tracing::warn!(runner = %id, error = %e, "reconciling a returned runner failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// A runner stopped responding: its started and paused sandboxes are
+    /// `unknown` (with the reason) until it answers again, never taken
+    /// for stopped.
+    async fn runner_lost(&self, runner_id: &str) -> Result<(), ApiError> {
+        let name = self
+            .store
+            .runner(runner_id)
+            .await?
+            .map_or_else(|| runner_id.to_string(), |r| r.name);
+        for row in self
+            .store
+            .sandboxes_on_runner(runner_id, &self.local_runner_id)
+            .await?
+        {
+            if !matches!(
+                row.state.as_str(),
+                crate::service::state::STARTED | crate::service::state::PAUSED
+            ) {
+                continue;
+            }
+            let Ok(_guard) = self.locks.get(&row.id).try_lock_owned() else {
+                continue; // an operation on it will meet the runner's silence itself
+            };
+            let mut r = row;
+            let reason = format!(
+                "its runner {name} stopped responding; the sandbox was {} then",
+                r.state
+            );
+            if let Err(e) = self
+                .save(&mut r, crate::service::state::UNKNOWN, Some(reason))
+                .await
+            {
+                tracing::warn!(sandbox = %r.id, error = %e, "marking a sandbox unknown failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// A runner answers again: each of its `unknown` sandboxes takes the
+    /// state the runner reports (running, paused, or stopped with its
+    /// disk), and deletes that waited for it finish.
+    pub async fn reconcile_runner(&self, runner_id: &str) -> Result<(), ApiError> {
+        use crate::service::state as s;
+        let rt = self.runtime_for(runner_id).await?;
+        for row in self
+            .store
+            .sandboxes_on_runner(runner_id, &self.local_runner_id)
+            .await?
+        {
+            if row.state != s::UNKNOWN
+                && !(row.state == s::DESTROYING && row.desired_state == s::DESTROYED)
+            {
+                continue;
+            }
+            let lock = self.locks.get(&row.id);
+            let _guard = lock.lock().await;
+            let Some(mut r) = self.store.sandbox(&row.id).await? else {
+                continue;
+            };
+            if r.state == s::DESTROYING {
+                if let Err(e) = self.destroy(&mut r).await {
+                    tracing::warn!(sandbox = %r.id, error = %e, "finishing a delete failed");
+                }
+                continue;
+            }
+            if r.state != s::UNKNOWN {
+                continue;
+            }
+            let (now, desired) = match rt.observe_one(&r.id).await? {
+                Some(atoll_runtime_api::Observed::Running { paused: true, .. }) => {
+                    (s::PAUSED, s::PAUSED)
+                }
+                Some(atoll_runtime_api::Observed::Running { .. }) => (s::STARTED, s::STARTED),
+                _ => (s::STOPPED, s::STOPPED),
+            };
+            tracing::info!(sandbox = %r.id, state = now, "sandbox reconciled with its returned runner");
+            r.desired_state = desired.into();
+            self.save(&mut r, now, None).await?;
+        }
         Ok(())
     }
 
     /// Marks runners silent for longer than [`UNRESPONSIVE_AFTER`].
     pub async fn sweep_unresponsive_runners(&self) -> Result<(), ApiError> {
         let now = now_millis();
-        let before = now - UNRESPONSIVE_AFTER.as_millis() as i64;
+        self.sweep_runners_silent_since(now - unresponsive_after().as_millis() as i64)
+            .await
+    }
+
+    /// Marks runners whose last health check is older than `before` (ms)
+    /// unresponsive, and their running sandboxes `unknown`.
+    pub async fn sweep_runners_silent_since(&self, before: i64) -> Result<(), ApiError> {
+        let now = now_millis();
         for id in self.store.mark_unresponsive_runners(before, now).await? {
             tracing::warn!(runner = %id, "runner stopped reporting health: unresponsive");
+            self.runner_lost(&id).await?;
         }
         Ok(())
     }
@@ -287,8 +414,11 @@ impl AppState {
                 why.push(format!("{} is {flag}", r.name));
                 continue;
             }
-            if r.id != *self.local_runner_id {
-                why.push(format!("{} is not connected to this server", r.name));
+            if let Err(e) = self.runtime_of_runner(&r) {
+                why.push(format!(
+                    "{} cannot be driven from this server ({e})",
+                    r.name
+                ));
                 continue;
             }
             let score = availability_score(&r, &held.get(&r.id).copied().unwrap_or_default());
@@ -325,7 +455,7 @@ fn load_average() -> Option<f64> {
 /// Checks the embedded runner's health and sweeps silent runners, forever.
 pub fn spawn_health(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(HEALTH_INTERVAL);
+        let mut interval = tokio::time::interval(health_interval());
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;

@@ -25,6 +25,7 @@ use crate::AppState;
 use atoll_runtime_api::Observed;
 use atoll_types::time::now_millis;
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Timing of the scheduler. `minute` is 60 s in production; tests shrink it
@@ -43,6 +44,9 @@ impl Default for LifecycleTiming {
         }
     }
 }
+
+/// How long a delete stays `destroying` before the scheduler tries it again.
+const DELETE_RETRY_AFTER_MS: i64 = 5_000;
 
 /// Runs `tick` forever on the current runtime.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
@@ -111,7 +115,11 @@ impl AppState {
     /// The runtime's view of one sandbox, taken now; `None` when it knows
     /// no such sandbox or did not answer (neither says it is dead).
     pub(crate) async fn observe_now(&self, id: &str) -> Option<Observed> {
-        match self.runtime.observe_one(id).await {
+        let seen = match self.rt_by_id(id).await {
+            Ok(rt) => rt.observe_one(id).await,
+            Err(e) => Err(e),
+        };
+        match seen {
             Ok(o) => o,
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "observing the sandbox failed");
@@ -122,18 +130,27 @@ impl AppState {
 
     /// One pass of the scheduler over every sandbox.
     pub async fn lifecycle_tick(&self) -> Result<(), crate::error::ApiError> {
-        // A runtime that does not answer says nothing about any sandbox:
-        // this pass then changes none (nothing is taken for dead).
-        let observed = self.runtime.observe().await.map_err(|e| {
-            crate::error::ApiError::Unavailable(format!("observing the runtime: {e}"))
-        })?;
+        // Every runtime's bulk observation. One that does not answer
+        // says nothing about its sandboxes: they are not judged dead (each
+        // is asked on its own, and that fails too).
         let mut seen: HashMap<String, bool> = HashMap::new();
-        for o in &observed {
-            match o {
-                Observed::Running { id, .. } => seen.insert(id.clone(), true),
-                Observed::Stopped { id } => seen.insert(id.clone(), false),
-                Observed::Failed { .. } => None,
+        let mut holder: HashMap<String, Arc<dyn atoll_runtime_api::Runtime>> = HashMap::new();
+        for (runner, rt) in self.all_runtimes().await? {
+            let observed = match rt.observe().await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(%runner, error = %e, "observing a runner failed; its sandboxes are left as they are");
+                    continue;
+                }
             };
+            for o in &observed {
+                match o {
+                    Observed::Running { id, .. } => seen.insert(id.clone(), true),
+                    Observed::Stopped { id } => seen.insert(id.clone(), false),
+                    Observed::Failed { .. } => None,
+                };
+                holder.insert(o.id().to_string(), rt.clone());
+            }
         }
         let minute_ms = self.config.lifecycle.minute.as_millis() as i64;
         let rows = self.store.all_sandboxes().await?;
@@ -155,7 +172,9 @@ impl AppState {
                     continue;
                 }
                 tracing::warn!(sandbox = %id, "destroying a running sandbox that has no record");
-                let _ = self.runtime.destroy(&id).await;
+                if let Some(rt) = holder.get(&id) {
+                    let _ = rt.destroy(&id).await;
+                }
             }
         }
         Ok(())
@@ -191,6 +210,23 @@ impl AppState {
             }
             return Ok(());
         }
+        if r.state == state::DESTROYING
+            && r.desired_state == state::DESTROYED
+            && now - r.state_changed_at > DELETE_RETRY_AFTER_MS
+        {
+            // A delete that could not reach the sandbox's runner: retried
+            // every pass until the runner answers (then it finishes), or
+            // an admin force-deletes the runner. Never timed out to error.
+            match self.destroy(&mut r).await {
+                Ok(()) => {
+                    tracing::info!(sandbox = %r.id, "a delete that waited for its runner finished")
+                }
+                Err(e) => {
+                    tracing::debug!(sandbox = %r.id, error = %e, "delete still waits for the runner")
+                }
+            }
+            return Ok(());
+        }
         if let Some(limit) = lifecycle::transition_timeout(&r.state) {
             if now - r.state_changed_at > limit.as_millis() as i64 {
                 let reason = format!(
@@ -206,7 +242,9 @@ impl AppState {
         match r.state.as_str() {
             state::STARTED | state::PAUSED if dead => {
                 tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
-                let _ = self.runtime.stop(&r.id).await;
+                if let Ok(rt) = self.rt(&r).await {
+                    let _ = rt.stop(&r.id).await;
+                }
                 r.desired_state = state::STOPPED.into();
                 self.save(&mut r, state::STOPPED, None).await?;
             }
@@ -403,7 +441,7 @@ mod tests {
         runtime.put("a", live(false));
         let (app, dir) = app_with(runtime.clone(), &["a", "b"]).await;
         runtime.set_unreachable(true);
-        assert!(app.lifecycle_tick().await.is_err());
+        app.lifecycle_tick().await.unwrap();
         assert_eq!(state_of(&app, "a").await, state::STARTED);
         assert_eq!(state_of(&app, "b").await, state::STARTED);
         // Answering again, it reports `b` unknown (never dead) and `a` alive.

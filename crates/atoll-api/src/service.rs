@@ -189,7 +189,11 @@ impl AppState {
     async fn run_start(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
         let mut spec = self.spec_for(r)?;
         spec.env = self.start_env(r).await?;
-        match self.runtime.start(&spec).await {
+        let started = match self.rt(r).await {
+            Ok(rt) => rt.start(&spec).await,
+            Err(e) => return Err(e),
+        };
+        match started {
             Ok(()) => {
                 // A start is activity: the auto-stop and auto-pause clocks
                 // start over (a sandbox stopped for longer than its
@@ -285,7 +289,11 @@ impl AppState {
         let snapshot = req
             .snapshot
             .unwrap_or_else(|| self.config.default_snapshot.clone());
-        let known = self.runtime.image(&snapshot).await?;
+        // Placement first: a runner that takes no new sandboxes (draining,
+        // unschedulable, down) refuses the create, warm pool or not; the
+        // snapshot must be one the chosen runner can start.
+        let runner = self.pick_runner(None).await?;
+        let known = self.runtime_of_runner(&runner)?.image(&snapshot).await?;
         if known.is_none() {
             return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
         }
@@ -323,9 +331,6 @@ impl AppState {
         // auto-pause turns the default auto-stop off.
         let default_auto_stop = if auto_pause_interval > 0 { 0 } else { 15 };
         let now = now_millis();
-        // Placement first: a runner that takes no new sandboxes (draining,
-        // unschedulable, down) refuses the create, warm pool or not.
-        let runner = self.pick_runner(None).await?;
         let row = SandboxRecord {
             runner_id: Some(runner.id),
             ttl_minutes,
@@ -420,7 +425,9 @@ impl AppState {
             ) {
                 // The host's disk or the sandbox network is full: undo the
                 // create so nothing changed (no row left in `error`).
-                let _ = self.runtime.destroy(&row.id).await;
+                if let Ok(rt) = self.rt(&row).await {
+                    let _ = rt.destroy(&row.id).await;
+                }
                 let _ = self.store.delete_sandbox(&row.id).await;
                 self.locks.forget(&row.id);
             }
@@ -481,7 +488,7 @@ impl AppState {
             "start.after_transition"
         });
         if via == state::RESTORING {
-            let restored = self.runtime.restore(&r.id).await;
+            let restored = self.rt(&r).await?.restore(&r.id).await;
             if let Err(e) = restored {
                 // The archive is untouched: the sandbox stays archived.
                 tracing::warn!(sandbox = %r.id, error = %e, "restore failed");
@@ -507,7 +514,7 @@ impl AppState {
         r.last_activity_at = now_millis();
         self.save(r, state::RESUMING, None).await?;
         atoll_types::failpoint::hit("resume.after_transition");
-        let result = self.runtime.resume(&r.id).await;
+        let result = self.rt(r).await?.resume(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("resume.after_runtime");
@@ -515,7 +522,9 @@ impl AppState {
             }
             Err(RuntimeError::NotRunning { .. }) => {
                 tracing::warn!(sandbox = %r.id, "paused sandbox is no longer running; starting it over its disk");
-                let _ = self.runtime.stop(&r.id).await;
+                if let Ok(rt) = self.rt(r).await {
+                    let _ = rt.stop(&r.id).await;
+                }
                 self.save(r, state::STARTING, None).await?;
                 self.run_start(r).await
             }
@@ -557,14 +566,16 @@ impl AppState {
         r.desired_state = state::PAUSED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("pause.after_transition");
-        let result = self.runtime.pause(&r.id).await;
+        let result = self.rt(r).await?.pause(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("pause.after_runtime");
                 self.save(r, state::PAUSED, None).await
             }
             Err(RuntimeError::NotRunning { .. }) => {
-                let _ = self.runtime.stop(&r.id).await;
+                if let Ok(rt) = self.rt(r).await {
+                    let _ = rt.stop(&r.id).await;
+                }
                 r.desired_state = state::STOPPED.into();
                 self.save(r, state::STOPPED, None).await?;
                 Err(ApiError::Conflict(format!(
@@ -608,7 +619,7 @@ impl AppState {
         r.desired_state = state::ARCHIVED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("archive.after_transition");
-        let result = self.runtime.archive(&r.id).await;
+        let result = self.rt(r).await?.archive(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("archive.after_runtime");
@@ -640,7 +651,9 @@ impl AppState {
         };
         r.desired_state = state::STARTED.into();
         self.save_within_quota(&mut r, via).await?;
-        let _ = self.runtime.stop(&r.id).await;
+        if let Ok(rt) = self.rt(&r).await {
+            let _ = rt.stop(&r.id).await;
+        }
         self.run_start(&mut r).await?;
         Ok(self.to_dto(&r))
     }
@@ -665,7 +678,7 @@ impl AppState {
         r.desired_state = state::STOPPED.into();
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("stop.after_transition");
-        let result = self.runtime.stop(&r.id).await;
+        let result = self.rt(r).await?.stop(&r.id).await;
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("stop.after_runtime");
@@ -696,7 +709,15 @@ impl AppState {
         r.desired_state = state::DESTROYED.into();
         self.save(&mut r, via, None).await?;
         atoll_types::failpoint::hit("delete.after_transition");
-        self.destroy(&mut r).await?;
+        match self.destroy(&mut r).await {
+            Ok(()) => {}
+            // The runner does not answer: the delete is recorded
+            // (`destroying`) and finishes when it does.
+            Err(ApiError::Unavailable(_)) if r.state == state::DESTROYING => {
+                return Ok(self.to_dto(&r));
+            }
+            Err(e) => return Err(e),
+        }
         self.locks.forget(&r.id);
         Ok(self.to_dto(&r))
     }
@@ -752,7 +773,7 @@ impl AppState {
             let mut spec = self.spec_for(&r)?;
             spec.limits.cpus = cpu as u32;
             spec.limits.memory_bytes = (memory as u64) << 30;
-            let result = self.runtime.update_limits(&r.id, &spec.limits).await;
+            let result = self.rt(&r).await?.update_limits(&r.id, &spec.limits).await;
             if let Err(e) = result {
                 // The old limits still apply: back to where it was.
                 (r.cpu, r.memory, r.disk) = old;
@@ -794,13 +815,23 @@ impl AppState {
     }
 
     pub(crate) async fn destroy(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
-        let result = self.runtime.destroy(&r.id).await;
+        let result = match self.rt(r).await {
+            Ok(rt) => rt.destroy(&r.id).await,
+            Err(e) => return Err(e),
+        };
         match result {
             Ok(()) => {
                 atoll_types::failpoint::hit("delete.after_runtime");
                 self.store.delete_sandbox(&r.id).await?;
                 r.state = state::DESTROYED.into();
                 Ok(())
+            }
+            Err(e @ RuntimeError::Unreachable(_)) => {
+                // Nothing is known: the row stays `destroying` (desired
+                // `destroyed`) and the scheduler finishes the delete when
+                // the runner answers again.
+                tracing::warn!(sandbox = %r.id, error = %e, "delete waits for the runner");
+                Err(e.into())
             }
             Err(e) => {
                 self.save(r, state::ERROR, Some(format!("deleting failed: {e}")))
@@ -870,7 +901,8 @@ impl AppState {
             (None, None) => {}
         }
         let policy = policy_of(&r)?;
-        self.runtime
+        self.rt(&r)
+            .await?
             .update_network(&r.id, &policy)
             .await
             .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;
@@ -969,7 +1001,12 @@ impl AppState {
             }
         }
         let rows = self.store.all_sandboxes().await?;
-        for mut r in rows {
+        // Rows on other runners are theirs to reconcile (each runner
+        // recovers on its own restart; the scheduler observes them).
+        for mut r in rows
+            .into_iter()
+            .filter(|r| self.runner_of(r) == self.local_runner_id.as_str())
+        {
             let paused = running.remove(&r.id);
             let is_running = paused.is_some();
             match (r.state.as_str(), is_running) {

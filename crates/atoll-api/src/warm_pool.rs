@@ -213,7 +213,8 @@ impl AppState {
             with_policy.network_block_all = want.network_block_all;
             with_policy.network_allow_list = want.network_allow_list.clone();
             let policy = crate::service::policy_of(&with_policy)?;
-            self.runtime
+            self.rt(&r)
+                .await?
                 .update_network(id, &policy)
                 .await
                 .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;

@@ -87,6 +87,14 @@ async fn api() -> Api {
 }
 
 impl Api {
+    /// This control plane signs its requests to remote runners.
+    fn with_control_key(mut self) -> Api {
+        let key = atoll_remote::ControlKey::from_seed(&[9u8; 32]).unwrap();
+        self.state = self.state.with_control_key(key);
+        self.router = atoll_api::router(self.state.clone());
+        self
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
         self.call_as(KEY, method, path, body).await
     }
@@ -526,4 +534,289 @@ async fn a_registered_runner_authenticates_with_its_own_key_and_goes_unresponsiv
         StatusCode::UNAUTHORIZED,
         "a deleted runner's key is dead"
     );
+}
+
+/// A second runner in this process: a `FakeRuntime` served by the runner
+/// API on loopback, registered with the control plane like `atoll runner`
+/// does it (its key, a health check with its address).
+struct RemoteRunner {
+    id: String,
+    key: String,
+    fake: Arc<FakeRuntime>,
+    addr: std::net::SocketAddr,
+    server: tokio::task::JoinHandle<()>,
+}
+
+async fn serve_runner(
+    fake: Arc<FakeRuntime>,
+    public_key: &str,
+    id: &str,
+    addr: &str,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let verifier = atoll_remote::ControlVerifier::new(public_key, id).unwrap();
+    let app = atoll_remote::server::router(fake, verifier);
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    (addr, server)
+}
+
+impl Api {
+    async fn remote_runner(&self, name: &str) -> RemoteRunner {
+        let (status, created) = self
+            .call(
+                Method::POST,
+                "/api/runners",
+                Some(json!({"name": name, "regionId": "local"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["id"].as_str().unwrap().to_string();
+        let key = created["apiKey"].as_str().unwrap().to_string();
+        let (_, me) = self
+            .call_as(&key, Method::GET, "/api/runners/me", None)
+            .await;
+        let public = me["controlPlaneKey"]
+            .as_str()
+            .expect("the control plane's key")
+            .to_string();
+        let fake = Arc::new(FakeRuntime::with_images(&["snap", "other"]));
+        let (addr, server) = serve_runner(fake.clone(), &public, &id, "127.0.0.1:0").await;
+        let r = RemoteRunner {
+            id,
+            key,
+            fake,
+            addr,
+            server,
+        };
+        self.health(&r).await;
+        r
+    }
+
+    async fn health(&self, r: &RemoteRunner) {
+        let (status, b) = self
+            .call_as(
+                &r.key,
+                Method::POST,
+                "/api/runners/healthcheck",
+                Some(json!({"appVersion": "test", "apiUrl": format!("http://{}", r.addr)})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{b}");
+    }
+}
+
+/// A toolbox stand-in: answers every request with the path it got.
+async fn echo_toolbox() -> std::net::SocketAddr {
+    let app = axum::Router::new().fallback(|uri: http::Uri| async move {
+        axum::Json(json!({"path": uri.path().to_string()}))
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+async fn wait_state(api: &Api, id: &str, want: &str) {
+    for _ in 0..100 {
+        let (status, sb) = api
+            .call(Method::GET, &format!("/api/sandbox/{id}"), None)
+            .await;
+        if (want == "gone" && status == StatusCode::NOT_FOUND)
+            || (status == StatusCode::OK && sb["state"] == want)
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("sandbox {id} never reached {want}");
+}
+
+#[tokio::test]
+async fn sandboxes_on_a_remote_runner_are_driven_through_the_runner_protocol() {
+    let api = api().await.with_control_key();
+    let edge = api.remote_runner("edge-1").await;
+    // The embedded runner takes nothing new: creates go to the edge.
+    api.call(
+        Method::PATCH,
+        "/api/runners/runner-local/draining",
+        Some(json!({"draining": true})),
+    )
+    .await;
+    let (status, sb) = api.create(json!({"cpu": 2})).await;
+    assert_eq!(status, StatusCode::OK, "{sb}");
+    let id = sb["id"].as_str().unwrap().to_string();
+    assert_eq!(sb["runnerId"], edge.id.as_str());
+    assert!(edge.fake.sandbox(&id).is_some_and(|s| s.running));
+    assert!(
+        api.runtime.sandbox(&id).is_none(),
+        "the embedded runner never saw it"
+    );
+
+    // Toolbox traffic reaches the runner that holds the sandbox.
+    edge.fake.route_toolbox(&id, echo_toolbox().await);
+    let (status, body) = api
+        .call(
+            Method::GET,
+            &format!("/toolbox/{id}/files/info?path=/x"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["path"], "/files/info");
+
+    let (status, _) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/stop"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!edge.fake.sandbox(&id).unwrap().running);
+    let (status, _) = api
+        .call(Method::POST, &format!("/api/sandbox/{id}/start"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/sandbox/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(edge.fake.sandbox(&id).is_none());
+    edge.server.abort();
+}
+
+#[tokio::test]
+async fn a_silent_runner_leaves_its_sandboxes_unknown_and_everything_reconciles_when_it_returns() {
+    let api = api().await.with_control_key();
+    let edge = api.remote_runner("edge-2").await;
+    api.call(
+        Method::PATCH,
+        "/api/runners/runner-local/draining",
+        Some(json!({"draining": true})),
+    )
+    .await;
+    let (_, a) = api.create(json!({})).await;
+    let (_, b) = api.create(json!({})).await;
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    api.call(
+        Method::PATCH,
+        "/api/runners/runner-local/draining",
+        Some(json!({"draining": false})),
+    )
+    .await;
+    let (_, c) = api.create(json!({})).await;
+    let c = c["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        api.state
+            .store
+            .sandbox(&c)
+            .await
+            .unwrap()
+            .unwrap()
+            .runner_id
+            .as_deref(),
+        Some("runner-local")
+    );
+
+    // The runner dies: the scheduler's pass changes nothing it cannot see.
+    edge.server.abort();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    api.state.lifecycle_tick().await.unwrap();
+    assert_eq!(api.state(&a).await, "started", "never taken for stopped");
+    // Its health checks stop: unresponsive, its sandboxes unknown with why.
+    api.state
+        .sweep_runners_silent_since(i64::MAX)
+        .await
+        .unwrap();
+    let (_, r) = api
+        .call(Method::GET, &format!("/api/runners/{}", edge.id), None)
+        .await;
+    assert_eq!(r["state"], "unresponsive");
+    let (_, sa) = api
+        .call(Method::GET, &format!("/api/sandbox/{a}"), None)
+        .await;
+    assert_eq!(sa["state"], "unknown", "{sa}");
+    assert!(
+        sa["errorReason"]
+            .as_str()
+            .unwrap()
+            .contains("edge-2 stopped responding"),
+        "{sa}"
+    );
+    assert_eq!(
+        api.state(&c).await,
+        "started",
+        "the embedded runner's sandbox is untouched"
+    );
+    // Nothing can be done to it but delete, which waits for the runner.
+    let (status, body) = api
+        .call(Method::POST, &format!("/api/sandbox/{a}/stop"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = api
+        .call(Method::DELETE, &format!("/api/sandbox/{b}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "destroying");
+    // New sandboxes avoid it.
+    let (status, sb) = api.create(json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{sb}");
+    assert_eq!(sb["runnerId"], "runner-local");
+
+    // It comes back on the same address, having lost nothing; it reports.
+    let (_, me) = api
+        .call_as(&edge.key, Method::GET, "/api/runners/me", None)
+        .await;
+    let public = me["controlPlaneKey"].as_str().unwrap().to_string();
+    let (_, server) =
+        serve_runner(edge.fake.clone(), &public, &edge.id, &edge.addr.to_string()).await;
+    let back = RemoteRunner { server, ..edge };
+    api.health(&back).await;
+    wait_state(&api, &a, "started").await;
+    wait_state(&api, &b, "gone").await;
+    assert!(
+        back.fake.sandbox(&b).is_none(),
+        "the waiting delete finished on the runner"
+    );
+    assert!(back.fake.sandbox(&a).is_some_and(|s| s.running));
+    back.server.abort();
+}
+
+#[tokio::test]
+async fn force_deleting_a_lost_runner_releases_its_sandboxes() {
+    let api = api().await.with_control_key();
+    let edge = api.remote_runner("edge-3").await;
+    api.call(
+        Method::PATCH,
+        "/api/runners/runner-local/draining",
+        Some(json!({"draining": true})),
+    )
+    .await;
+    let (_, a) = api.create(json!({})).await;
+    let a = a["id"].as_str().unwrap().to_string();
+    edge.server.abort();
+    api.state
+        .sweep_runners_silent_since(i64::MAX)
+        .await
+        .unwrap();
+    let (status, _) = api
+        .call(Method::DELETE, &format!("/api/runners/{}", edge.id), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "it still holds a sandbox");
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/api/runners/{}?force=true", edge.id),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api
+        .call(Method::GET, &format!("/api/sandbox/{a}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -375,6 +375,25 @@ impl Store {
         Ok(row)
     }
 
+    /// Every sandbox row placed on runner `runner_id` (rows without a
+    /// runner count as `default_runner`'s).
+    pub async fn sandboxes_on_runner(
+        &self,
+        runner_id: &str,
+        default_runner: &str,
+    ) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SANDBOX_COLUMNS} FROM sandboxes WHERE COALESCE(runner_id, $2) = $1 \
+             ORDER BY created_at, id"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(runner_id)
+            .bind(default_runner)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(SandboxRecord::from_row).collect()
+    }
+
     pub async fn sandboxes_in_org(
         &self,
         organization_id: &str,

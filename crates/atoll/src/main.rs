@@ -2,7 +2,9 @@
 //! (`atoll-daemon`) and the sandbox init helper (`atoll-sandbox-init`), so a
 //! single static file is all a host needs.
 
+mod host;
 mod progress;
+mod runner;
 mod serve;
 mod tenancy;
 
@@ -24,6 +26,9 @@ struct Cli {
 enum Command {
     /// Run the API server with a local runner.
     Serve(Box<serve::ServeArgs>),
+    /// Run a runner: a compute host of a deployment whose control plane
+    /// is `atoll serve` elsewhere (register it with `POST /api/runners`).
+    Runner(Box<runner::RunnerArgs>),
     /// Manage images (Daytona "snapshots").
     Image {
         #[command(subcommand)]
@@ -59,6 +64,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(*args),
+        Command::Runner(args) => runner::run(*args),
         Command::Image {
             command: ImageCommand::BuildDefault { images_dir },
         } => {

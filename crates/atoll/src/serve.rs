@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use atoll_api::{auth, ApiConfig, AppState};
 use atoll_runner::image::{Image, ImageStore};
-use atoll_runner::{LocalRuntime, NamespaceRuntime, RuntimeConfig};
+use atoll_runner::LocalRuntime;
 use atoll_store::{ApiKeyRecord, OrgRecord, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,12 +26,6 @@ pub struct ServeArgs {
     /// at <data-dir>/atoll.db). Never logged: it may carry a password.
     #[arg(long, env = "ATOLL_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Archive store: `s3://bucket[/prefix]` for an S3-compatible bucket
-    /// (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
-    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP);
-    /// default: <data-dir>/archives.
-    #[arg(long, env = "ATOLL_ARCHIVE_URL")]
-    archive_url: Option<String>,
     /// Wildcard DNS domain for host-form previews: a request for
     /// `{port}-{sandboxId}.<domain>` reaches that port of that sandbox,
     /// whatever its path (point `*.<domain>` at this server; preview URLs
@@ -40,29 +34,6 @@ pub struct ServeArgs {
     /// `/preview/{sandboxId}/{port}/…` only.
     #[arg(long, env = "ATOLL_PREVIEW_DOMAIN")]
     preview_domain: Option<String>,
-    /// Sandbox network: `auto` (each sandbox gets a routed veth with NAT
-    /// egress, addresses from a free /20 of 10.208.0.0/12: 4,093
-    /// sandboxes), a CIDR to take addresses from (e.g. `10.50.0.0/16`), or
-    /// `off` (loopback only).
-    #[arg(long, env = "ATOLL_NETWORK", default_value = "auto")]
-    network: String,
-    /// Let sandboxes reach private networks (RFC 1918, 100.64.0.0/10),
-    /// closed by default. The host itself, link-local addresses (cloud
-    /// metadata) and other sandboxes stay closed.
-    #[arg(long, env = "ATOLL_EGRESS_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
-    egress_allow_private: bool,
-    /// Most connections one sandbox may have open (tracked by the host)
-    /// at once; new ones past it are refused. 0: no cap.
-    #[arg(long, env = "ATOLL_SANDBOX_MAX_CONNECTIONS", default_value_t = atoll_runner::network::DEFAULT_MAX_CONNECTIONS)]
-    sandbox_max_connections: u32,
-    /// Disk bandwidth of each sandbox, reads and writes each, in MiB/s
-    /// (blkio/io controller on its disk's device). 0: unlimited.
-    #[arg(long, env = "ATOLL_SANDBOX_IO_MBPS", default_value_t = 256)]
-    sandbox_io_mbps: u64,
-    /// Disk operations per second of each sandbox, reads and writes each.
-    /// 0: unlimited.
-    #[arg(long, env = "ATOLL_SANDBOX_IO_IOPS", default_value_t = 10_000)]
-    sandbox_io_iops: u64,
     /// How often every running sandbox's cpu, memory and disk usage is
     /// sampled into the store (the SDKs' `get_metrics` history), in
     /// seconds.
@@ -71,13 +42,16 @@ pub struct ServeArgs {
     /// How long metric samples are kept, in hours.
     #[arg(long, env = "ATOLL_METRICS_RETENTION_HOURS", default_value_t = 24.0)]
     metrics_retention_hours: f64,
-    /// Image store directory (default: <data-dir>/images).
     /// Name of this server's embedded runner in `/api/runners` (default:
     /// the host name and the start of the runner's id).
     #[arg(long, env = "ATOLL_RUNNER_NAME")]
     runner_name: Option<String>,
-    #[arg(long, env = "ATOLL_IMAGES_DIR")]
-    images_dir: Option<PathBuf>,
+    /// File holding the Ed25519 seed this deployment signs its requests to
+    /// remote runners with (64 hex characters; default
+    /// <data-dir>/control.key, created on first use). Servers sharing one
+    /// database must share this key.
+    #[arg(long, env = "ATOLL_CONTROL_KEY_FILE")]
+    control_key_file: Option<PathBuf>,
     /// File holding the key organization secrets are sealed with (64 hex
     /// characters; default <data-dir>/secrets.key, created on first use).
     /// Servers sharing one database must share this key.
@@ -85,6 +59,8 @@ pub struct ServeArgs {
     secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     tenancy: crate::tenancy::TenancyArgs,
+    #[command(flatten)]
+    host: crate::host::HostArgs,
 }
 
 pub fn init_logging() {
@@ -146,30 +122,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .map(atoll_api::preview::parse_preview_domain)
         .transpose()
         .context("--preview-domain (ATOLL_PREVIEW_DOMAIN)")?;
-    let network = match args.network.as_str() {
-        "off" => None,
-        spec => Some(atoll_runner::network::NetworkConfig {
-            block: match spec {
-                "auto" => None,
-                cidr => Some(
-                    atoll_runner::network::Cidr::parse(cidr)
-                        .context("--network (ATOLL_NETWORK): auto, off or a CIDR")?,
-                ),
-            },
-            lock_dir: PathBuf::from("/run/atoll/net"),
-            pool_size: 4,
-            allow_private: args.egress_allow_private,
-            max_connections: args.sandbox_max_connections,
-        }),
-    };
     let data_dir = crate::tenancy::private_data_dir(&args.data_dir)?;
-    let images_dir = args
-        .images_dir
-        .clone()
-        .unwrap_or_else(|| data_dir.join("images"));
-    let image = ensure_default_image(&images_dir)?;
-    let images = Arc::new(ImageStore::open(&images_dir)?);
-
+    let host = crate::host::prepare(&args.host, &data_dir)?;
+    let image = host.default_image.clone();
     let runner_id = crate::tenancy::runner_id(&data_dir)?;
     let runner_name = match &args.runner_name {
         Some(n) => {
@@ -181,25 +136,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         }
         None => default_runner_name(&runner_id),
     };
-    let exe = std::env::current_exe().context("locating the atoll binary")?;
-    let runtime = NamespaceRuntime::new(RuntimeConfig {
-        state_dir: data_dir.join("runner"),
-        sandboxes_dir: data_dir.join("sandboxes"),
-        helper_exe: exe.clone(),
-        daemon_exe: exe,
-        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
-        ready_timeout: Duration::from_secs(30),
-        archive_dir: data_dir.join("archives"),
-        archive_url: args.archive_url.clone(),
-        pooled_disk_bytes: (atoll_api::service::DEFAULT_DISK_GIB as u64) << 30,
-        network,
-        uid_slots_dir: PathBuf::from(atoll_runner::runtime::DEFAULT_UID_SLOTS_DIR),
-        io_limits: atoll_runner::cgroup::IoLimits {
-            bps: args.sandbox_io_mbps << 20,
-            iops: args.sandbox_io_iops,
-        },
-    })
-    .context("starting the sandbox runtime")?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -219,6 +155,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             crate::tenancy::private_database(db)?;
         }
         let key = bootstrap(&store).await?;
+        let control_key = crate::tenancy::control_key(
+            &args
+                .control_key_file
+                .clone()
+                .unwrap_or_else(|| data_dir.join("control.key")),
+        )?;
         let secrets_key = crate::tenancy::secrets_key(
             &args
                 .secrets_key_file
@@ -237,13 +179,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .context("loading the preview key")?;
         let state = AppState::new(
             store,
-            Arc::new(LocalRuntime::new(Arc::new(runtime), images)),
+            Arc::new(LocalRuntime::new(host.runtime, host.images)),
             ApiConfig {
                 public_url: public_url.clone(),
                 preview_domain: preview_domain.clone(),
                 default_snapshot: image.name.clone(),
                 lifecycle: lifecycle_timing()?,
-                egress_allow_private: args.egress_allow_private,
+                egress_allow_private: args.host.egress_allow_private,
                 quota_defaults: args.tenancy.quota_defaults(),
                 rate_limit: args.tenancy.rate_limit(),
                 metrics,
@@ -251,7 +193,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             preview_secret,
         )
         .with_secrets_key(secrets_key)
-        .with_local_runner_id(runner_id.clone());
+        .with_local_runner_id(runner_id.clone())
+        .with_control_key(control_key);
         state
             .reconcile_on_boot()
             .await
@@ -412,7 +355,7 @@ fn print_welcome(url: &str, key: Option<&str>) {
     let _ = out.flush();
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -88,9 +88,9 @@ pub fn private_data_dir(dir: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The key organization secrets are sealed with, from `path` (64 hex
-/// characters), made (random, mode 0600) if the file does not exist.
-pub fn secrets_key(path: &Path) -> Result<atoll_api::secrets::SecretsKey> {
+/// A 32-byte key kept as 64 hex characters in `path`, made (random, mode
+/// 0600) if the file does not exist.
+fn key_file(path: &Path, what: &str) -> Result<[u8; 32]> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut bytes = [0u8; 32];
@@ -104,17 +104,40 @@ pub fn secrets_key(path: &Path) -> Result<atoll_api::secrets::SecretsKey> {
         Ok(mut f) => {
             f.write_all(crate::serve::hex_encode(&bytes).as_bytes())
                 .and_then(|()| f.sync_all())
-                .with_context(|| format!("writing the secrets key {}", path.display()))?;
+                .with_context(|| format!("writing the {what} {}", path.display()))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("creating the secrets key {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("creating the {what} {}", path.display())),
     }
     let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the secrets key {}", path.display()))?;
-    atoll_api::secrets::SecretsKey::from_hex(&text)
+        .with_context(|| format!("reading the {what} {}", path.display()))?;
+    let text = text.trim();
+    anyhow::ensure!(
+        text.len() == 64,
+        "the {what} in {} must be 64 hex characters",
+        path.display()
+    );
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)
+            .with_context(|| format!("the {what} in {} is not hex", path.display()))?;
+    }
+    Ok(bytes)
+}
+
+/// The key organization secrets are sealed with, from `path` (64 hex
+/// characters), made (random, mode 0600) if the file does not exist.
+pub fn secrets_key(path: &Path) -> Result<atoll_api::secrets::SecretsKey> {
+    let bytes = key_file(path, "secrets key")?;
+    atoll_api::secrets::SecretsKey::from_bytes(&bytes)
         .with_context(|| format!("the secrets key in {}", path.display()))
+}
+
+/// This deployment's control-plane key (signs requests to remote runners),
+/// an Ed25519 seed kept like the secrets key.
+pub fn control_key(path: &Path) -> Result<atoll_remote::ControlKey> {
+    let seed = key_file(path, "control-plane key")?;
+    atoll_remote::ControlKey::from_seed(&seed)
+        .map_err(|e| anyhow::anyhow!("the control-plane key in {}: {e}", path.display()))
 }
 
 /// The id of this data directory's embedded runner, kept in

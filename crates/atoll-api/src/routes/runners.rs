@@ -240,13 +240,23 @@ pub async fn delete(
             r.name
         )));
     }
+    if force {
+        // What it held is gone with it: its rows are deleted, not left
+        // waiting for a runner that will not return.
+        for sb in s.store.sandboxes_on_runner(&id, &s.local_runner_id).await? {
+            tracing::warn!(sandbox = %sb.id, runner = %id, "deleted with its force-deleted runner");
+            s.store.delete_sandbox(&sb.id).await?;
+        }
+    }
     s.store.delete_runner(&id, force).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/runners/me", responses((status = 200, body = Runner), (status = 401)))]
 pub async fn me(State(s): State<AppState>, r: RunnerPrincipal) -> Result<Json<Runner>, ApiError> {
-    Ok(Json(dto(&s, &r.0, true).await?))
+    let mut out = dto(&s, &r.0, true).await?;
+    out.control_plane_key = s.control_key.as_ref().map(|k| k.public_key());
+    Ok(Json(out))
 }
 
 #[utoipa::path(post, path = "/api/runners/healthcheck", request_body = RunnerHealthcheck,

@@ -1,0 +1,105 @@
+//! What a host that runs sandboxes needs, shared by `atoll serve` (its
+//! embedded runner) and `atoll runner`: the flags of the sandbox runtime,
+//! and `prepare`, which builds the default image if it is missing and
+//! starts the namespace runtime under a data directory.
+
+use anyhow::{Context, Result};
+use atoll_runner::image::{Image, ImageStore};
+use atoll_runner::{NamespaceRuntime, RuntimeConfig};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(clap::Args)]
+pub struct HostArgs {
+    /// Archive store: `s3://bucket[/prefix]` for an S3-compatible bucket
+    /// (credentials, region and endpoint from AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT, AWS_ALLOW_HTTP);
+    /// default: <data-dir>/archives.
+    #[arg(long, env = "ATOLL_ARCHIVE_URL")]
+    pub archive_url: Option<String>,
+    /// Sandbox network: `auto` (each sandbox gets a routed veth with NAT
+    /// egress, addresses from a free /20 of 10.208.0.0/12: 4,093
+    /// sandboxes), a CIDR to take addresses from (e.g. `10.50.0.0/16`), or
+    /// `off` (loopback only).
+    #[arg(long, env = "ATOLL_NETWORK", default_value = "auto")]
+    pub network: String,
+    /// Let sandboxes reach private networks (RFC 1918, 100.64.0.0/10),
+    /// closed by default. The host itself, link-local addresses (cloud
+    /// metadata) and other sandboxes stay closed.
+    #[arg(long, env = "ATOLL_EGRESS_ALLOW_PRIVATE", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    pub egress_allow_private: bool,
+    /// Most connections one sandbox may have open (tracked by the host)
+    /// at once; new ones past it are refused. 0: no cap.
+    #[arg(long, env = "ATOLL_SANDBOX_MAX_CONNECTIONS", default_value_t = atoll_runner::network::DEFAULT_MAX_CONNECTIONS)]
+    pub sandbox_max_connections: u32,
+    /// Disk bandwidth of each sandbox, reads and writes each, in MiB/s
+    /// (blkio/io controller on its disk's device). 0: unlimited.
+    #[arg(long, env = "ATOLL_SANDBOX_IO_MBPS", default_value_t = 256)]
+    pub sandbox_io_mbps: u64,
+    /// Disk operations per second of each sandbox, reads and writes each.
+    /// 0: unlimited.
+    #[arg(long, env = "ATOLL_SANDBOX_IO_IOPS", default_value_t = 10_000)]
+    pub sandbox_io_iops: u64,
+    /// Image store directory (default: <data-dir>/images).
+    #[arg(long, env = "ATOLL_IMAGES_DIR")]
+    pub images_dir: Option<PathBuf>,
+}
+
+/// A host ready to run sandboxes.
+pub struct Host {
+    pub runtime: Arc<NamespaceRuntime>,
+    pub images: Arc<ImageStore>,
+    pub default_image: Image,
+}
+
+/// Builds the default image if it is missing and starts the runtime with
+/// its state under `data_dir`.
+pub fn prepare(args: &HostArgs, data_dir: &Path) -> Result<Host> {
+    let network = match args.network.as_str() {
+        "off" => None,
+        spec => Some(atoll_runner::network::NetworkConfig {
+            block: match spec {
+                "auto" => None,
+                cidr => Some(
+                    atoll_runner::network::Cidr::parse(cidr)
+                        .context("--network (ATOLL_NETWORK): auto, off or a CIDR")?,
+                ),
+            },
+            lock_dir: PathBuf::from("/run/atoll/net"),
+            pool_size: 4,
+            allow_private: args.egress_allow_private,
+            max_connections: args.sandbox_max_connections,
+        }),
+    };
+    let images_dir = args
+        .images_dir
+        .clone()
+        .unwrap_or_else(|| data_dir.join("images"));
+    let default_image = crate::serve::ensure_default_image(&images_dir)?;
+    let images = Arc::new(ImageStore::open(&images_dir)?);
+    let exe = std::env::current_exe().context("locating the atoll binary")?;
+    let runtime = NamespaceRuntime::new(RuntimeConfig {
+        state_dir: data_dir.join("runner"),
+        sandboxes_dir: data_dir.join("sandboxes"),
+        helper_exe: exe.clone(),
+        daemon_exe: exe,
+        cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        ready_timeout: Duration::from_secs(30),
+        archive_dir: data_dir.join("archives"),
+        archive_url: args.archive_url.clone(),
+        pooled_disk_bytes: (atoll_api::service::DEFAULT_DISK_GIB as u64) << 30,
+        network,
+        uid_slots_dir: PathBuf::from(atoll_runner::runtime::DEFAULT_UID_SLOTS_DIR),
+        io_limits: atoll_runner::cgroup::IoLimits {
+            bps: args.sandbox_io_mbps << 20,
+            iops: args.sandbox_io_iops,
+        },
+    })
+    .context("starting the sandbox runtime")?;
+    Ok(Host {
+        runtime: Arc::new(runtime),
+        images,
+        default_image,
+    })
+}
