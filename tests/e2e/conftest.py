@@ -331,6 +331,93 @@ class AtollServer:
         return f"AtollServer({self.url}, data_dir={self.data_dir})"
 
 
+class AtollRunner:
+    """One ``atoll runner`` process (a compute host of ``server``'s
+    deployment) on a free loopback port with its own data dir, registered
+    through ``POST /api/runners``."""
+
+    def __init__(self, server: AtollServer, name: str, region: str = "local"):
+        self.server = server
+        self.name = name
+        status, _, body = server.http("POST", "/api/runners", json={"name": name, "regionId": region})
+        assert status == 201, body
+        created = jsonlib.loads(body)
+        self.id = created["id"]
+        self.token = created["apiKey"]
+        self.port = _free_port()
+        self.data_dir = Path(tempfile.mkdtemp(prefix="atoll-e2e-runner-"))
+        self.log_path = self.data_dir / "runner.log"
+        self.proc: subprocess.Popen | None = None
+        self.extra_env: dict[str, str] = {"ATOLL_RUNNER_HEALTH_SECS": "0.5"}
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> "AtollRunner":
+        """Starts the runner and waits until the control plane lists it ready."""
+        env = dict(os.environ)
+        env["ATOLL_RUNNER_TOKEN"] = self.token
+        env.setdefault("RUST_BACKTRACE", "1")
+        env.update(self.extra_env)
+        cmd = [
+            str(self.server.bin_path), "runner",
+            "--api-url", self.server.api_url,
+            "--data-dir", str(self.data_dir),
+            "--listen", f"127.0.0.1:{self.port}",
+            "--images-dir", self.server.images_dir,
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== {' '.join(cmd)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"atoll runner exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            if self.state() == "ready":
+                return self
+            time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"atoll runner was not ready after {timeout:.0f}s; log:\n{self.log_tail()}")
+
+    def state(self) -> str:
+        status, _, body = self.server.http("GET", f"/api/runners/{self.id}")
+        return jsonlib.loads(body)["state"] if status == 200 else f"http {status}"
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (its sandboxes keep running)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        """Stops the runner (the server's cleanup deletes sandboxes first)
+        and removes its data dir and firewall table."""
+        self.stop()
+        if os.environ.get("ATOLL_E2E_KEEP"):
+            return
+        try:
+            instance = (self.data_dir / "runner" / "instance").read_text().strip()
+            subprocess.run(["nft", "delete", "table", "inet", f"atoll_{instance}"], capture_output=True, check=False)
+        except OSError:
+            pass
+        if not _mounts_below(self.data_dir):
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
 # -- fixtures --------------------------------------------------------------------
 
 

@@ -391,6 +391,26 @@ impl AppState {
         Ok(())
     }
 
+    /// `target` if some runner is in that region (the embedded runner's
+    /// is `local`); a 400 naming the regions otherwise.
+    pub async fn known_region(&self, target: &str) -> Result<String, ApiError> {
+        let mut regions: Vec<String> = self
+            .store
+            .runners()
+            .await?
+            .into_iter()
+            .map(|r| r.region)
+            .collect();
+        regions.sort();
+        regions.dedup();
+        if regions.iter().any(|r| r == target) {
+            return Ok(target.to_string());
+        }
+        Err(ApiError::BadRequest(format!(
+            "unknown target {target:?}: the regions of this deployment's runners are {regions:?}"
+        )))
+    }
+
     /// The runner a new sandbox goes to: among those that take new
     /// sandboxes, in `region` when given, and that this server can drive,
     /// the one with the most room. None left is a 503 that says why.

@@ -292,7 +292,11 @@ impl AppState {
         // Placement first: a runner that takes no new sandboxes (draining,
         // unschedulable, down) refuses the create, warm pool or not; the
         // snapshot must be one the chosen runner can start.
-        let runner = self.pick_runner(None).await?;
+        let target = match req.target.as_deref() {
+            Some(t) => Some(self.known_region(t).await?),
+            None => None,
+        };
+        let runner = self.pick_runner(target.as_deref()).await?;
         let known = self.runtime_of_runner(&runner)?.image(&snapshot).await?;
         if known.is_none() {
             return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
@@ -1230,14 +1234,6 @@ fn refuse_unsupported_create_fields(req: &CreateSandbox) -> Result<(), ApiError>
         return refuse(
             "linkedSandbox is not supported by this server yet: sandboxes cannot reach each other",
         );
-    }
-    if let Some(t) = req.target.as_deref() {
-        if t != crate::routes::account::REGION {
-            return Err(ApiError::BadRequest(format!(
-                "unknown target {t:?}: this server has one region, {:?}",
-                crate::routes::account::REGION
-            )));
-        }
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Who is calling and where sandboxes run: `GET /api/users/me` (the calling
 //! API key's identity and organization; Atoll has keys, not user accounts),
-//! `GET /api/regions` and `GET /api/shared-regions` (the one region this
-//! server is, named as sandboxes' `target`). Older SDKs and integrations
+//! `GET /api/regions` and `GET /api/shared-regions` (the regions of the
+//! registered runners, named as sandboxes' `target`). Older SDKs and integrations
 //! built on them ask for these before anything else.
 
 use crate::auth::Principal;
@@ -39,10 +39,28 @@ pub async fn users_me(State(s): State<AppState>, p: Principal) -> Result<Json<Us
     }))
 }
 
-fn region(created_at: String) -> Region {
+/// The regions sandboxes can be placed in: those of the registered
+/// runners (the embedded runner's is [`REGION`]).
+async fn region_names(s: &AppState) -> Result<Vec<String>, ApiError> {
+    let mut names: Vec<String> = s
+        .store
+        .runners()
+        .await?
+        .into_iter()
+        .map(|r| r.region)
+        .collect();
+    if names.is_empty() {
+        names.push(REGION.into());
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn region(name: &str, created_at: String) -> Region {
     Region {
-        id: REGION.into(),
-        name: REGION.into(),
+        id: name.into(),
+        name: name.into(),
         organization_id: None,
         region_type: "shared".into(),
         updated_at: created_at.clone(),
@@ -58,7 +76,11 @@ pub async fn regions(
     State(s): State<AppState>,
     p: Principal,
 ) -> Result<Json<Vec<Region>>, ApiError> {
-    Ok(Json(vec![region(org_created(&s, &p).await?)]))
+    let created = org_created(&s, &p).await?;
+    let names = region_names(&s).await?;
+    Ok(Json(
+        names.iter().map(|n| region(n, created.clone())).collect(),
+    ))
 }
 
 #[utoipa::path(get, path = "/api/shared-regions", responses((status = 200, body = [Region]), (status = 401)))]
@@ -66,5 +88,9 @@ pub async fn shared_regions(
     State(s): State<AppState>,
     p: Principal,
 ) -> Result<Json<Vec<Region>>, ApiError> {
-    Ok(Json(vec![region(org_created(&s, &p).await?)]))
+    let created = org_created(&s, &p).await?;
+    let names = region_names(&s).await?;
+    Ok(Json(
+        names.iter().map(|n| region(n, created.clone())).collect(),
+    ))
 }
