@@ -203,6 +203,10 @@ struct Inner {
     nft: Mutex<Netlink>,
     pool: Mutex<Vec<Slot>>,
     wake: Condvar,
+    /// Slots the filler is building now (each holds an address).
+    building: std::sync::atomic::AtomicUsize,
+    /// Signalled (with `pool`) when the filler finishes a slot, or fails to.
+    built: Condvar,
     want: usize,
     _lock: File,
 }
@@ -259,6 +263,8 @@ impl Network {
             nft: Mutex::new(Netlink::netfilter()?),
             pool: Mutex::new(Vec::new()),
             wake: Condvar::new(),
+            building: std::sync::atomic::AtomicUsize::new(0),
+            built: Condvar::new(),
             want: cfg.pool_size,
             _lock: lock,
         });
@@ -283,7 +289,7 @@ impl Network {
     /// ready slot, no free address), so a create can be refused before it
     /// prepares anything.
     pub fn check_capacity(&self) -> Result<(), NetworkError> {
-        if !lock(&self.inner.pool).is_empty() {
+        if !lock(&self.inner.pool).is_empty() || self.inner.is_building() {
             return Ok(());
         }
         let a = lock(&self.inner.addresses);
@@ -302,12 +308,31 @@ impl Network {
     }
 
     /// A ready slot from the pool, or a fresh one if the pool is empty.
+    /// When the only free addresses are held by slots the filler is
+    /// building, waits for those slots rather than calling the network
+    /// full.
     pub fn take(&self) -> Result<Slot, NetworkError> {
-        let ready = lock(&self.inner.pool).pop();
-        self.inner.wake.notify_one();
-        match ready {
-            Some(s) => Ok(s),
-            None => self.inner.make_slot(),
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let ready = lock(&self.inner.pool).pop();
+            self.inner.wake.notify_one();
+            if let Some(s) = ready {
+                return Ok(s);
+            }
+            match self.inner.make_slot() {
+                Err(NetworkError::Full { .. })
+                    if self.inner.is_building() && std::time::Instant::now() < deadline =>
+                {
+                    let g = lock(&self.inner.pool);
+                    if g.is_empty() && self.inner.is_building() {
+                        let _ = self
+                            .inner
+                            .built
+                            .wait_timeout(g, std::time::Duration::from_millis(500));
+                    }
+                }
+                other => return other,
+            }
         }
     }
 
@@ -884,23 +909,42 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn is_building(&self) -> bool {
+        self.building.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+}
+
 fn fill_pool(inner: std::sync::Weak<Inner>) {
+    use std::sync::atomic::Ordering;
     loop {
         let Some(me) = inner.upgrade() else { return };
         let short = lock(&me.pool).len() < me.want;
         if short {
-            match me.make_slot() {
-                Ok(s) => lock(&me.pool).push(s),
-                Err(e) => {
-                    if matches!(e, NetworkError::Full { .. }) {
-                        // Not a fault: a release wakes us.
-                        tracing::debug!(error = %e, "no address for a ready network slot");
-                    } else {
-                        tracing::warn!(error = %e, "preparing a network slot failed");
-                    }
-                    let g = lock(&me.pool);
-                    let _ = me.wake.wait_timeout(g, std::time::Duration::from_secs(5));
+            me.building.fetch_add(1, Ordering::SeqCst);
+            let made = me.make_slot();
+            // Pushed (or given up) and counted down under the pool's lock,
+            // so a waiting `take` sees one or the other.
+            let mut pool = lock(&me.pool);
+            let failed = match made {
+                Ok(s) => {
+                    pool.push(s);
+                    None
                 }
+                Err(e) => Some(e),
+            };
+            me.building.fetch_sub(1, Ordering::SeqCst);
+            me.built.notify_all();
+            if let Some(e) = failed {
+                if matches!(e, NetworkError::Full { .. }) {
+                    // Not a fault: a release wakes us.
+                    tracing::debug!(error = %e, "no address for a ready network slot");
+                } else {
+                    tracing::warn!(error = %e, "preparing a network slot failed");
+                }
+                let _ = me
+                    .wake
+                    .wait_timeout(pool, std::time::Duration::from_secs(5));
             }
             continue;
         }
