@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod leases;
 pub mod lifecycle;
 pub mod metrics;
 pub mod openapi;
@@ -88,6 +89,8 @@ pub struct AppState {
     pub warm_pool_wake: Arc<tokio::sync::Notify>,
     /// This server's embedded runner (the runner of rows without one).
     pub local_runner_id: Arc<String>,
+    /// This process, as the holder of leases (random per start).
+    pub server_id: Arc<String>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
     pub cpu_readings: Arc<std::sync::Mutex<std::collections::HashMap<String, metrics::CpuReading>>>,
 }
@@ -120,6 +123,7 @@ impl AppState {
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
             local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
+            server_id: Arc::new(uuid::Uuid::new_v4().to_string()),
             control_key: None,
             remote_runtimes: Arc::default(),
         }

@@ -317,8 +317,13 @@ pub fn spawn_sampler(state: AppState) -> tokio::task::JoinHandle<()> {
         let mut interval = tokio::time::interval(state.config.metrics.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut previous = HashMap::new();
+        let ttl = crate::leases::ttl_for(state.config.metrics.interval);
         loop {
             interval.tick().await;
+            if !state.hold_lease(crate::leases::METRICS, ttl).await {
+                previous.clear(); // stale by the time this server samples again
+                continue;
+            }
             if let Err(e) = state.sample_metrics(&mut previous).await {
                 tracing::warn!(error = %e, "sampling sandbox metrics failed");
             }

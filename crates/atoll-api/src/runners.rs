@@ -47,6 +47,9 @@ fn unresponsive_after() -> Duration {
         .filter(|v| v.is_finite() && *v > 0.0)
         .map_or(UNRESPONSIVE_AFTER, Duration::from_secs_f64)
 }
+/// Where `atoll serve` mounts its embedded runner's API (for the other API
+/// servers of a deployment).
+pub const EMBEDDED_RUNNER_PATH: &str = "/runner";
 /// The runner class of namespace sandboxes (Daytona's `RunnerClass`).
 pub const RUNNER_CLASS: &str = "container";
 /// What this server reports as its runner version.
@@ -142,6 +145,14 @@ impl AppState {
         }
     }
 
+    /// Where other API servers reach this server's embedded runner.
+    pub fn embedded_runner_url(&self) -> String {
+        format!(
+            "{}{EMBEDDED_RUNNER_PATH}",
+            self.config.public_url.trim_end_matches('/')
+        )
+    }
+
     /// Registers this server's embedded runner, or refreshes its row (a
     /// restart keeps its id, flags and sandboxes).
     pub async fn register_local_runner(
@@ -154,6 +165,7 @@ impl AppState {
         if let Some(mut r) = self.store.runner(id).await? {
             r.name = name.to_string();
             r.region = region.to_string();
+            r.api_url = Some(self.embedded_runner_url());
             r.updated_at = now;
             self.store.update_runner(&r).await?;
             return Ok(r);
@@ -172,7 +184,7 @@ impl AppState {
             unschedulable: false,
             draining: false,
             local: true,
-            api_url: Some(self.config.public_url.clone()),
+            api_url: Some(self.embedded_runner_url()),
             proxy_url: None,
             domain: None,
             app_version: Some(VERSION.into()),
@@ -233,11 +245,16 @@ impl AppState {
         r.metrics = serde_json::to_string(&metrics).ok();
         r.last_checked = Some(now);
         r.app_version = Some(VERSION.into());
+        let returned = r.state == state::UNRESPONSIVE;
         if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
             r.state = state::READY.into();
         }
         r.updated_at = now;
         self.store.update_runner(&r).await?;
+        if returned {
+            // Marked silent while this server was down (by another server).
+            self.reconcile_runner(&r.id).await?;
+        }
         Ok(())
     }
 
@@ -384,7 +401,11 @@ impl AppState {
     /// unresponsive, and their running sandboxes `unknown`.
     pub async fn sweep_runners_silent_since(&self, before: i64) -> Result<(), ApiError> {
         let now = now_millis();
-        for id in self.store.mark_unresponsive_runners(before, now).await? {
+        for id in self
+            .store
+            .mark_unresponsive_runners(before, now, &self.local_runner_id)
+            .await?
+        {
             tracing::warn!(runner = %id, "runner stopped reporting health: unresponsive");
             self.runner_lost(&id).await?;
         }
@@ -481,6 +502,10 @@ pub fn spawn_health(state: AppState) -> tokio::task::JoinHandle<()> {
             interval.tick().await;
             if let Err(e) = state.check_local_runner().await {
                 tracing::warn!(error = %e, "embedded runner health check failed");
+            }
+            let ttl = crate::leases::ttl_for(health_interval());
+            if !state.hold_lease(crate::leases::RUNNER_SWEEP, ttl).await {
+                continue;
             }
             if let Err(e) = state.sweep_unresponsive_runners().await {
                 tracing::warn!(error = %e, "sweeping unresponsive runners failed");

@@ -95,13 +95,14 @@ impl AppState {
         }
     }
 
-    /// Every runtime this server can drive: the embedded runner's, and
-    /// each remote runner that reported an address (down ones included:
+    /// Every runtime this server can drive: its embedded runner's, and
+    /// each other runner with an address (remote runners, and the embedded
+    /// runners of the deployment's other API servers; down ones included:
     /// they may answer again).
     pub async fn all_runtimes(&self) -> Result<Vec<(String, Arc<dyn Runtime>)>, ApiError> {
         let mut out = vec![(self.local_runner_id.to_string(), self.runtime.clone())];
         for r in self.store.runners().await? {
-            if r.id == *self.local_runner_id || r.local || r.api_url.is_none() {
+            if r.id == *self.local_runner_id || r.api_url.is_none() {
                 continue;
             }
             if matches!(r.state.as_str(), crate::runners::state::DECOMMISSIONED) {

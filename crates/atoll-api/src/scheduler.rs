@@ -53,8 +53,12 @@ pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(state.config.lifecycle.tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ttl = crate::leases::ttl_for(state.config.lifecycle.tick);
         loop {
             interval.tick().await;
+            if !state.hold_lease(crate::leases::SCHEDULER, ttl).await {
+                continue; // another API server runs the scheduler
+            }
             if let Err(e) = state.lifecycle_tick().await {
                 tracing::warn!(error = %e, "lifecycle pass failed");
             }

@@ -1014,6 +1014,17 @@ impl AppState {
             let paused = running.remove(&r.id);
             let is_running = paused.is_some();
             match (r.state.as_str(), is_running) {
+                // Marked unknown while this server (its embedded runner)
+                // was down: the runtime says what it is.
+                (state::UNKNOWN, _) => {
+                    let (now, desired) = match paused {
+                        Some(true) => (state::PAUSED, state::PAUSED),
+                        Some(false) => (state::STARTED, state::STARTED),
+                        None => (state::STOPPED, state::STOPPED),
+                    };
+                    r.desired_state = desired.into();
+                    self.save(&mut r, now, None).await?;
+                }
                 (state::STARTED, true) if paused == Some(true) => {
                     // The row is the intent; pause never leaves a row
                     // started with the runtime paused, but be sure.

@@ -24,9 +24,15 @@ const FILL_PERIOD: Duration = Duration::from_secs(5);
 /// Runs the filler forever on the current runtime.
 pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let ttl = crate::leases::ttl_for(FILL_PERIOD);
         loop {
             let wake = state.warm_pool_wake.clone();
             let woken = wake.notified();
+            if !state.hold_lease(crate::leases::WARM_POOLS, ttl).await {
+                // Another API server fills the pools.
+                let _ = tokio::time::timeout(FILL_PERIOD, woken).await;
+                continue;
+            }
             if let Err(e) = state.fill_warm_pools().await {
                 tracing::warn!(error = %e, "filling warm pools failed");
             }

@@ -510,7 +510,7 @@ async fn a_registered_runner_authenticates_with_its_own_key_and_goes_unresponsiv
     // Silent past the limit: unresponsive (the embedded runner is not).
     api.state
         .store
-        .mark_unresponsive_runners(i64::MAX, 0)
+        .mark_unresponsive_runners(i64::MAX, 0, "runner-local")
         .await
         .unwrap();
     let (_, r) = api

@@ -31,6 +31,9 @@ pub struct RemoteRuntime {
     runner_id: String,
     /// `host:port` of the runner API.
     authority: String,
+    /// Path the runner API is mounted under (empty, or `/runner` on an
+    /// `atoll serve` whose embedded runner it is).
+    prefix: String,
     key: Arc<ControlKey>,
     pool: ConnPool<()>,
 }
@@ -57,15 +60,24 @@ impl RemoteRuntime {
                 "runner URL {api_url:?}: only http:// runner URLs are supported (put the runner behind a TLS-terminating tunnel for https)"
             ))
         })?;
-        let authority = rest.trim_end_matches('/');
-        if authority.is_empty() || authority.contains('/') || authority.contains('@') {
+        let rest = rest.trim_end_matches('/');
+        let (authority, prefix) = match rest.split_once('/') {
+            Some((a, p)) => (a, format!("/{p}")),
+            None => (rest, String::new()),
+        };
+        let bad_prefix = prefix.contains("..")
+            || prefix.bytes().any(|b| {
+                !(b.is_ascii_alphanumeric() || b == b'/' || b == b'-' || b == b'_' || b == b'.')
+            });
+        if authority.is_empty() || authority.contains('@') || bad_prefix {
             return Err(RuntimeError::Failed(format!(
-                "runner URL {api_url:?} is not http://host:port"
+                "runner URL {api_url:?} is not http://host:port[/path]"
             )));
         }
         Ok(RemoteRuntime {
             runner_id: runner_id.to_string(),
             authority: authority.to_string(),
+            prefix,
             key,
             pool: ConnPool::new(8, Duration::from_secs(30)),
         })
@@ -138,7 +150,7 @@ impl RemoteRuntime {
         answer(status, &bytes)
     }
 
-    fn path(id: &str, tail: &str) -> String {
+    fn path(&self, id: &str, tail: &str) -> String {
         // Ids are validated by the runtime at the other end; they must not
         // change the path here either.
         let id: String = id
@@ -151,7 +163,12 @@ impl RemoteRuntime {
                 }
             })
             .collect();
-        format!("{}/sandboxes/{id}{tail}", wire::PREFIX)
+        format!("{}{}/sandboxes/{id}{tail}", self.prefix, wire::PREFIX)
+    }
+
+    /// A route outside any sandbox, under the mount prefix.
+    fn root(&self, route: &str) -> String {
+        format!("{}{route}", self.prefix)
     }
 
     async fn stream(&self, path: &str) -> Result<BoxedStream, RuntimeError> {
@@ -231,40 +248,35 @@ fn json<T: serde::Serialize>(v: &T) -> Option<Vec<u8>> {
 #[async_trait::async_trait]
 impl Runtime for RemoteRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
-        let path = Self::path(&spec.id, "/start");
+        let path = self.path(&spec.id, "/start");
         self.call(Method::POST, &path, json(spec), START_TIMEOUT)
             .await
     }
 
     async fn stop(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call(Method::POST, &Self::path(id, "/stop"), None, CALL_TIMEOUT)
+        self.call(Method::POST, &self.path(id, "/stop"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn destroy(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call(
-            Method::POST,
-            &Self::path(id, "/destroy"),
-            None,
-            CALL_TIMEOUT,
-        )
-        .await
+        self.call(Method::POST, &self.path(id, "/destroy"), None, CALL_TIMEOUT)
+            .await
     }
 
     async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call(Method::POST, &Self::path(id, "/pause"), None, CALL_TIMEOUT)
+        self.call(Method::POST, &self.path(id, "/pause"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
-        self.call(Method::POST, &Self::path(id, "/resume"), None, CALL_TIMEOUT)
+        self.call(Method::POST, &self.path(id, "/resume"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn archive(&self, id: &str) -> Result<(), RuntimeError> {
         self.call(
             Method::POST,
-            &Self::path(id, "/archive"),
+            &self.path(id, "/archive"),
             None,
             START_TIMEOUT,
         )
@@ -274,7 +286,7 @@ impl Runtime for RemoteRuntime {
     async fn restore(&self, id: &str) -> Result<(), RuntimeError> {
         self.call(
             Method::POST,
-            &Self::path(id, "/restore"),
+            &self.path(id, "/restore"),
             None,
             START_TIMEOUT,
         )
@@ -282,63 +294,62 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn discard_archive(&self, id: &str) -> Result<(), RuntimeError> {
-        let path = Self::path(id, "/discard-archive");
+        let path = self.path(id, "/discard-archive");
         self.call(Method::POST, &path, None, CALL_TIMEOUT).await
     }
 
     async fn disk_state(&self, id: &str) -> Result<DiskState, RuntimeError> {
-        self.call(Method::GET, &Self::path(id, "/disk"), None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.path(id, "/disk"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
-        self.call(Method::POST, "/v1/recover", None, START_TIMEOUT)
+        self.call(Method::POST, &self.root("/v1/recover"), None, START_TIMEOUT)
             .await
     }
 
     async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
-        self.call(Method::GET, "/v1/sandboxes", None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.root("/v1/sandboxes"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
-        self.call(Method::GET, &Self::path(id, ""), None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.path(id, ""), None, CALL_TIMEOUT)
             .await
     }
 
     async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
-        self.call(Method::GET, &Self::path(id, "/usage"), None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.path(id, "/usage"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn update_limits(&self, id: &str, limits: &Limits) -> Result<(), RuntimeError> {
-        let path = Self::path(id, "/limits");
+        let path = self.path(id, "/limits");
         self.call(Method::PUT, &path, json(limits), CALL_TIMEOUT)
             .await
     }
 
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RuntimeError> {
-        let path = Self::path(id, "/network");
+        let path = self.path(id, "/network");
         self.call(Method::PUT, &path, json(policy), CALL_TIMEOUT)
             .await
     }
 
     async fn connect_toolbox(&self, id: &str) -> Result<BoxedStream, RuntimeError> {
-        self.stream(&Self::path(id, "/toolbox")).await
+        self.stream(&self.path(id, "/toolbox")).await
     }
 
     async fn connect_port(&self, id: &str, port: u16) -> Result<BoxedStream, RuntimeError> {
-        self.stream(&Self::path(id, &format!("/ports/{port}")))
-            .await
+        self.stream(&self.path(id, &format!("/ports/{port}"))).await
     }
 
     async fn capacity(&self) -> Result<Capacity, RuntimeError> {
-        self.call(Method::GET, "/v1/capacity", None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.root("/v1/capacity"), None, CALL_TIMEOUT)
             .await
     }
 
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
-        self.call(Method::GET, "/v1/images", None, CALL_TIMEOUT)
+        self.call(Method::GET, &self.root("/v1/images"), None, CALL_TIMEOUT)
             .await
     }
 }

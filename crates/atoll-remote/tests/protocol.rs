@@ -220,3 +220,37 @@ async fn a_runner_that_is_gone_is_unreachable_never_a_state() {
     )
     .is_err());
 }
+
+#[tokio::test]
+async fn the_runner_api_works_mounted_under_a_path() {
+    // As `atoll serve` mounts its embedded runner's API at `/runner`.
+    let key = Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let verifier = ControlVerifier::new(&key.public_key(), RUNNER).unwrap();
+    let app = axum::Router::new().nest(
+        "/runner",
+        atoll_remote::server::router(fake.clone(), verifier),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let remote =
+        RemoteRuntime::new(RUNNER, &format!("http://{addr}/runner/"), key.clone()).unwrap();
+    remote.start(&spec("sb-1")).await.unwrap();
+    assert_eq!(remote.observe().await.unwrap().len(), 1);
+    assert!(fake.sandbox("sb-1").unwrap().running);
+    // Without the prefix nothing answers as a runner.
+    let bare = RemoteRuntime::new(RUNNER, &format!("http://{addr}"), key.clone()).unwrap();
+    assert!(bare.observe().await.is_err());
+    for bad in [
+        "http://h:1/../x",
+        "http://user@h:1",
+        "http://h:1/a b",
+        "http://",
+    ] {
+        assert!(
+            RemoteRuntime::new(RUNNER, bad, key.clone()).is_err(),
+            "{bad}"
+        );
+    }
+}

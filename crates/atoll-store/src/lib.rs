@@ -3,6 +3,7 @@
 //! portable (`$n` placeholders, BIGINT timestamps, 0/1 booleans, JSON text)
 //! so PostgreSQL is a second connection URL, not a rewrite.
 
+mod leases;
 mod records;
 mod runners;
 mod secrets;

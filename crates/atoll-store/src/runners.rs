@@ -205,20 +205,23 @@ impl Store {
     }
 
     /// Marks runners whose last health check is older than `before` (ms)
-    /// unresponsive; returns their ids. Disabled and decommissioned ones
-    /// are left as they are.
+    /// unresponsive, but `except` (the asking server's own embedded
+    /// runner: it is alive while it asks); returns their ids. Disabled and
+    /// decommissioned ones are left as they are.
     pub async fn mark_unresponsive_runners(
         &self,
         before: i64,
         now: i64,
+        except: &str,
     ) -> Result<Vec<String>, StoreError> {
         let rows = sqlx::query(
             "UPDATE runners SET state = 'unresponsive', updated_at = $2 \
-             WHERE state IN ('ready', 'initializing') AND local = 0 \
+             WHERE state IN ('ready', 'initializing') AND id <> $3 \
              AND COALESCE(last_checked, created_at) < $1 RETURNING id",
         )
         .bind(before)
         .bind(now)
+        .bind(except)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()

@@ -540,7 +540,7 @@ async fn runners_round_trip_go_unresponsive_and_count_what_they_hold() {
     // embedded runner is never marked (it is the server itself)
     assert_eq!(
         store
-            .mark_unresponsive_runners(10_000, 20_000)
+            .mark_unresponsive_runners(10_000, 20_000, "local")
             .await
             .unwrap(),
         ["r1"]
@@ -550,7 +550,7 @@ async fn runners_round_trip_go_unresponsive_and_count_what_they_hold() {
         "unresponsive"
     );
     assert!(store
-        .mark_unresponsive_runners(10_000, 20_000)
+        .mark_unresponsive_runners(10_000, 20_000, "local")
         .await
         .unwrap()
         .is_empty());
@@ -592,6 +592,54 @@ async fn runners_round_trip_go_unresponsive_and_count_what_they_hold() {
     ));
     assert!(store.delete_runner("r1", true).await.unwrap());
     assert!(store.runner("r1").await.unwrap().is_none());
+    store.close().await;
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_lease_has_one_holder_until_it_expires_or_is_released() {
+    let (store, dir) = fresh().await;
+    assert!(store
+        .acquire_lease("scheduler", "a", 1000, 500)
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("scheduler", "b", 1200, 500)
+        .await
+        .unwrap());
+    // the holder renews
+    assert!(store
+        .acquire_lease("scheduler", "a", 1400, 500)
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("scheduler", "b", 1800, 500)
+        .await
+        .unwrap());
+    // past its expiry (1900) it goes to the next asker
+    assert!(store
+        .acquire_lease("scheduler", "b", 1901, 500)
+        .await
+        .unwrap());
+    assert!(!store
+        .acquire_lease("scheduler", "a", 1950, 500)
+        .await
+        .unwrap());
+    // other names are other leases
+    assert!(store
+        .acquire_lease("metrics", "a", 1950, 500)
+        .await
+        .unwrap());
+    store.release_lease("scheduler", "a").await.unwrap(); // not a's: no effect
+    assert!(!store
+        .acquire_lease("scheduler", "a", 2000, 500)
+        .await
+        .unwrap());
+    store.release_lease("scheduler", "b").await.unwrap();
+    assert!(store
+        .acquire_lease("scheduler", "a", 2000, 500)
+        .await
+        .unwrap());
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }

@@ -195,6 +195,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .with_secrets_key(secrets_key)
         .with_local_runner_id(runner_id.clone())
         .with_control_key(control_key);
+        let public_key = state
+            .control_key
+            .as_ref()
+            .map(|k| k.public_key())
+            .unwrap_or_default();
         state
             .reconcile_on_boot()
             .await
@@ -226,13 +231,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        axum::serve(listener, atoll_api::router(state.clone()))
+        // The embedded runner's API, for the other API servers of a
+        // deployment (requests signed with the shared control-plane key).
+        let verifier = atoll_remote::ControlVerifier::new(&public_key, &runner_id)
+            .map_err(|e| anyhow::anyhow!("the control-plane key: {e}"))?;
+        let app = atoll_api::router(state.clone()).nest(
+            atoll_api::runners::EMBEDDED_RUNNER_PATH,
+            atoll_remote::server::router(state.runtime.clone(), verifier),
+        );
+        axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await
             .context("serving")?;
         tracing::info!(
             "shutting down; sandboxes keep running and are re-adopted on the next start"
         );
+        state.release_leases().await;
         state.store.close().await;
         Ok(())
     })
