@@ -8,6 +8,9 @@ holds the sandbox; a SIGKILLed runner leaves its sandboxes `unknown` (never
 reconciles, files intact."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 import urllib.request
 
@@ -138,3 +141,60 @@ def test_a_killed_runner_leaves_sandboxes_unknown_and_reconciles_when_it_returns
     wait_for("the waiting delete", lambda: state_of(doomed.id) is None)
     assert kept.process.exec("cat /home/daytona/mark.txt").result == "survived\n"
     kept.delete()
+
+
+def test_an_archived_sandbox_restores_on_another_runner_from_the_shared_store(atoll_bin, images_dir):
+    """Runners sharing an S3 archive store (moto on loopback): a sandbox
+    archived on a runner that is then drained restores on the other one,
+    its files byte-identical."""
+    from test_archive_s3 import BUCKET, bucket_keys, free_port
+    port = free_port()
+    moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    s3 = f"http://127.0.0.1:{port}"
+    wait_for("moto", lambda: _put_bucket(s3))
+    env = dict(FAST, ATOLL_ARCHIVE_URL=f"s3://{BUCKET}/sandboxes", AWS_ACCESS_KEY_ID="test",
+               AWS_SECRET_ACCESS_KEY="test", AWS_REGION="us-east-1", AWS_ENDPOINT=s3, AWS_ALLOW_HTTP="true")
+    runners = []
+    try:
+        with running_server(atoll_bin, images_dir, env) as srv:
+            try:
+                local = json.loads(srv.http("GET", "/api/runners")[2])[0]["id"]
+                srv.http("PATCH", f"/api/runners/{local}/draining", json={"draining": True})
+                for name in ("store-a", "store-b"):
+                    r = AtollRunner(srv, name)
+                    r.extra_env.update(env)
+                    runners.append(r.start())
+                a, b = runners
+                srv.http("PATCH", f"/api/runners/{b.id}/scheduling", json={"unschedulable": True})
+                d = srv.client()
+                sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+                assert sb.runner_id == a.id
+                sb.process.exec("head -c 5000000 /dev/urandom > /home/daytona/blob")
+                want = sb.process.exec("sha256sum /home/daytona/blob").result
+                sb.stop()
+                sb.archive()
+                assert bucket_keys(s3) == [f"sandboxes/{sb.id}.tar.zst"]
+                srv.http("PATCH", f"/api/runners/{a.id}/draining", json={"draining": True})
+                srv.http("PATCH", f"/api/runners/{b.id}/scheduling", json={"unschedulable": False})
+                sb.start()
+                assert runner_of(srv, sb.id) == b.id
+                assert sb.process.exec("sha256sum /home/daytona/blob").result == want
+                sb.delete()
+            finally:
+                srv.delete_all_sandboxes()
+                for r in runners:
+                    r.cleanup()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _put_bucket(s3):
+    from test_archive_s3 import BUCKET
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{s3}/{BUCKET}", method="PUT"), timeout=2).read()
+        return True
+    except OSError:
+        return False

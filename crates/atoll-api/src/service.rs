@@ -485,6 +485,24 @@ impl AppState {
             self.resume_locked(&mut r).await?;
             return Ok(self.to_dto(&r));
         }
+        // An archived sandbox lives in the archive store, not on a runner:
+        // it restores where it was if that runner takes sandboxes, else
+        // on whichever runner has room (the archive store is shared
+        // between runners, an S3 bucket).
+        let mut moved_from = None;
+        if via == state::RESTORING {
+            let home = self.runner_of(&r).to_string();
+            let stays = match self.store.runner(&home).await? {
+                Some(h) => crate::runners::schedulable(&h) && self.runtime_of_runner(&h).is_ok(),
+                None => false,
+            };
+            if !stays {
+                let to = self.pick_runner(None).await?;
+                tracing::info!(sandbox = %r.id, from = %home, to = %to.id, "restoring an archived sandbox on another runner");
+                r.runner_id = Some(to.id);
+                moved_from = Some(home);
+            }
+        }
         self.save_within_quota(&mut r, via).await?;
         atoll_types::failpoint::hit(if via == state::RESTORING {
             "restore.after_transition"
@@ -494,8 +512,12 @@ impl AppState {
         if via == state::RESTORING {
             let restored = self.rt(&r).await?.restore(&r.id).await;
             if let Err(e) = restored {
-                // The archive is untouched: the sandbox stays archived.
+                // The archive is untouched: the sandbox stays archived
+                // (and where it was).
                 tracing::warn!(sandbox = %r.id, error = %e, "restore failed");
+                if let Some(home) = moved_from {
+                    r.runner_id = Some(home);
+                }
                 r.desired_state = state::ARCHIVED.into();
                 self.save(&mut r, state::ARCHIVED, None).await?;
                 return Err(ApiError::Internal(format!(
