@@ -198,3 +198,24 @@ def _put_bucket(s3):
         return True
     except OSError:
         return False
+
+
+def test_an_api_only_server_runs_sandboxes_on_its_runners(atoll_bin, images_dir):
+    env = dict(FAST, ATOLL_NO_LOCAL_RUNNER="true")
+    with running_server(atoll_bin, images_dir, env) as srv:
+        status, _, body = srv.http("GET", "/api/runners")
+        assert json.loads(body) == [], "no embedded runner"
+        status, _, body = srv.http("POST", "/api/sandbox", json={})
+        assert status == 503 and "none is registered" in json.loads(body)["message"], body
+        edge = AtollRunner(srv, "edge-only")
+        try:
+            edge.start()
+            d = srv.client()
+            assert [s.name for s in d.snapshot.list().items], "the runner's images are the catalog"
+            sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+            assert sb.runner_id == edge.id
+            assert sb.process.exec("echo api-only").result.strip() == "api-only"
+            sb.delete()
+        finally:
+            srv.delete_all_sandboxes()
+            edge.cleanup()

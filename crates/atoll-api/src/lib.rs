@@ -89,6 +89,8 @@ pub struct AppState {
     pub warm_pool_wake: Arc<tokio::sync::Notify>,
     /// This server's embedded runner (the runner of rows without one).
     pub local_runner_id: Arc<String>,
+    /// This server runs sandboxes itself (false: `--no-local-runner`).
+    pub embedded_runner: bool,
     /// This process, as the holder of leases (random per start).
     pub server_id: Arc<String>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
@@ -124,9 +126,18 @@ impl AppState {
             warm_pool_wake: Arc::default(),
             local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
             server_id: Arc::new(uuid::Uuid::new_v4().to_string()),
+            embedded_runner: true,
             control_key: None,
             remote_runtimes: Arc::default(),
         }
+    }
+
+    /// An API-only server: no embedded runner (its runtime is
+    /// [`runtimes::NoRuntime`]); sandboxes run on remote runners only.
+    pub fn without_embedded_runner(mut self) -> AppState {
+        self.embedded_runner = false;
+        self.local_runner_id = Arc::new("none".into());
+        self
     }
 
     /// The key this server signs requests to remote runners with.

@@ -211,6 +211,9 @@ impl AppState {
     /// stays). A runtime that does not answer leaves the runner as it was
     /// and the error is returned.
     pub async fn check_local_runner(&self) -> Result<(), ApiError> {
+        if !self.embedded_runner {
+            return Ok(());
+        }
         let cap = self.runtime.capacity().await?;
         let Some(mut r) = self.store.runner(&self.local_runner_id).await? else {
             return Ok(());

@@ -6,6 +6,10 @@
 use crate::error::ApiError;
 use crate::AppState;
 use atoll_remote::{ControlKey, RemoteRuntime};
+use atoll_runtime_api::{
+    BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, SandboxSpec,
+    SandboxUsage,
+};
 use atoll_runtime_api::{Runtime, RuntimeError};
 use atoll_store::RunnerRecord;
 use std::collections::HashMap;
@@ -40,7 +44,95 @@ impl RemoteRuntimes {
     }
 }
 
+/// The runtime of an API-only server (`atoll serve --no-local-runner`):
+/// nothing runs here, so it observes nothing and drives nothing.
+pub struct NoRuntime;
+
+fn none_here() -> RuntimeError {
+    RuntimeError::Unreachable("this server has no embedded runner (--no-local-runner)".into())
+}
+
+#[async_trait::async_trait]
+impl Runtime for NoRuntime {
+    async fn start(&self, _: &SandboxSpec) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn stop(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn destroy(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn pause(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn resume(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn archive(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn restore(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn discard_archive(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn disk_state(&self, _: &str) -> Result<DiskState, RuntimeError> {
+        Err(none_here())
+    }
+    async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
+        Ok(vec![])
+    }
+    async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
+        Ok(vec![])
+    }
+    async fn observe_one(&self, _: &str) -> Result<Option<Observed>, RuntimeError> {
+        Ok(None)
+    }
+    async fn usage(&self, _: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
+        Ok(None)
+    }
+    async fn update_limits(&self, _: &str, _: &Limits) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn update_network(&self, _: &str, _: &NetworkPolicy) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn connect_toolbox(&self, _: &str) -> Result<BoxedStream, RuntimeError> {
+        Err(none_here())
+    }
+    async fn connect_port(&self, _: &str, _: u16) -> Result<BoxedStream, RuntimeError> {
+        Err(none_here())
+    }
+    async fn capacity(&self) -> Result<Capacity, RuntimeError> {
+        Err(none_here())
+    }
+    async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
+        Ok(vec![])
+    }
+}
+
 impl AppState {
+    /// Every image some runner of the deployment can start, by name (the
+    /// embedded runner's first; runners that do not answer are skipped).
+    pub async fn image_catalog(&self) -> Result<Vec<ImageInfo>, ApiError> {
+        let mut out: Vec<ImageInfo> = Vec::new();
+        for (runner, rt) in self.all_runtimes().await? {
+            match rt.images().await {
+                Ok(images) => {
+                    for i in images {
+                        if !out.iter().any(|o| o.name == i.name) {
+                            out.push(i);
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(%runner, error = %e, "runner's images unknown"),
+            }
+        }
+        Ok(out)
+    }
+
     /// The runtime of runner `r` (the embedded one, or a client of it).
     pub fn runtime_of_runner(&self, r: &RunnerRecord) -> Result<Arc<dyn Runtime>, RuntimeError> {
         if r.id == *self.local_runner_id {

@@ -89,10 +89,12 @@ impl AppState {
                 crate::routes::account::REGION
             )));
         }
-        let image =
-            self.runtime.image(&req.snapshot).await?.ok_or_else(|| {
-                ApiError::NotFound(format!("Snapshot {} not found", req.snapshot))
-            })?;
+        let image = self
+            .image_catalog()
+            .await?
+            .into_iter()
+            .find(|i| i.name == req.snapshot)
+            .ok_or_else(|| ApiError::NotFound(format!("Snapshot {} not found", req.snapshot)))?;
         let now = now_millis();
         let pool = WarmPoolRecord {
             id: uuid::Uuid::new_v4().to_string(),

@@ -52,6 +52,11 @@ pub struct ServeArgs {
     /// database must share this key.
     #[arg(long, env = "ATOLL_CONTROL_KEY_FILE")]
     control_key_file: Option<PathBuf>,
+    /// An API-only server: no embedded runner (no sandbox runs on this
+    /// host, no image is built here); sandboxes run on the deployment's
+    /// `atoll runner` hosts and the other servers' embedded runners.
+    #[arg(long, env = "ATOLL_NO_LOCAL_RUNNER", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::SetTrue)]
+    no_local_runner: bool,
     /// File holding the key organization secrets are sealed with (64 hex
     /// characters; default <data-dir>/secrets.key, created on first use).
     /// Servers sharing one database must share this key.
@@ -123,8 +128,15 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .transpose()
         .context("--preview-domain (ATOLL_PREVIEW_DOMAIN)")?;
     let data_dir = crate::tenancy::private_data_dir(&args.data_dir)?;
-    let host = crate::host::prepare(&args.host, &data_dir)?;
-    let image = host.default_image.clone();
+    let host = if args.no_local_runner {
+        None
+    } else {
+        Some(crate::host::prepare(&args.host, &data_dir)?)
+    };
+    let default_snapshot = host.as_ref().map_or_else(
+        || atoll_runner::image::DEFAULT_IMAGE.to_string(),
+        |h| h.default_image.name.clone(),
+    );
     let runner_id = crate::tenancy::runner_id(&data_dir)?;
     let runner_name = match &args.runner_name {
         Some(n) => {
@@ -177,13 +189,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .secret(atoll_api::preview::SECRET_NAME, &hex_encode(&fresh))
             .await
             .context("loading the preview key")?;
+        let runtime: Arc<dyn atoll_runtime_api::Runtime> = match host {
+            Some(h) => Arc::new(LocalRuntime::new(h.runtime, h.images)),
+            None => Arc::new(atoll_api::runtimes::NoRuntime),
+        };
         let state = AppState::new(
             store,
-            Arc::new(LocalRuntime::new(host.runtime, host.images)),
+            runtime,
             ApiConfig {
                 public_url: public_url.clone(),
                 preview_domain: preview_domain.clone(),
-                default_snapshot: image.name.clone(),
+                default_snapshot,
                 lifecycle: lifecycle_timing()?,
                 egress_allow_private: args.host.egress_allow_private,
                 quota_defaults: args.tenancy.quota_defaults(),
@@ -195,6 +211,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .with_secrets_key(secrets_key)
         .with_local_runner_id(runner_id.clone())
         .with_control_key(control_key);
+        let state = if args.no_local_runner {
+            state.without_embedded_runner()
+        } else {
+            state
+        };
         let public_key = state
             .control_key
             .as_ref()
@@ -204,12 +225,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .reconcile_on_boot()
             .await
             .map_err(|e| anyhow::anyhow!("reconciling sandboxes: {e}"))?;
-        state
-            .register_local_runner(&runner_name, atoll_api::routes::account::REGION)
-            .await
-            .map_err(|e| anyhow::anyhow!("registering the embedded runner: {e}"))?;
-        if let Err(e) = state.check_local_runner().await {
-            tracing::warn!(error = %e, "first health check of the embedded runner failed");
+        if state.embedded_runner {
+            state
+                .register_local_runner(&runner_name, atoll_api::routes::account::REGION)
+                .await
+                .map_err(|e| anyhow::anyhow!("registering the embedded runner: {e}"))?;
+            if let Err(e) = state.check_local_runner().await {
+                tracing::warn!(error = %e, "first health check of the embedded runner failed");
+            }
         }
         atoll_api::runners::spawn_health(state.clone());
         atoll_api::scheduler::spawn(state.clone());
@@ -235,10 +258,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // deployment (requests signed with the shared control-plane key).
         let verifier = atoll_remote::ControlVerifier::new(&public_key, &runner_id)
             .map_err(|e| anyhow::anyhow!("the control-plane key: {e}"))?;
-        let app = atoll_api::router(state.clone()).nest(
-            atoll_api::runners::EMBEDDED_RUNNER_PATH,
-            atoll_remote::server::router(state.runtime.clone(), verifier),
-        );
+        let mut app = atoll_api::router(state.clone());
+        if state.embedded_runner {
+            app = app.nest(
+                atoll_api::runners::EMBEDDED_RUNNER_PATH,
+                atoll_remote::server::router(state.runtime.clone(), verifier),
+            );
+        }
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown_signal())
             .await

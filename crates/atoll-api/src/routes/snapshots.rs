@@ -11,7 +11,7 @@ use axum::http::Uri;
 use axum::Json;
 
 async fn images(s: &AppState) -> Result<Vec<atoll_runtime_api::ImageInfo>, ApiError> {
-    Ok(s.runtime.images().await?)
+    s.image_catalog().await
 }
 
 #[utoipa::path(get, path = "/api/snapshots",
