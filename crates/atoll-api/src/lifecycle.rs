@@ -2,6 +2,7 @@
 //! allows, and what an illegal request is told. Pure, exhaustively
 //! unit-tested; the service applies it and persists every transition.
 
+use atoll_types::SandboxState;
 use std::time::Duration;
 
 /// What a caller (or the scheduler) asks of a sandbox.
@@ -36,40 +37,43 @@ pub enum Decision {
     /// Already where the action leads: answer with the sandbox as it is.
     Noop,
     /// Go through `via` (a transitional state) and run the action.
-    Run { via: &'static str },
+    Run { via: SandboxState },
     /// Refused: 409 naming the current state.
     Illegal,
 }
 
+/// The states by the names the code has always used for them.
 pub mod state {
-    pub const CREATING: &str = "creating";
-    pub const STARTING: &str = "starting";
-    pub const STARTED: &str = "started";
-    pub const STOPPING: &str = "stopping";
-    pub const STOPPED: &str = "stopped";
-    pub const RESIZING: &str = "resizing";
-    pub const DESTROYING: &str = "destroying";
-    pub const DESTROYED: &str = "destroyed";
-    pub const ERROR: &str = "error";
-    pub const ARCHIVING: &str = "archiving";
-    pub const ARCHIVED: &str = "archived";
-    pub const RESTORING: &str = "restoring";
-    pub const PAUSING: &str = "pausing";
-    pub const PAUSED: &str = "paused";
-    pub const RESUMING: &str = "resuming";
+    use atoll_types::SandboxState;
+
+    pub const CREATING: SandboxState = SandboxState::Creating;
+    pub const STARTING: SandboxState = SandboxState::Starting;
+    pub const STARTED: SandboxState = SandboxState::Started;
+    pub const STOPPING: SandboxState = SandboxState::Stopping;
+    pub const STOPPED: SandboxState = SandboxState::Stopped;
+    pub const RESIZING: SandboxState = SandboxState::Resizing;
+    pub const DESTROYING: SandboxState = SandboxState::Destroying;
+    pub const DESTROYED: SandboxState = SandboxState::Destroyed;
+    pub const ERROR: SandboxState = SandboxState::Error;
+    pub const ARCHIVING: SandboxState = SandboxState::Archiving;
+    pub const ARCHIVED: SandboxState = SandboxState::Archived;
+    pub const RESTORING: SandboxState = SandboxState::Restoring;
+    pub const PAUSING: SandboxState = SandboxState::Pausing;
+    pub const PAUSED: SandboxState = SandboxState::Paused;
+    pub const RESUMING: SandboxState = SandboxState::Resuming;
     /// Its runner stopped responding: nothing is known of it until the
     /// runner answers again (then it is reconciled).
-    pub const UNKNOWN: &str = "unknown";
+    pub const UNKNOWN: SandboxState = SandboxState::Unknown;
 
     /// States an operation passes through; none may last.
-    pub const TRANSITIONAL: &[&str] = &[
+    pub const TRANSITIONAL: &[SandboxState] = &[
         CREATING, STARTING, STOPPING, RESIZING, DESTROYING, ARCHIVING, RESTORING, PAUSING, RESUMING,
     ];
 }
 
 /// How long a transitional state may last before the sandbox is put in
 /// `error` (the operation behind it has hung or its server died).
-pub fn transition_timeout(state: &str) -> Option<Duration> {
+pub fn transition_timeout(state: SandboxState) -> Option<Duration> {
     match state {
         state::CREATING | state::STARTING => Some(Duration::from_secs(120)),
         state::STOPPING | state::RESIZING => Some(Duration::from_secs(60)),
@@ -82,7 +86,7 @@ pub fn transition_timeout(state: &str) -> Option<Duration> {
     }
 }
 
-pub fn decide(current: &str, action: Action) -> Decision {
+pub fn decide(current: SandboxState, action: Action) -> Decision {
     use state::*;
     match (action, current) {
         // Delete works from every state.
@@ -105,14 +109,16 @@ pub fn decide(current: &str, action: Action) -> Decision {
 }
 
 /// The 409 message for an illegal request.
-pub fn illegal_message(id: &str, current: &str, action: Action) -> String {
+pub fn illegal_message(id: &str, current: SandboxState, action: Action) -> String {
     let hint = match (action, current) {
-        (Action::Start, "error") => "; recover it (POST /sandbox/{id}/recover) or delete it",
+        (Action::Start, state::ERROR) => "; recover it (POST /sandbox/{id}/recover) or delete it",
         (Action::Recover, _) => "; only sandboxes in state error can be recovered",
-        (Action::Archive, "started" | "paused") => "; stop it first",
-        (Action::Pause, "stopped" | "archived") => "; only started sandboxes can be paused",
-        (Action::Resize, "paused") => "; start it (resume) first",
-        (_, "unknown") => {
+        (Action::Archive, state::STARTED | state::PAUSED) => "; stop it first",
+        (Action::Pause, state::STOPPED | state::ARCHIVED) => {
+            "; only started sandboxes can be paused"
+        }
+        (Action::Resize, state::PAUSED) => "; start it (resume) first",
+        (_, state::UNKNOWN) => {
             "; its runner is not responding (delete it, or wait for the runner to return)"
         }
         (_, s) if state::TRANSITIONAL.contains(&s) => "; wait for the current operation to finish",
@@ -129,10 +135,7 @@ mod tests {
     use super::state::*;
     use super::*;
 
-    const ALL: &[&str] = &[
-        CREATING, STARTING, STARTED, STOPPING, STOPPED, RESIZING, DESTROYING, DESTROYED, ERROR,
-        ARCHIVING, ARCHIVED, RESTORING, PAUSING, PAUSED, RESUMING,
-    ];
+    const ALL: &[SandboxState] = &SandboxState::ALL;
     const ACTIONS: &[Action] = &[
         Action::Start,
         Action::Stop,
@@ -147,7 +150,7 @@ mod tests {
     fn delete_is_allowed_from_every_state() {
         for s in ALL {
             assert_eq!(
-                decide(s, Action::Delete),
+                decide(*s, Action::Delete),
                 Decision::Run { via: DESTROYING },
                 "{s}"
             );
@@ -158,7 +161,7 @@ mod tests {
     fn every_pair_has_exactly_the_expected_decision() {
         for s in ALL {
             for a in ACTIONS {
-                let d = decide(s, *a);
+                let d = decide(*s, *a);
                 let expected = match (*a, *s) {
                     (Action::Delete, _) => Decision::Run { via: DESTROYING },
                     (Action::Start, STARTED)
@@ -186,7 +189,7 @@ mod tests {
     fn transitional_states_time_out_and_settled_ones_do_not() {
         for s in ALL {
             assert_eq!(
-                transition_timeout(s).is_some(),
+                transition_timeout(*s).is_some(),
                 TRANSITIONAL.contains(s),
                 "{s}"
             );

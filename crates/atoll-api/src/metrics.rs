@@ -94,7 +94,7 @@ fn sample_of(r: &SandboxRecord, at_ms: i64, cpu_pct: f64, u: &SandboxUsage) -> M
 }
 
 /// Does a sandbox in `state` have processes to read (frozen ones count)?
-fn is_sampled(s: &str) -> bool {
+fn is_sampled(s: atoll_types::SandboxState) -> bool {
     s == state::STARTED || s == state::PAUSED
 }
 
@@ -162,7 +162,7 @@ impl AppState {
     /// rate is taken since this endpoint's previous reading of it, or over
     /// a short window when there is none recent.
     pub async fn latest_metrics(&self, r: &SandboxRecord) -> Result<SystemMetrics, ApiError> {
-        if !is_sampled(&r.state) {
+        if !is_sampled(r.state) {
             return Err(ApiError::Conflict(format!(
                 "Sandbox {} is not started (state: {})",
                 r.id, r.state
@@ -281,7 +281,7 @@ impl AppState {
             .all_sandboxes()
             .await?
             .into_iter()
-            .filter(|r| is_sampled(&r.state))
+            .filter(|r| is_sampled(r.state))
             .collect();
         let mut usages = Vec::with_capacity(rows.len());
         for r in &rows {

@@ -63,7 +63,7 @@ pub enum QuotaExceeded {
 }
 
 /// Does a sandbox in `state` hold its cpu and memory?
-pub fn holds_compute(s: &str) -> bool {
+pub fn holds_compute(s: atoll_types::SandboxState) -> bool {
     matches!(
         s,
         state::CREATING
@@ -80,7 +80,7 @@ pub fn holds_compute(s: &str) -> bool {
 }
 
 /// Does a sandbox in `state` hold its disk on the host?
-pub fn holds_disk(s: &str) -> bool {
+pub fn holds_disk(s: atoll_types::SandboxState) -> bool {
     holds_compute(s) || matches!(s, state::STOPPED | state::ARCHIVING | state::ERROR)
 }
 
@@ -164,12 +164,12 @@ impl Usage {
     }
 
     fn of_one(h: &SandboxHolding) -> Usage {
-        let compute = holds_compute(&h.state);
+        let compute = holds_compute(h.state);
         Usage {
             sandboxes: 1,
             cpu: if compute { h.cpu } else { 0 },
             memory: if compute { h.memory } else { 0 },
-            disk: if holds_disk(&h.state) { h.disk } else { 0 },
+            disk: if holds_disk(h.state) { h.disk } else { 0 },
         }
     }
 }
@@ -178,7 +178,7 @@ impl Usage {
 pub fn holding(r: &SandboxRecord) -> SandboxHolding {
     SandboxHolding {
         id: r.id.clone(),
-        state: r.state.clone(),
+        state: r.state,
         cpu: r.cpu,
         memory: r.memory,
         disk: r.disk,
@@ -208,11 +208,11 @@ impl AppState {
     pub(crate) async fn save_within_quota(
         &self,
         r: &mut SandboxRecord,
-        state: &str,
+        state: atoll_types::SandboxState,
     ) -> Result<(), ApiError> {
         let before = holding(r);
         let mut after = before.clone();
-        after.state = state.to_string();
+        after.state = state;
         self.save_within_quota_as(r, state, before, after).await
     }
 
@@ -223,7 +223,7 @@ impl AppState {
     pub(crate) async fn save_within_quota_as(
         &self,
         r: &mut SandboxRecord,
-        state: &str,
+        state: atoll_types::SandboxState,
         before: SandboxHolding,
         wants: SandboxHolding,
     ) -> Result<(), ApiError> {
@@ -231,7 +231,7 @@ impl AppState {
         let defaults = self.config.quota_defaults;
         let write = SandboxWrite::Update {
             record: &next,
-            expected_state: &before.state,
+            expected_state: before.state,
         };
         let admitted = self
             .store
@@ -322,33 +322,23 @@ impl AppState {
 mod tests {
     use super::*;
 
-    fn h(id: &str, state: &str, cpu: i64, memory: i64, disk: i64) -> SandboxHolding {
+    fn h(
+        id: &str,
+        state: atoll_types::SandboxState,
+        cpu: i64,
+        memory: i64,
+        disk: i64,
+    ) -> SandboxHolding {
         SandboxHolding {
             id: id.into(),
-            state: state.into(),
+            state,
             cpu,
             memory,
             disk,
         }
     }
 
-    const ALL: &[&str] = &[
-        state::CREATING,
-        state::STARTING,
-        state::STARTED,
-        state::STOPPING,
-        state::STOPPED,
-        state::RESIZING,
-        state::DESTROYING,
-        state::DESTROYED,
-        state::ERROR,
-        state::ARCHIVING,
-        state::ARCHIVED,
-        state::RESTORING,
-        state::PAUSING,
-        state::PAUSED,
-        state::RESUMING,
-    ];
+    const ALL: &[atoll_types::SandboxState] = &atoll_types::SandboxState::ALL;
 
     #[test]
     fn what_each_state_holds() {
@@ -364,24 +354,24 @@ mod tests {
                 "paused",
                 "resuming",
             ]
-            .contains(s);
-            let disk = compute || ["stopped", "archiving", "error"].contains(s);
-            assert_eq!(holds_compute(s), compute, "{s}");
-            assert_eq!(holds_disk(s), disk, "{s}");
+            .contains(&s.as_str());
+            let disk = compute || ["stopped", "archiving", "error"].contains(&s.as_str());
+            assert_eq!(holds_compute(*s), compute, "{s}");
+            assert_eq!(holds_disk(*s), disk, "{s}");
         }
         // Every transitional state but destroying holds what it is moving.
         for s in state::TRANSITIONAL {
-            assert!(holds_disk(s) || *s == state::DESTROYING, "{s}");
+            assert!(holds_disk(*s) || *s == state::DESTROYING, "{s}");
         }
     }
 
     #[test]
     fn usage_sums_what_each_state_holds() {
         let u = Usage::of(&[
-            h("a", "started", 2, 4, 10),
-            h("b", "stopped", 8, 8, 5),
-            h("c", "archived", 8, 8, 50),
-            h("d", "error", 1, 1, 3),
+            h("a", state::STARTED, 2, 4, 10),
+            h("b", state::STOPPED, 8, 8, 5),
+            h("c", state::ARCHIVED, 8, 8, 50),
+            h("d", state::ERROR, 1, 1, 3),
         ]);
         assert_eq!(
             u,
@@ -423,8 +413,11 @@ mod tests {
 
     #[test]
     fn creates_fit_up_to_each_limit_and_not_past_it() {
-        let others = [h("a", "started", 1, 1, 3), h("b", "stopped", 1, 1, 3)];
-        let new = h("n", "creating", 1, 1, 3);
+        let others = [
+            h("a", state::STARTED, 1, 1, 3),
+            h("b", state::STOPPED, 1, 1, 3),
+        ];
+        let new = h("n", state::CREATING, 1, 1, 3);
         let q = |max_sandboxes, total_cpu, total_memory, total_disk| Quota {
             max_sandboxes,
             total_cpu,
@@ -472,9 +465,9 @@ mod tests {
 
     #[test]
     fn starts_are_checked_only_for_what_they_add() {
-        let others = [h("a", "started", 2, 2, 3)];
-        let stopped = h("s", "stopped", 1, 1, 3);
-        let starting = h("s", "starting", 1, 1, 3);
+        let others = [h("a", state::STARTED, 2, 2, 3)];
+        let stopped = h("s", state::STOPPED, 1, 1, 3);
+        let starting = h("s", state::STARTING, 1, 1, 3);
         let cpu2 = Quota {
             total_cpu: Some(2),
             ..Default::default()
@@ -497,8 +490,8 @@ mod tests {
         };
         assert_eq!(tight.admits(&others, Some(&stopped), &starting), Ok(()));
         // Restoring an archived sandbox takes its disk back.
-        let archived = h("s", "archived", 1, 1, 3);
-        let restoring = h("s", "restoring", 1, 1, 3);
+        let archived = h("s", state::ARCHIVED, 1, 1, 3);
+        let restoring = h("s", state::RESTORING, 1, 1, 3);
         let disk5 = Quota {
             total_disk: Some(5),
             ..Default::default()
@@ -512,12 +505,12 @@ mod tests {
             })
         ));
         // Stopping, or shrinking, always fits.
-        let started = h("s", "started", 4, 4, 3);
-        let smaller = h("s", "resizing", 1, 1, 3);
+        let started = h("s", state::STARTED, 4, 4, 3);
+        let smaller = h("s", state::RESIZING, 1, 1, 3);
         assert_eq!(cpu2.admits(&others, Some(&started), &smaller), Ok(()));
         // Growing counts only the difference.
-        let grown = h("s", "resizing", 3, 1, 3);
-        let from = h("s", "started", 1, 1, 3);
+        let grown = h("s", state::RESIZING, 3, 1, 3);
+        let from = h("s", state::STARTED, 1, 1, 3);
         let cpu4 = Quota {
             total_cpu: Some(4),
             ..Default::default()

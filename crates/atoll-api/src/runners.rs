@@ -326,7 +326,7 @@ impl AppState {
             .await?
         {
             if !matches!(
-                row.state.as_str(),
+                row.state,
                 crate::service::state::STARTED | crate::service::state::PAUSED
             ) {
                 continue;
@@ -386,8 +386,8 @@ impl AppState {
                 Some(atoll_runtime_api::Observed::Running { .. }) => (s::STARTED, s::STARTED),
                 _ => (s::STOPPED, s::STOPPED),
             };
-            tracing::info!(sandbox = %r.id, state = now, "sandbox reconciled with its returned runner");
-            r.desired_state = desired.into();
+            tracing::info!(sandbox = %r.id, state = %now, "sandbox reconciled with its returned runner");
+            r.desired_state = desired;
             self.save(&mut r, now, None).await?;
         }
         Ok(())

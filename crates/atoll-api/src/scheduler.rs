@@ -204,10 +204,10 @@ impl AppState {
             && self.observed_dead(&r.id).await;
         let now = now_millis();
         if r.auto_destroy_at.is_some_and(|t| t <= now)
-            && lifecycle::transition_timeout(&r.state).is_none()
+            && lifecycle::transition_timeout(r.state).is_none()
         {
             tracing::info!(sandbox = %r.id, minutes = r.ttl_minutes, "time to live is over; deleting the sandbox");
-            r.desired_state = state::DESTROYED.into();
+            r.desired_state = state::DESTROYED;
             self.save(&mut r, state::DESTROYING, None).await?;
             if let Err(e) = self.destroy(&mut r).await {
                 tracing::warn!(sandbox = %r.id, error = %e, "deleting an expired sandbox failed");
@@ -231,7 +231,7 @@ impl AppState {
             }
             return Ok(());
         }
-        if let Some(limit) = lifecycle::transition_timeout(&r.state) {
+        if let Some(limit) = lifecycle::transition_timeout(r.state) {
             if now - r.state_changed_at > limit.as_millis() as i64 {
                 let reason = format!(
                     "the sandbox was {} for more than {} s; the operation did not finish",
@@ -243,13 +243,13 @@ impl AppState {
             }
             return Ok(());
         }
-        match r.state.as_str() {
+        match r.state {
             state::STARTED | state::PAUSED if dead => {
                 tracing::warn!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
                 if let Ok(rt) = self.rt(&r).await {
                     let _ = rt.stop(&r.id).await;
                 }
-                r.desired_state = state::STOPPED.into();
+                r.desired_state = state::STOPPED;
                 self.save(&mut r, state::STOPPED, None).await?;
             }
             state::STARTED
@@ -294,7 +294,7 @@ impl AppState {
                     && now - r.state_changed_at >= r.auto_delete_interval * minute_ms =>
             {
                 tracing::info!(sandbox = %r.id, minutes = r.auto_delete_interval, "auto-deleting stopped sandbox");
-                r.desired_state = state::DESTROYED.into();
+                r.desired_state = state::DESTROYED;
                 self.save(&mut r, state::DESTROYING, None).await?;
                 self.destroy(&mut r).await?;
             }
@@ -352,8 +352,8 @@ mod tests {
             gpu: 0,
             memory: 1,
             disk: 3,
-            state: state::STARTED.into(),
-            desired_state: state::STARTED.into(),
+            state: state::STARTED,
+            desired_state: state::STARTED,
             error_reason: None,
             recoverable: false,
             auto_stop_interval: 0,
@@ -404,7 +404,7 @@ mod tests {
         (state, dir)
     }
 
-    async fn state_of(app: &AppState, id: &str) -> String {
+    async fn state_of(app: &AppState, id: &str) -> atoll_types::SandboxState {
         app.store.sandbox(id).await.unwrap().unwrap().state
     }
 
@@ -501,7 +501,7 @@ mod tests {
             ("killed", state::PAUSED),
         ] {
             let mut r = app.store.sandbox(id).await.unwrap().unwrap();
-            r.state = st.into();
+            r.state = st;
             app.store.update_sandbox(&r, state::STARTED).await.unwrap();
         }
         app.reconcile_on_boot().await.unwrap();

@@ -399,8 +399,8 @@ impl AppState {
             .collect();
         r.secrets = mounts;
         r.updated_at = now_millis();
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         if r.state == crate::service::state::STARTED {
             let set = self.secret_env(&r).await?;
             self.push_env(&r.id, set, removed).await;

@@ -9,6 +9,7 @@ use crate::AppState;
 use atoll_runtime_api::{Limits, NetworkPolicy, Observed, RuntimeError, SandboxSpec};
 use atoll_store::SandboxRecord;
 use atoll_types::time::{now_millis, rfc3339_millis};
+use atoll_types::SandboxState;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -77,13 +78,17 @@ fn in_range(what: &str, v: i64, min: i64, max: i64) -> Result<i64, ApiError> {
 
 /// `r` as it is written when it moves to `state` (with `error` as its
 /// reason, for `error`).
-pub(crate) fn moved(r: &SandboxRecord, state: &str, error: Option<String>) -> SandboxRecord {
+pub(crate) fn moved(
+    r: &SandboxRecord,
+    state: SandboxState,
+    error: Option<String>,
+) -> SandboxRecord {
     let now = now_millis();
     let mut next = r.clone();
     if r.state != state {
         next.state_changed_at = now;
     }
-    next.state = state.to_string();
+    next.state = state;
     next.recoverable = state == state::ERROR && error.is_some();
     next.error_reason = error;
     next.updated_at = now;
@@ -117,8 +122,8 @@ impl AppState {
             gpu: r.gpu,
             memory: r.memory,
             disk: r.disk,
-            state: r.state.clone(),
-            desired_state: r.desired_state.clone(),
+            state: r.state.to_string(),
+            desired_state: r.desired_state.to_string(),
             error_reason: r.error_reason.clone(),
             recoverable: r.recoverable,
             backup_state: "None".into(),
@@ -172,12 +177,12 @@ impl AppState {
     pub(crate) async fn save(
         &self,
         r: &mut SandboxRecord,
-        state: &str,
+        state: SandboxState,
         error: Option<String>,
     ) -> Result<(), ApiError> {
-        let previous = r.state.clone();
+        let previous = r.state;
         *r = moved(r, state, error);
-        if let Err(e) = self.store.update_sandbox(r, &previous).await {
+        if let Err(e) = self.store.update_sandbox(r, previous).await {
             // Keep the in-memory record what the database holds.
             r.state = previous;
             return Err(e.into());
@@ -206,7 +211,7 @@ impl AppState {
                 if r.state != state::CREATING {
                     // Nothing of it was lost: it stays stopped until an
                     // address is free. (A create is undone by the caller.)
-                    r.desired_state = state::STOPPED.into();
+                    r.desired_state = state::STOPPED;
                     self.save(r, state::STOPPED, None).await?;
                 }
                 Err(e.into())
@@ -367,8 +372,8 @@ impl AppState {
                 1,
                 MAX_DISK_GIB,
             )?,
-            state: state::CREATING.into(),
-            desired_state: state::STARTED.into(),
+            state: state::CREATING,
+            desired_state: state::STARTED,
             error_reason: None,
             recoverable: false,
             auto_stop_interval: in_range(
@@ -451,19 +456,19 @@ impl AppState {
         (
             SandboxRecord,
             tokio::sync::OwnedMutexGuard<()>,
-            Result<&'static str, Sandbox>,
+            Result<SandboxState, Sandbox>,
         ),
         ApiError,
     > {
         let found = self.find(p, id_or_name).await?;
         let guard = self.locks.get(&found.id).lock_owned().await;
         let r = self.find(p, &found.id).await?;
-        let plan = match lifecycle::decide(&r.state, action) {
+        let plan = match lifecycle::decide(r.state, action) {
             Decision::Noop => Err(self.to_dto(&r)),
             Decision::Run { via } => Ok(via),
             Decision::Illegal => {
                 return Err(ApiError::Conflict(lifecycle::illegal_message(
-                    &r.id, &r.state, action,
+                    &r.id, r.state, action,
                 )))
             }
         };
@@ -480,7 +485,7 @@ impl AppState {
             Ok(via) => via,
             Err(dto) => return Ok(dto),
         };
-        r.desired_state = state::STARTED.into();
+        r.desired_state = state::STARTED;
         if via == state::RESUMING {
             self.resume_locked(&mut r).await?;
             return Ok(self.to_dto(&r));
@@ -518,7 +523,7 @@ impl AppState {
                 if let Some(home) = moved_from {
                     r.runner_id = Some(home);
                 }
-                r.desired_state = state::ARCHIVED.into();
+                r.desired_state = state::ARCHIVED;
                 self.save(&mut r, state::ARCHIVED, None).await?;
                 return Err(ApiError::Internal(format!(
                     "restoring sandbox {}: {e}",
@@ -556,7 +561,7 @@ impl AppState {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "resume failed; the sandbox stays paused");
-                r.desired_state = state::PAUSED.into();
+                r.desired_state = state::PAUSED;
                 self.save(r, state::PAUSED, None).await?;
                 Err(ApiError::Internal(format!(
                     "resuming sandbox {}: {}",
@@ -587,9 +592,9 @@ impl AppState {
     pub(crate) async fn pause_locked(
         &self,
         r: &mut SandboxRecord,
-        via: &str,
+        via: SandboxState,
     ) -> Result<(), ApiError> {
-        r.desired_state = state::PAUSED.into();
+        r.desired_state = state::PAUSED;
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("pause.after_transition");
         let result = self.rt(r).await?.pause(&r.id).await;
@@ -602,7 +607,7 @@ impl AppState {
                 if let Ok(rt) = self.rt(r).await {
                     let _ = rt.stop(&r.id).await;
                 }
-                r.desired_state = state::STOPPED.into();
+                r.desired_state = state::STOPPED;
                 self.save(r, state::STOPPED, None).await?;
                 Err(ApiError::Conflict(format!(
                     "Sandbox {} is no longer running (it is stopped now); start it first",
@@ -611,7 +616,7 @@ impl AppState {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "pause failed; the sandbox stays started");
-                r.desired_state = state::STARTED.into();
+                r.desired_state = state::STARTED;
                 self.save(r, state::STARTED, None).await?;
                 Err(ApiError::Internal(format!(
                     "pausing sandbox {}: {}",
@@ -640,9 +645,9 @@ impl AppState {
     pub(crate) async fn archive_locked(
         &self,
         r: &mut SandboxRecord,
-        via: &str,
+        via: SandboxState,
     ) -> Result<(), ApiError> {
-        r.desired_state = state::ARCHIVED.into();
+        r.desired_state = state::ARCHIVED;
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("archive.after_transition");
         let result = self.rt(r).await?.archive(&r.id).await;
@@ -653,7 +658,7 @@ impl AppState {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %r.id, error = %e, "archive failed; the sandbox stays stopped");
-                r.desired_state = state::STOPPED.into();
+                r.desired_state = state::STOPPED;
                 self.save(r, state::STOPPED, None).await?;
                 Err(ApiError::Internal(format!(
                     "archiving sandbox {}: {e}",
@@ -675,7 +680,7 @@ impl AppState {
             Ok(via) => via,
             Err(dto) => return Ok(dto),
         };
-        r.desired_state = state::STARTED.into();
+        r.desired_state = state::STARTED;
         self.save_within_quota(&mut r, via).await?;
         if let Ok(rt) = self.rt(&r).await {
             let _ = rt.stop(&r.id).await;
@@ -699,9 +704,9 @@ impl AppState {
     pub(crate) async fn stop_locked(
         &self,
         r: &mut SandboxRecord,
-        via: &str,
+        via: SandboxState,
     ) -> Result<(), ApiError> {
-        r.desired_state = state::STOPPED.into();
+        r.desired_state = state::STOPPED;
         self.save(r, via, None).await?;
         atoll_types::failpoint::hit("stop.after_transition");
         let result = self.rt(r).await?.stop(&r.id).await;
@@ -717,7 +722,7 @@ impl AppState {
             }
         }
         if r.auto_delete_interval == 0 {
-            r.desired_state = state::DESTROYED.into();
+            r.desired_state = state::DESTROYED;
             self.save(r, state::DESTROYING, None).await?;
             self.destroy(r).await?;
             self.locks.forget(&r.id);
@@ -732,7 +737,7 @@ impl AppState {
     ) -> Result<Sandbox, ApiError> {
         let (mut r, _guard, plan) = self.begin(p, id_or_name, Action::Delete).await?;
         let via = plan.unwrap_or(state::DESTROYING);
-        r.desired_state = state::DESTROYED.into();
+        r.desired_state = state::DESTROYED;
         self.save(&mut r, via, None).await?;
         atoll_types::failpoint::hit("delete.after_transition");
         match self.destroy(&mut r).await {
@@ -778,7 +783,7 @@ impl AppState {
                 )));
             }
         }
-        let settled = r.state.clone();
+        let settled = r.state;
         let old = (r.cpu, r.memory, r.disk);
         // Checked as the sandbox will be; while resizing, the row holds the
         // larger of old and new, so a racing create or start never counts
@@ -803,7 +808,7 @@ impl AppState {
             if let Err(e) = result {
                 // The old limits still apply: back to where it was.
                 (r.cpu, r.memory, r.disk) = old;
-                self.save(&mut r, &settled, None).await?;
+                self.save(&mut r, settled, None).await?;
                 return Err(ApiError::Conflict(format!(
                     "resizing sandbox {}: {e}",
                     r.id
@@ -813,7 +818,7 @@ impl AppState {
         r.cpu = cpu;
         r.memory = memory;
         r.disk = disk;
-        self.save(&mut r, &settled, None).await?;
+        self.save(&mut r, settled, None).await?;
         Ok(self.to_dto(&r))
     }
 
@@ -849,7 +854,7 @@ impl AppState {
             Ok(()) => {
                 atoll_types::failpoint::hit("delete.after_runtime");
                 self.store.delete_sandbox(&r.id).await?;
-                r.state = state::DESTROYED.into();
+                r.state = state::DESTROYED;
                 Ok(())
             }
             Err(e @ RuntimeError::Unreachable(_)) => {
@@ -882,8 +887,8 @@ impl AppState {
         let mut r = self.find(p, &r.id).await?;
         r.labels = labels;
         r.updated_at = now_millis();
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         Ok(r.labels)
     }
 
@@ -933,8 +938,8 @@ impl AppState {
             .await
             .map_err(|e| ApiError::Internal(format!("applying the network policy: {e}")))?;
         r.updated_at = now_millis();
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         Ok(self.to_dto(&r))
     }
 
@@ -951,8 +956,8 @@ impl AppState {
         let mut r = self.find(p, &r.id).await?;
         r.public = public;
         r.updated_at = now_millis();
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         Ok(self.to_dto(&r))
     }
 
@@ -978,8 +983,8 @@ impl AppState {
         }
         check_auto_pause(&r)?;
         r.updated_at = now_millis();
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         Ok(self.to_dto(&r))
     }
 
@@ -1000,8 +1005,8 @@ impl AppState {
         r.ttl_minutes = minutes;
         r.auto_destroy_at = (minutes > 0).then(|| now + self.minutes_ms(minutes));
         r.updated_at = now;
-        let current = r.state.clone();
-        self.store.update_sandbox(&r, &current).await?;
+        let current = r.state;
+        self.store.update_sandbox(&r, current).await?;
         Ok(self.to_dto(&r))
     }
 
@@ -1035,7 +1040,7 @@ impl AppState {
         {
             let paused = running.remove(&r.id);
             let is_running = paused.is_some();
-            match (r.state.as_str(), is_running) {
+            match (r.state, is_running) {
                 // Marked unknown while this server (its embedded runner)
                 // was down: the runtime says what it is.
                 (state::UNKNOWN, _) => {
@@ -1044,7 +1049,7 @@ impl AppState {
                         Some(false) => (state::STARTED, state::STARTED),
                         None => (state::STOPPED, state::STOPPED),
                     };
-                    r.desired_state = desired.into();
+                    r.desired_state = desired;
                     self.save(&mut r, now, None).await?;
                 }
                 (state::STARTED, true) if paused == Some(true) => {
@@ -1056,7 +1061,7 @@ impl AppState {
                     let frozen = self.runtime.pause(&r.id).await;
                     if frozen.is_err() {
                         tracing::warn!(sandbox = %r.id, "could not pause the sandbox again; it is started");
-                        r.desired_state = state::STARTED.into();
+                        r.desired_state = state::STARTED;
                         self.save(&mut r, state::STARTED, None).await?;
                     }
                 }
@@ -1069,7 +1074,7 @@ impl AppState {
                     } else {
                         state::STARTED
                     };
-                    r.desired_state = settled.into();
+                    r.desired_state = settled;
                     self.save(&mut r, settled, None).await?;
                 }
                 (state::CREATING | state::STARTING, true) => {
@@ -1120,8 +1125,7 @@ impl AppState {
                         state::ARCHIVED
                     } else {
                         state::STOPPED
-                    }
-                    .into();
+                    };
                     self.save(&mut r, settled, reason).await?;
                 }
                 (state::STARTED | state::PAUSED | state::PAUSING | state::RESUMING, false) => {
@@ -1136,7 +1140,7 @@ impl AppState {
                         continue;
                     }
                     tracing::info!(sandbox = %r.id, "sandbox is no longer running; marking it stopped");
-                    r.desired_state = state::STOPPED.into();
+                    r.desired_state = state::STOPPED;
                     self.save(&mut r, state::STOPPED, None).await?;
                 }
                 _ => {}

@@ -266,8 +266,8 @@ impl AppState {
     async fn return_member(&self, pool_id: &str, id: &str) {
         if let Ok(Some(mut r)) = self.store.sandbox(id).await {
             r.warm_pool_id = Some(pool_id.to_string());
-            let current = r.state.clone();
-            if let Err(e) = self.store.update_sandbox(&r, &current).await {
+            let current = r.state;
+            if let Err(e) = self.store.update_sandbox(&r, current).await {
                 tracing::warn!(sandbox = %id, error = %e, "returning a warm sandbox to its pool failed");
             }
         }
@@ -280,7 +280,7 @@ impl AppState {
         let Ok(Some(mut r)) = self.store.sandbox(id).await else {
             return;
         };
-        r.desired_state = state::DESTROYED.into();
+        r.desired_state = state::DESTROYED;
         if self.save(&mut r, state::DESTROYING, None).await.is_ok() {
             if let Err(e) = self.destroy(&mut r).await {
                 tracing::warn!(sandbox = %id, error = %e, "removing a warm sandbox failed");
@@ -294,7 +294,7 @@ impl AppState {
             let members = self.store.warm_pool_members(&pool.id).await?;
             let mut live = Vec::new();
             for m in members {
-                match m.state.as_str() {
+                match m.state {
                     state::STARTED | state::CREATING | state::STARTING => live.push(m),
                     // Stopped, failed or half-deleted members serve no one.
                     _ => self.remove_member(&m.id).await,
@@ -345,8 +345,8 @@ fn member_row(pool: &WarmPoolRecord) -> SandboxRecord {
         gpu: 0,
         memory: pool.memory,
         disk: pool.disk,
-        state: state::CREATING.into(),
-        desired_state: state::STARTED.into(),
+        state: state::CREATING,
+        desired_state: state::STARTED,
         error_reason: None,
         recoverable: false,
         auto_stop_interval: 0,

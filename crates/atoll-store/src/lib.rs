@@ -17,6 +17,7 @@ pub use runners::{RunnerAllocation, RunnerRecord};
 pub use secrets::SecretRecord;
 pub use warm_pools::WarmPoolRecord;
 
+use atoll_types::SandboxState;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row};
 use std::collections::HashMap;
@@ -422,7 +423,7 @@ impl Store {
     pub async fn update_sandbox(
         &self,
         s: &SandboxRecord,
-        expected_state: &str,
+        expected_state: SandboxState,
     ) -> Result<(), StoreError> {
         let _forget = Forget(&self.recent, &s.id);
         update_sandbox_row(&self.pool, s, expected_state).await
@@ -745,7 +746,7 @@ pub enum SandboxWrite<'a> {
     /// A compare-and-set on `expected_state`, as [`Store::update_sandbox`].
     Update {
         record: &'a SandboxRecord,
-        expected_state: &'a str,
+        expected_state: SandboxState,
     },
 }
 
@@ -783,7 +784,7 @@ async fn insert_sandbox_row<'c>(
 async fn update_sandbox_row<'c>(
     x: impl Executor<'c, Database = Any>,
     s: &SandboxRecord,
-    expected_state: &str,
+    expected_state: SandboxState,
 ) -> Result<(), StoreError> {
     let sql =
         "UPDATE sandboxes SET name = $3, snapshot = $4, os_user = $5, env = $6, labels = $7, \
@@ -797,7 +798,7 @@ async fn update_sandbox_row<'c>(
          WHERE id = $1 AND organization_id = $2 AND state = $35";
     let done = s
         .bind_all(sqlx::query(sql))
-        .bind(expected_state)
+        .bind(expected_state.as_str())
         .execute(x)
         .await?;
     if done.rows_affected() == 0 {
@@ -836,7 +837,7 @@ async fn org_quota_row<'c>(
 fn holding_from_row(r: &AnyRow) -> Result<SandboxHolding, StoreError> {
     Ok(SandboxHolding {
         id: r.try_get(0)?,
-        state: r.try_get(1)?,
+        state: records::state_of(r, 1)?,
         cpu: r.try_get(2)?,
         memory: r.try_get(3)?,
         disk: r.try_get(4)?,

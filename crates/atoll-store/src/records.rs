@@ -1,6 +1,7 @@
 //! Row types: plain data as stored, with JSON columns decoded.
 
 use crate::{get_bool, StoreError};
+use atoll_types::SandboxState;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 use sqlx::{Any, Row};
@@ -32,7 +33,7 @@ pub struct OrgQuotaRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxHolding {
     pub id: String,
-    pub state: String,
+    pub state: SandboxState,
     pub cpu: i64,
     /// GiB.
     pub memory: i64,
@@ -83,8 +84,8 @@ pub struct SandboxRecord {
     pub memory: i64,
     /// GiB.
     pub disk: i64,
-    pub state: String,
-    pub desired_state: String,
+    pub state: SandboxState,
+    pub desired_state: SandboxState,
     pub error_reason: Option<String>,
     pub recoverable: bool,
     pub auto_stop_interval: i64,
@@ -133,6 +134,14 @@ pub struct MetricSample {
     pub disk_total: i64,
 }
 
+/// A stored state, parsed (a name no state has is a decode error).
+pub(crate) fn state_of(r: &AnyRow, i: usize) -> Result<SandboxState, StoreError> {
+    let s: String = r.try_get(i)?;
+    s.parse().map_err(|e: atoll_types::state::UnknownState| {
+        StoreError::Db(sqlx::Error::Decode(Box::new(e)))
+    })
+}
+
 fn json<T: serde::de::DeserializeOwned>(s: String) -> Result<T, StoreError> {
     serde_json::from_str(&s).map_err(|e| StoreError::Db(sqlx::Error::Decode(Box::new(e))))
 }
@@ -154,8 +163,8 @@ impl SandboxRecord {
             gpu: r.try_get(11)?,
             memory: r.try_get(12)?,
             disk: r.try_get(13)?,
-            state: r.try_get(14)?,
-            desired_state: r.try_get(15)?,
+            state: state_of(r, 14)?,
+            desired_state: state_of(r, 15)?,
             error_reason: r.try_get(16)?,
             recoverable: get_bool(r, 17)?,
             auto_stop_interval: r.try_get(18)?,
@@ -197,8 +206,8 @@ impl SandboxRecord {
             .bind(self.gpu)
             .bind(self.memory)
             .bind(self.disk)
-            .bind(&self.state)
-            .bind(&self.desired_state)
+            .bind(self.state.as_str())
+            .bind(self.desired_state.as_str())
             .bind(&self.error_reason)
             .bind(i64::from(self.recoverable))
             .bind(self.auto_stop_interval)

@@ -1,4 +1,5 @@
 use super::*;
+use atoll_types::SandboxState;
 use std::collections::BTreeMap;
 
 async fn fresh() -> (Store, std::path::PathBuf) {
@@ -29,8 +30,8 @@ fn sandbox(id: &str, org: &str, name: &str) -> SandboxRecord {
         gpu: 0,
         memory: 1,
         disk: 3,
-        state: "started".into(),
-        desired_state: "started".into(),
+        state: SandboxState::Started,
+        desired_state: SandboxState::Started,
         error_reason: None,
         recoverable: false,
         auto_stop_interval: 15,
@@ -88,15 +89,18 @@ async fn sandboxes_round_trip_and_are_scoped_to_their_org() {
         .unwrap();
 
     let mut changed = s.clone();
-    changed.state = "stopped".into();
+    changed.state = SandboxState::Stopped;
     changed.labels.insert("x".into(), "y".into());
-    store.update_sandbox(&changed, "started").await.unwrap();
+    store
+        .update_sandbox(&changed, SandboxState::Started)
+        .await
+        .unwrap();
     assert_eq!(store.sandbox("s1").await.unwrap(), Some(changed.clone()));
     // a second writer that read the row as `started` loses the race
     let mut stale = s.clone();
-    stale.state = "stopping".into();
+    stale.state = SandboxState::Stopping;
     assert!(matches!(
-        store.update_sandbox(&stale, "started").await,
+        store.update_sandbox(&stale, SandboxState::Started).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.sandbox("s1").await.unwrap(), Some(changed));
@@ -189,7 +193,10 @@ async fn recent_sandbox_rows_show_own_writes_at_once_and_others_after_max_age() 
     // Our own writes, of any kind, show on the next read.
     let mut public = s.clone();
     public.public = true;
-    store.update_sandbox(&public, "started").await.unwrap();
+    store
+        .update_sandbox(&public, SandboxState::Started)
+        .await
+        .unwrap();
     assert!(
         store
             .sandbox_recent("s1", long)
@@ -206,8 +213,11 @@ async fn recent_sandbox_rows_show_own_writes_at_once_and_others_after_max_age() 
     let url = format!("sqlite://{}", dir.join("atoll.db").display());
     let other = Store::open(&url).await.unwrap();
     let mut stopped = touched.clone();
-    stopped.state = "stopped".into();
-    other.update_sandbox(&stopped, "started").await.unwrap();
+    stopped.state = SandboxState::Stopped;
+    other
+        .update_sandbox(&stopped, SandboxState::Started)
+        .await
+        .unwrap();
     assert_eq!(
         store
             .sandbox_recent("s1", long)
@@ -345,12 +355,12 @@ async fn checked_writes_never_overrun_a_limit_under_concurrency() {
     // An update sees every row but its own, and keeps the compare-and-set.
     let first = store.holdings_in_org("o1").await.unwrap()[0].id.clone();
     let mut s = store.sandbox(&first).await.unwrap().unwrap();
-    s.state = "stopped".into();
+    s.state = SandboxState::Stopped;
     let seen = store
         .write_sandbox_checked(
             SandboxWrite::Update {
                 record: &s,
-                expected_state: "started",
+                expected_state: SandboxState::Started,
             },
             |_, others| {
                 assert!(others.iter().all(|o| o.id != s.id));
@@ -364,7 +374,7 @@ async fn checked_writes_never_overrun_a_limit_under_concurrency() {
         .write_sandbox_checked(
             SandboxWrite::Update {
                 record: &s,
-                expected_state: "started",
+                expected_state: SandboxState::Started,
             },
             |_, _| Ok::<_, ()>(()),
         )
@@ -372,12 +382,12 @@ async fn checked_writes_never_overrun_a_limit_under_concurrency() {
     assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
     // A refusal writes nothing.
     let mut t = s.clone();
-    t.state = "starting".into();
+    t.state = SandboxState::Starting;
     let refused = store
         .write_sandbox_checked(
             SandboxWrite::Update {
                 record: &t,
-                expected_state: "stopped",
+                expected_state: SandboxState::Stopped,
             },
             |_, _| Err("no"),
         )
@@ -563,7 +573,7 @@ async fn runners_round_trip_go_unresponsive_and_count_what_they_hold() {
     store.insert_sandbox(&a).await.unwrap();
     let mut b = sandbox("s2", "o1", "b");
     b.runner_id = None;
-    b.state = "stopped".into();
+    b.state = SandboxState::Stopped;
     store.insert_sandbox(&b).await.unwrap();
     let held = store.runner_allocations("local").await.unwrap();
     assert_eq!(

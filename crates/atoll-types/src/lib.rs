@@ -3,6 +3,8 @@
 
 pub mod error_body;
 pub mod failpoint;
+pub mod state;
 pub mod time;
 
 pub use error_body::ErrorBody;
+pub use state::SandboxState;

@@ -458,7 +458,7 @@ async fn filtered(
         let o = match sort {
             "id" => a.id.cmp(&b.id),
             "name" => a.name.cmp(&b.name),
-            "state" => a.state.cmp(&b.state),
+            "state" => a.state.as_str().cmp(b.state.as_str()),
             "snapshot" => a.snapshot.cmp(&b.snapshot),
             "cpu" => a.cpu.cmp(&b.cpu),
             "memoryGib" => a.memory.cmp(&b.memory),
