@@ -349,6 +349,7 @@ class AtollRunner:
         self.log_path = self.data_dir / "runner.log"
         self.proc: subprocess.Popen | None = None
         self.extra_env: dict[str, str] = {"ATOLL_RUNNER_HEALTH_SECS": "0.5"}
+        self.extra_args: list[str] = []
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "AtollRunner":
         """Starts the runner and waits until the control plane lists it ready."""
@@ -362,7 +363,7 @@ class AtollRunner:
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}",
             "--images-dir", self.server.images_dir,
-        ]
+        ] + self.extra_args
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(cmd)}\n".encode())
             log.flush()

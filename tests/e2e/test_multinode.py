@@ -219,3 +219,31 @@ def test_an_api_only_server_runs_sandboxes_on_its_runners(atoll_bin, images_dir)
         finally:
             srv.delete_all_sandboxes()
             edge.cleanup()
+
+
+def test_a_runner_serving_tls_is_driven_over_https(atoll_bin, images_dir):
+    """`atoll runner --tls-cert/--tls-key`: the control plane reaches it at
+    https://, trusting the deployment's CA (ATOLL_TLS_CA_FILE); toolbox
+    traffic crosses TLS too."""
+    fixtures = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "atoll-remote", "tests", "fixtures")
+    cert, key = os.path.join(fixtures, "test-runner.crt"), os.path.join(fixtures, "test-runner.key")
+    env = dict(FAST, ATOLL_TLS_CA_FILE=cert)
+    with running_server(atoll_bin, images_dir, env) as srv:
+        local = json.loads(srv.http("GET", "/api/runners")[2])[0]["id"]
+        srv.http("PATCH", f"/api/runners/{local}/draining", json={"draining": True})
+        edge = AtollRunner(srv, "edge-tls")
+        edge.extra_args = ["--tls-cert", cert, "--tls-key", key]
+        try:
+            edge.start()
+            status, _, body = srv.http("GET", f"/api/runners/{edge.id}")
+            assert json.loads(body)["apiUrl"].startswith("https://127.0.0.1:"), body
+            d = srv.client()
+            sb = d.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
+            assert sb.runner_id == edge.id
+            assert sb.process.exec("echo over-tls").result.strip() == "over-tls"
+            sb.fs.upload_file(b"x" * 100000, "/tmp/big")
+            assert len(sb.fs.download_file("/tmp/big")) == 100000
+            sb.delete()
+        finally:
+            srv.delete_all_sandboxes()
+            edge.cleanup()

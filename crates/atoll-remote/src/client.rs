@@ -31,6 +31,9 @@ pub struct RemoteRuntime {
     runner_id: String,
     /// `host:port` of the runner API.
     authority: String,
+    /// `https://`: TLS, the runner's certificate checked against these
+    /// roots (made with the client).
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Path the runner API is mounted under (empty, or `/runner` on an
     /// `atoll serve` whose embedded runner it is).
     prefix: String,
@@ -55,11 +58,15 @@ impl RemoteRuntime {
         api_url: &str,
         key: Arc<ControlKey>,
     ) -> Result<RemoteRuntime, RuntimeError> {
-        let rest = api_url.strip_prefix("http://").ok_or_else(|| {
-            RuntimeError::Failed(format!(
-                "runner URL {api_url:?}: only http:// runner URLs are supported (put the runner behind a TLS-terminating tunnel for https)"
-            ))
-        })?;
+        let (tls, rest) = match api_url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => {
+                return Err(RuntimeError::Failed(format!(
+                    "runner URL {api_url:?}: expected http:// or https://"
+                )))
+            }
+        };
         let rest = rest.trim_end_matches('/');
         let (authority, prefix) = match rest.split_once('/') {
             Some((a, p)) => (a, format!("/{p}")),
@@ -77,6 +84,13 @@ impl RemoteRuntime {
         Ok(RemoteRuntime {
             runner_id: runner_id.to_string(),
             authority: authority.to_string(),
+            tls: if tls {
+                Some(crate::tls::client_config().map_err(|e| {
+                    RuntimeError::Failed(format!("TLS for runner {runner_id}: {e}"))
+                })?)
+            } else {
+                None
+            },
             prefix,
             key,
             pool: ConnPool::new(8, Duration::from_secs(30)),
@@ -111,12 +125,10 @@ impl RemoteRuntime {
         .map_err(|e| RuntimeError::Failed(format!("building a runner request: {e}")))
     }
 
-    async fn connect(&self) -> Result<tokio::net::TcpStream, PoolError> {
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
+    async fn connect(&self) -> Result<Box<dyn crate::tls::Stream>, PoolError> {
+        crate::tls::connect(&self.authority, self.tls.as_ref())
             .await
-            .map_err(PoolError::Connect)?;
-        let _ = tcp.set_nodelay(true);
-        Ok(tcp)
+            .map_err(PoolError::Connect)
     }
 
     /// One call: `method path` with a JSON body, answered with JSON `T`.

@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod server;
+pub mod tls;
 pub mod token;
 pub mod wire;
 

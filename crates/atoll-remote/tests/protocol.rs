@@ -215,7 +215,7 @@ async fn a_runner_that_is_gone_is_unreachable_never_a_state() {
     ));
     assert!(RemoteRuntime::new(
         RUNNER,
-        "https://x:1",
+        "ftp://x:1",
         Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap())
     )
     .is_err());
@@ -253,4 +253,59 @@ async fn the_runner_api_works_mounted_under_a_path() {
             "{bad}"
         );
     }
+}
+
+#[tokio::test]
+async fn https_runner_urls_speak_tls_and_check_the_certificate() {
+    // A throw-away self-signed certificate for 127.0.0.1 (tests/fixtures),
+    // trusted through ATOLL_TLS_CA_FILE as an operator's private CA is.
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let key = Arc::new(ControlKey::from_seed(&[1u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let verifier = ControlVerifier::new(&key.public_key(), RUNNER).unwrap();
+    let config = atoll_remote::tls::server_config(
+        &fixtures.join("test-runner.crt"),
+        &fixtures.join("test-runner.key"),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let app = atoll_remote::server::router(fake.clone(), verifier);
+    tokio::spawn(async move {
+        axum::serve(atoll_remote::tls::TlsListener::new(tcp, config), app)
+            .await
+            .unwrap()
+    });
+
+    // Before the CA is trusted, the handshake fails: nothing reaches the runner.
+    let untrusted = RemoteRuntime::new(RUNNER, &format!("https://{addr}"), key.clone()).unwrap();
+    assert!(matches!(
+        untrusted.observe().await,
+        Err(RuntimeError::Unreachable(_))
+    ));
+    assert!(fake.calls().is_empty());
+    std::env::set_var(
+        atoll_remote::tls::CA_FILE_ENV,
+        fixtures.join("test-runner.crt"),
+    );
+    let remote = RemoteRuntime::new(RUNNER, &format!("https://{addr}"), key.clone()).unwrap();
+    remote.start(&spec("sb-1")).await.unwrap();
+    assert!(fake.sandbox("sb-1").unwrap().running);
+    // Streams go through TLS too.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = echo.accept().await.unwrap();
+        let (mut r, mut w) = s.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
+    });
+    fake.route_port("sb-1", 3000, echo_addr);
+    let mut pipe = remote.connect_port("sb-1", 3000).await.unwrap();
+    pipe.write_all(b"over tls").await.unwrap();
+    let mut got = [0u8; 8];
+    pipe.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"over tls");
+    // Plain HTTP to the TLS port is no runner.
+    let plain = RemoteRuntime::new(RUNNER, &format!("http://{addr}"), key).unwrap();
+    assert!(plain.observe().await.is_err());
 }

@@ -32,9 +32,17 @@ pub struct RunnerArgs {
     #[arg(long, env = "ATOLL_RUNNER_LISTEN", default_value = "127.0.0.1:2281")]
     listen: String,
     /// URL the control plane reaches the runner API at (default:
-    /// http://<listen>).
+    /// http(s)://<listen>).
     #[arg(long, env = "ATOLL_RUNNER_ADVERTISE_URL")]
     advertise_url: Option<String>,
+    /// Serve the runner API over TLS with this certificate chain (PEM);
+    /// needs --tls-key. The control plane then reaches it at https://…
+    /// (trusting the system's CAs and ATOLL_TLS_CA_FILE).
+    #[arg(long, env = "ATOLL_RUNNER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "ATOLL_RUNNER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     host: crate::host::HostArgs,
 }
@@ -43,6 +51,8 @@ pub struct RunnerArgs {
 struct ControlPlane {
     /// `host:port`.
     authority: String,
+    /// TLS roots when the API URL is https://.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Path prefix (`/api`).
     base: String,
     token: String,
@@ -50,9 +60,14 @@ struct ControlPlane {
 
 impl ControlPlane {
     fn new(api_url: &str, token: &str) -> Result<ControlPlane> {
-        let rest = api_url.strip_prefix("http://").with_context(|| {
-            format!("--api-url {api_url:?}: only http:// is supported (reach an https control plane through a local TLS tunnel)")
-        })?;
+        let (tls, rest) = match api_url.split_once("://") {
+            Some(("http", rest)) => (None, rest),
+            Some(("https", rest)) => (
+                Some(atoll_remote::tls::client_config().context("TLS to the control plane")?),
+                rest,
+            ),
+            _ => anyhow::bail!("--api-url {api_url:?}: expected http:// or https://"),
+        };
         let (authority, base) = match rest.split_once('/') {
             Some((a, p)) => (a, format!("/{}", p.trim_end_matches('/'))),
             None => (rest, String::new()),
@@ -60,6 +75,7 @@ impl ControlPlane {
         anyhow::ensure!(!authority.is_empty(), "--api-url {api_url:?} names no host");
         Ok(ControlPlane {
             authority: authority.to_string(),
+            tls,
             base,
             token: token.trim().to_string(),
         })
@@ -71,10 +87,10 @@ impl ControlPlane {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, Bytes)> {
-        let tcp = tokio::net::TcpStream::connect(&self.authority)
+        let stream = atoll_remote::tls::connect(&self.authority, self.tls.as_ref())
             .await
             .with_context(|| format!("connecting to the control plane at {}", self.authority))?;
-        let mut sender = atoll_proxy::pool::handshake_io(tcp)
+        let mut sender = atoll_proxy::pool::handshake_io(stream)
             .await
             .context("talking to the control plane")?;
         let mut req = Request::builder()
@@ -110,10 +126,17 @@ pub fn run(args: RunnerArgs) -> Result<()> {
     crate::serve::init_logging();
     let control = ControlPlane::new(&args.api_url, &args.token)?;
     let data_dir = crate::tenancy::private_data_dir(&args.data_dir)?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            atoll_remote::tls::server_config(cert, key).context("the runner's TLS certificate")?,
+        ),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let advertise = args
         .advertise_url
         .clone()
-        .unwrap_or_else(|| format!("http://{}", args.listen));
+        .unwrap_or_else(|| format!("{scheme}://{}", args.listen));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,13 +171,23 @@ pub fn run(args: RunnerArgs) -> Result<()> {
         let app = atoll_remote::server::router(runtime.clone(), verifier);
         let health = tokio::spawn(report_health(control, runtime, advertise.clone()));
         tracing::info!(runner = %id, %name, listen = %args.listen, advertise = %advertise, "atoll runner is serving");
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(crate::serve::shutdown_signal())
-            .await
-            .context("serving")?;
+        match tls {
+            Some(config) => {
+                axum::serve(atoll_remote::tls::TlsListener::new(listener, config), app)
+                    .with_graceful_shutdown(crate::serve::shutdown_signal())
+                    .await
+                    .context("serving")?;
+            }
+            None => {
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(crate::serve::shutdown_signal())
+                    .await
+                    .context("serving")?;
+            }
+        }
         health.abort();
         tracing::info!("runner shutting down; sandboxes keep running and are re-adopted on the next start");
         Ok(())

@@ -1,0 +1,170 @@
+//! TLS between the control plane and runners, when their URLs are
+//! `https://`: clients trust the system's roots plus an operator's CA
+//! (`ATOLL_TLS_CA_FILE`, a PEM bundle: a deployment's private CA), and a
+//! runner serves its API with a certificate and key from PEM files. rustls
+//! with the `ring` provider; no OpenSSL.
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// The environment variable naming an extra CA bundle clients trust.
+pub const CA_FILE_ENV: &str = "ATOLL_TLS_CA_FILE";
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("reading {what} {path}: {reason}")]
+    Pem {
+        what: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("no certificate in {0}")]
+    NoCertificate(String),
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("invalid server name {0:?}")]
+    Name(String),
+    #[error("TLS handshake with {host}: {source}")]
+    Handshake {
+        host: String,
+        source: std::io::Error,
+    },
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |reason: String| TlsError::Pem {
+        what: "certificates",
+        path: path.display().to_string(),
+        reason,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| pem(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| pem(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.display().to_string()));
+    }
+    Ok(certs)
+}
+
+/// The client configuration: system roots and the `ATOLL_TLS_CA_FILE`
+/// bundle, if set (read now: a client keeps the one it made).
+pub fn client_config() -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be read");
+    }
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    tracing::debug!(added, "system CA certificates trusted");
+    if let Some(extra) = std::env::var_os(CA_FILE_ENV) {
+        for cert in certificates(Path::new(&extra))? {
+            roots.add(cert)?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A byte stream that is TLS or not.
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A TCP connection to `authority` (`host:port`), with TLS when `tls` is
+/// a client configuration (the certificate checked against `host`).
+pub async fn connect(
+    authority: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Box<dyn Stream>, std::io::Error> {
+    let tcp = TcpStream::connect(authority).await?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let name = ServerName::try_from(host.clone())
+        .map_err(|_| std::io::Error::other(TlsError::Name(host.clone())))?;
+    let stream = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, tcp)
+        .await
+        .map_err(|source| std::io::Error::other(TlsError::Handshake { host, source }))?;
+    Ok(Box::new(stream))
+}
+
+/// A server configuration from a PEM certificate chain and private key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Pem {
+        what: "private key",
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+/// A listener that completes a TLS handshake for each connection it
+/// accepts (for `axum::serve`). A handshake that fails or takes longer
+/// than 10 s drops that connection only.
+pub struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TlsListener {
+    pub fn new(tcp: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        TlsListener {
+            tcp,
+            acceptor: tokio_rustls::TlsAcceptor::from(config),
+        }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (tcp, addr) = match self.tcp.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let handshake = self.acceptor.accept(tcp);
+            match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
