@@ -91,6 +91,9 @@ pub struct AppState {
     pub local_runner_id: Arc<String>,
     /// This server runs sandboxes itself (false: `--no-local-runner`).
     pub embedded_runner: bool,
+    /// Where the other API servers reach this server's embedded runner
+    /// (`None`: `<public URL>/runner`).
+    pub embedded_runner_address: Option<Arc<String>>,
     /// This process, as the holder of leases (random per start).
     pub server_id: Arc<String>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
@@ -127,6 +130,7 @@ impl AppState {
             local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
             server_id: Arc::new(uuid::Uuid::new_v4().to_string()),
             embedded_runner: true,
+            embedded_runner_address: None,
             control_key: None,
             remote_runtimes: Arc::default(),
         }
@@ -137,6 +141,13 @@ impl AppState {
     pub fn without_embedded_runner(mut self) -> AppState {
         self.embedded_runner = false;
         self.local_runner_id = Arc::new("none".into());
+        self
+    }
+
+    /// Where the other API servers reach this server's embedded runner
+    /// (behind a load balancer, each server's own address).
+    pub fn with_embedded_runner_address(mut self, url: String) -> AppState {
+        self.embedded_runner_address = Some(Arc::new(url));
         self
     }
 

@@ -147,6 +147,9 @@ impl AppState {
 
     /// Where other API servers reach this server's embedded runner.
     pub fn embedded_runner_url(&self) -> String {
+        if let Some(url) = &self.embedded_runner_address {
+            return url.to_string();
+        }
         format!(
             "{}{EMBEDDED_RUNNER_PATH}",
             self.config.public_url.trim_end_matches('/')
@@ -215,7 +218,7 @@ impl AppState {
             return Ok(());
         }
         let cap = self.runtime.capacity().await?;
-        let Some(mut r) = self.store.runner(&self.local_runner_id).await? else {
+        let Some(r) = self.store.runner(&self.local_runner_id).await? else {
             return Ok(());
         };
         let held = self
@@ -241,19 +244,20 @@ impl AppState {
             gpu: None,
             gpu_type: None,
         };
-        let now = now_millis();
-        r.cpu = i64::from(cap.cpu);
-        r.memory_gib = cap.memory_gib as i64;
-        r.disk_gib = cap.disk_gib as i64;
-        r.metrics = serde_json::to_string(&metrics).ok();
-        r.last_checked = Some(now);
-        r.app_version = Some(VERSION.into());
-        let returned = r.state == state::UNRESPONSIVE;
-        if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
-            r.state = state::READY.into();
-        }
-        r.updated_at = now;
-        self.store.update_runner(&r).await?;
+        let metrics = serde_json::to_string(&metrics).ok();
+        let returned = self
+            .store
+            .record_runner_health(&atoll_store::RunnerHealth {
+                id: &r.id,
+                cpu: Some(i64::from(cap.cpu)),
+                memory_gib: Some(cap.memory_gib as i64),
+                disk_gib: Some(cap.disk_gib as i64),
+                metrics: metrics.as_deref(),
+                app_version: Some(VERSION),
+                now: now_millis(),
+                ..Default::default()
+            })
+            .await?;
         if returned {
             // Marked silent while this server was down (by another server).
             self.reconcile_runner(&r.id).await?;
@@ -264,40 +268,37 @@ impl AppState {
     /// A remote runner's health check (its own key authenticated it).
     pub async fn runner_healthcheck(
         &self,
-        mut r: RunnerRecord,
+        r: RunnerRecord,
         h: dto::RunnerHealthcheck,
     ) -> Result<(), ApiError> {
-        let now = now_millis();
-        if let Some(m) = &h.metrics {
-            r.cpu = m.cpu.max(0.0) as i64;
-            r.memory_gib = m.memory_gi_b.max(0.0) as i64;
-            r.disk_gib = m.disk_gi_b.max(0.0) as i64;
-            r.metrics = serde_json::to_string(m).ok();
-        }
-        let url = |u: Option<String>| -> Result<Option<String>, ApiError> {
+        let url = |u: &Option<String>| -> Result<(), ApiError> {
             match u {
-                Some(u)
-                    if !(u.starts_with("http://") || u.starts_with("https://"))
-                        || u.len() > 2048 =>
-                {
-                    Err(ApiError::BadRequest(format!(
-                        "invalid runner URL {u:?}: expected http(s)://…"
-                    )))
-                }
-                other => Ok(other),
+                Some(u) => check_runner_url(u),
+                None => Ok(()),
             }
         };
-        r.api_url = url(h.api_url)?.or(r.api_url);
-        r.proxy_url = url(h.proxy_url)?.or(r.proxy_url);
-        r.domain = h.domain.or(r.domain);
-        r.app_version = Some(h.app_version);
-        r.last_checked = Some(now);
-        let returned = r.state == state::UNRESPONSIVE;
-        if matches!(r.state.as_str(), state::INITIALIZING | state::UNRESPONSIVE) {
-            r.state = state::READY.into();
-        }
-        r.updated_at = now;
-        self.store.update_runner(&r).await?;
+        url(&h.api_url)?;
+        url(&h.proxy_url)?;
+        let metrics = h
+            .metrics
+            .as_ref()
+            .and_then(|m| serde_json::to_string(m).ok());
+        let cap = |v: f64| Some(v.clamp(0.0, 1e6) as i64);
+        let returned = self
+            .store
+            .record_runner_health(&atoll_store::RunnerHealth {
+                id: &r.id,
+                cpu: h.metrics.as_ref().and_then(|m| cap(m.cpu)),
+                memory_gib: h.metrics.as_ref().and_then(|m| cap(m.memory_gi_b)),
+                disk_gib: h.metrics.as_ref().and_then(|m| cap(m.disk_gi_b)),
+                metrics: metrics.as_deref(),
+                api_url: h.api_url.as_deref(),
+                proxy_url: h.proxy_url.as_deref(),
+                domain: h.domain.as_deref(),
+                app_version: Some(&h.app_version),
+                now: now_millis(),
+            })
+            .await?;
         if returned {
             tracing::info!(runner = %r.id, name = %r.name, "runner is back; reconciling its sandboxes");
             let state = self.clone();
@@ -351,10 +352,10 @@ impl AppState {
 
     /// A runner answers again: each of its `unknown` sandboxes takes the
     /// state the runner reports (running, paused, or stopped with its
-    /// disk), and deletes that waited for it finish.
+    /// disk), and deletes that waited for it finish. A sandbox that fails
+    /// is left for the scheduler's next pass, which does the same.
     pub async fn reconcile_runner(&self, runner_id: &str) -> Result<(), ApiError> {
         use crate::service::state as s;
-        let rt = self.runtime_for(runner_id).await?;
         for row in self
             .store
             .sandboxes_on_runner(runner_id, &self.local_runner_id)
@@ -365,32 +366,49 @@ impl AppState {
             {
                 continue;
             }
-            let lock = self.locks.get(&row.id);
-            let _guard = lock.lock().await;
-            let Some(mut r) = self.store.sandbox(&row.id).await? else {
-                continue;
-            };
-            if r.state == s::DESTROYING {
-                if let Err(e) = self.destroy(&mut r).await {
-                    tracing::warn!(sandbox = %r.id, error = %e, "finishing a delete failed");
-                }
-                continue;
+            if let Err(e) = self.reconcile_sandbox(&row.id).await {
+                tracing::warn!(sandbox = %row.id, error = %e, "reconciling a sandbox failed; retried next pass");
             }
-            if r.state != s::UNKNOWN {
-                continue;
-            }
-            let (now, desired) = match rt.observe_one(&r.id).await? {
-                Some(atoll_runtime_api::Observed::Running { paused: true, .. }) => {
-                    (s::PAUSED, s::PAUSED)
-                }
-                Some(atoll_runtime_api::Observed::Running { .. }) => (s::STARTED, s::STARTED),
-                _ => (s::STOPPED, s::STOPPED),
-            };
-            tracing::info!(sandbox = %r.id, state = %now, "sandbox reconciled with its returned runner");
-            r.desired_state = desired;
-            self.save(&mut r, now, None).await?;
         }
         Ok(())
+    }
+
+    /// One `unknown` sandbox (or one whose delete waits for its runner):
+    /// settled by what its runner reports now.
+    pub(crate) async fn reconcile_sandbox(&self, id: &str) -> Result<(), ApiError> {
+        use crate::service::state as s;
+        let lock = self.locks.get(id);
+        let _guard = lock.lock().await;
+        let Some(mut r) = self.store.sandbox(id).await? else {
+            return Ok(());
+        };
+        if r.state == s::DESTROYING && r.desired_state == s::DESTROYED {
+            return self.destroy(&mut r).await;
+        }
+        self.settle_unknown_locked(&mut r).await
+    }
+
+    /// An `unknown` sandbox whose lock the caller holds takes the state its
+    /// runner reports now (anything else is left as it is).
+    pub(crate) async fn settle_unknown_locked(
+        &self,
+        r: &mut atoll_store::SandboxRecord,
+    ) -> Result<(), ApiError> {
+        use crate::service::state as s;
+        if r.state != s::UNKNOWN {
+            return Ok(());
+        }
+        let rt = self.rt(r).await?;
+        let (now, desired) = match rt.observe_one(&r.id).await? {
+            Some(atoll_runtime_api::Observed::Running { paused: true, .. }) => {
+                (s::PAUSED, s::PAUSED)
+            }
+            Some(atoll_runtime_api::Observed::Running { .. }) => (s::STARTED, s::STARTED),
+            _ => (s::STOPPED, s::STOPPED),
+        };
+        tracing::info!(sandbox = %r.id, state = %now, "sandbox reconciled with its runner");
+        r.desired_state = desired;
+        self.save(r, now, None).await
     }
 
     /// Marks runners silent for longer than [`UNRESPONSIVE_AFTER`].
@@ -486,6 +504,53 @@ impl AppState {
     }
 }
 
+/// A runner address it may report: `http(s)://host[:port][/path]`, never
+/// a link-local, unspecified or multicast address (cloud metadata and the
+/// like: a runner's key must not turn the control plane into a client of
+/// them). Loopback stays allowed for single-host deployments.
+pub fn check_runner_url(u: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| {
+        Err(ApiError::BadRequest(format!(
+            "invalid runner URL {u:?}: {why}"
+        )))
+    };
+    if u.len() > 2048 {
+        return bad("too long");
+    }
+    let Some((scheme, rest)) = u.split_once("://") else {
+        return bad("expected http(s)://…");
+    };
+    if scheme != "http" && scheme != "https" {
+        return bad("expected http(s)://…");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return bad("no host");
+    }
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.ends_with(']') || p.parse::<u16>().is_ok())
+        .map_or(authority, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        let refused = match ip {
+            std::net::IpAddr::V4(v4) => {
+                v4.is_link_local() || v4.is_unspecified() || v4.is_multicast() || v4.is_broadcast()
+            }
+            std::net::IpAddr::V6(v6) => {
+                v6.is_unspecified() || v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            }
+        };
+        if refused {
+            return bad("a link-local, unspecified or multicast address");
+        }
+    } else if host.eq_ignore_ascii_case("metadata.google.internal") {
+        return bad("a cloud metadata name");
+    }
+    Ok(())
+}
+
 /// The host's 1-minute load average.
 fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -515,4 +580,34 @@ pub fn spawn_health(state: AppState) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_urls_are_http_and_never_link_local() {
+        for ok in [
+            "http://10.0.0.7:2281",
+            "https://edge-1.example:2281/runner",
+            "http://127.0.0.1:3000/runner",
+            "http://[2001:db8::1]:2281",
+        ] {
+            assert!(check_runner_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "file:///etc/passwd",
+            "http://169.254.169.254/latest/meta-data",
+            "http://[fe80::1]:80",
+            "http://0.0.0.0:2281",
+            "http://224.0.0.1",
+            "http://user@10.0.0.7",
+            "http://metadata.google.internal/",
+            "ftp://x",
+            "http://",
+        ] {
+            assert!(check_runner_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -12,7 +12,7 @@ use atoll_runtime_api::{
 };
 use atoll_runtime_api::{Runtime, RuntimeError};
 use atoll_store::RunnerRecord;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// Clients of remote runners, by runner id, with the address each was
@@ -32,15 +32,27 @@ impl RemoteRuntimes {
         url: &str,
         key: &Arc<ControlKey>,
     ) -> Result<Arc<dyn Runtime>, RuntimeError> {
-        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, rt)) = clients.get(&r.id) {
-            if at == url {
-                return Ok(rt.clone());
+        {
+            let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, rt)) = clients.get(&r.id) {
+                if at == url {
+                    return Ok(rt.clone());
+                }
             }
         }
+        // Built outside the lock (a TLS client reads the CA files).
         let rt: Arc<dyn Runtime> = Arc::new(RemoteRuntime::new(&r.id, url, key.clone())?);
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         clients.insert(r.id.clone(), (url.to_string(), rt.clone()));
         Ok(rt)
+    }
+
+    /// Forgets the clients of runners no longer registered.
+    pub fn retain(&self, registered: &HashSet<String>) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| registered.contains(id));
     }
 }
 
@@ -88,7 +100,7 @@ impl Runtime for NoRuntime {
         Ok(vec![])
     }
     async fn observe_one(&self, _: &str) -> Result<Option<Observed>, RuntimeError> {
-        Ok(None)
+        Err(none_here())
     }
     async fn usage(&self, _: &str) -> Result<Option<SandboxUsage>, RuntimeError> {
         Ok(None)
@@ -118,8 +130,21 @@ impl AppState {
     /// embedded runner's first; runners that do not answer are skipped).
     pub async fn image_catalog(&self) -> Result<Vec<ImageInfo>, ApiError> {
         let mut out: Vec<ImageInfo> = Vec::new();
+        let mut asked = Vec::new();
         for (runner, rt) in self.all_runtimes().await? {
-            match rt.images().await {
+            asked.push(tokio::spawn(async move {
+                let images =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), rt.images()).await;
+                (runner, images)
+            }));
+        }
+        for task in asked {
+            let Ok((runner, images)) = task.await else {
+                continue;
+            };
+            let images = images
+                .unwrap_or_else(|_| Err(RuntimeError::Unreachable("no answer in time".into())));
+            match images {
                 Ok(images) => {
                     for i in images {
                         if !out.iter().any(|o| o.name == i.name) {
@@ -193,11 +218,20 @@ impl AppState {
     /// they may answer again).
     pub async fn all_runtimes(&self) -> Result<Vec<(String, Arc<dyn Runtime>)>, ApiError> {
         let mut out = vec![(self.local_runner_id.to_string(), self.runtime.clone())];
-        for r in self.store.runners().await? {
+        let runners = self.store.runners().await?;
+        self.remote_runtimes
+            .retain(&runners.iter().map(|r| r.id.clone()).collect());
+        for r in runners {
             if r.id == *self.local_runner_id || r.api_url.is_none() {
                 continue;
             }
-            if matches!(r.state.as_str(), crate::runners::state::DECOMMISSIONED) {
+            // A silent runner is left out until it reports again (its
+            // sandboxes are `unknown` meanwhile): asking it would only
+            // wait.
+            if matches!(
+                r.state.as_str(),
+                crate::runners::state::DECOMMISSIONED | crate::runners::state::UNRESPONSIVE
+            ) {
                 continue;
             }
             match self.runtime_of_runner(&r) {

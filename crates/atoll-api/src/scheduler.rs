@@ -45,6 +45,18 @@ impl Default for LifecycleTiming {
     }
 }
 
+/// How long one runtime's bulk observation may take in a pass.
+const OBSERVE_LIMIT: Duration = Duration::from_secs(10);
+
+/// What a pass saw: each sandbox by the runner that reported it, the
+/// runtime holding it, and the runners that did not answer.
+#[derive(Default)]
+struct Pass {
+    seen: HashMap<String, (String, bool)>,
+    holder: HashMap<String, Arc<dyn atoll_runtime_api::Runtime>>,
+    silent: HashSet<String>,
+}
+
 /// How long a delete stays `destroying` before the scheduler tries it again.
 const DELETE_RETRY_AFTER_MS: i64 = 5_000;
 
@@ -120,7 +132,12 @@ impl AppState {
     /// no such sandbox or did not answer (neither says it is dead).
     pub(crate) async fn observe_now(&self, id: &str) -> Option<Observed> {
         let seen = match self.rt_by_id(id).await {
-            Ok(rt) => rt.observe_one(id).await,
+            Ok(rt) => match tokio::time::timeout(OBSERVE_LIMIT, rt.observe_one(id)).await {
+                Ok(seen) => seen,
+                Err(_) => Err(atoll_runtime_api::RuntimeError::Unreachable(
+                    "no answer in time".into(),
+                )),
+            },
             Err(e) => Err(e),
         };
         match seen {
@@ -134,39 +151,61 @@ impl AppState {
 
     /// One pass of the scheduler over every sandbox.
     pub async fn lifecycle_tick(&self) -> Result<(), crate::error::ApiError> {
-        // Every runtime's bulk observation. One that does not answer
-        // says nothing about its sandboxes: they are not judged dead (each
-        // is asked on its own, and that fails too).
-        let mut seen: HashMap<String, bool> = HashMap::new();
-        let mut holder: HashMap<String, Arc<dyn atoll_runtime_api::Runtime>> = HashMap::new();
+        // Every runtime's bulk observation, all at once and each within a
+        // time limit. One that does not answer says nothing about its
+        // sandboxes: they are not judged dead, nor asked about one by one.
+        let mut pass = Pass::default();
+        let mut asked = tokio::task::JoinSet::new();
         for (runner, rt) in self.all_runtimes().await? {
-            let observed = match rt.observe().await {
-                Ok(o) => o,
-                Err(e) => {
+            asked.spawn(async move {
+                let seen = tokio::time::timeout(OBSERVE_LIMIT, rt.observe()).await;
+                (runner, rt, seen)
+            });
+        }
+        while let Some(done) = asked.join_next().await {
+            let Ok((runner, rt, observed)) = done else {
+                continue;
+            };
+            let observed = match observed {
+                Ok(Ok(o)) => o,
+                Ok(Err(e)) => {
                     tracing::warn!(%runner, error = %e, "observing a runner failed; its sandboxes are left as they are");
+                    pass.silent.insert(runner);
+                    continue;
+                }
+                Err(_) => {
+                    tracing::warn!(%runner, "a runner did not answer in time; its sandboxes are left as they are");
+                    pass.silent.insert(runner);
                     continue;
                 }
             };
             for o in &observed {
-                match o {
-                    Observed::Running { id, .. } => seen.insert(id.clone(), true),
-                    Observed::Stopped { id } => seen.insert(id.clone(), false),
-                    Observed::Failed { .. } => None,
+                let running = match o {
+                    Observed::Running { .. } => true,
+                    Observed::Stopped { .. } => false,
+                    Observed::Failed { .. } => continue,
                 };
-                holder.insert(o.id().to_string(), rt.clone());
+                pass.seen
+                    .insert(o.id().to_string(), (runner.clone(), running));
+                pass.holder.insert(o.id().to_string(), rt.clone());
             }
         }
+        let Pass {
+            seen,
+            holder,
+            silent,
+        } = pass;
         let minute_ms = self.config.lifecycle.minute.as_millis() as i64;
         let rows = self.store.all_sandboxes().await?;
         let known: HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
         for row in rows {
-            if let Err(e) = self.tick_one(&row.id, &seen, minute_ms).await {
+            if let Err(e) = self.tick_one(&row.id, &seen, &silent, minute_ms).await {
                 // One sandbox's failure (a write another server won, a
                 // runtime error) does not end the pass for the others.
                 tracing::warn!(sandbox = %row.id, error = %e, "lifecycle pass: sandbox skipped");
             }
         }
-        for (id, running) in seen {
+        for (id, (_, running)) in seen {
             if running && !known.contains(&id) {
                 let Ok(_guard) = self.locks.get(&id).try_lock_owned() else {
                     continue;
@@ -188,7 +227,8 @@ impl AppState {
     async fn tick_one(
         &self,
         id: &str,
-        seen: &HashMap<String, bool>,
+        seen: &HashMap<String, (String, bool)>,
+        silent: &HashSet<String>,
         minute_ms: i64,
     ) -> Result<(), crate::error::ApiError> {
         let Ok(_guard) = self.locks.get(id).try_lock_owned() else {
@@ -199,8 +239,14 @@ impl AppState {
         };
         // Seen running in the bulk observation: alive (a death since
         // shows up next pass). Otherwise ask about this one, now.
+        // Only the sandbox's own runner is believed about it.
+        let runner = self.runner_of(&r).to_string();
+        let seen_running = seen
+            .get(&r.id)
+            .is_some_and(|(by, running)| *by == runner && *running);
         let dead = (r.state == state::STARTED || r.state == state::PAUSED)
-            && seen.get(&r.id) != Some(&true)
+            && !seen_running
+            && !silent.contains(&runner)
             && self.observed_dead(&r.id).await;
         let now = now_millis();
         if r.auto_destroy_at.is_some_and(|t| t <= now)
@@ -212,6 +258,35 @@ impl AppState {
             if let Err(e) = self.destroy(&mut r).await {
                 tracing::warn!(sandbox = %r.id, error = %e, "deleting an expired sandbox failed");
             }
+            return Ok(());
+        }
+        if r.state == state::UNKNOWN {
+            // Its runner went silent. Once that runner reports again, the
+            // sandbox takes the state it reports (also when the reconcile
+            // that ran at its return missed it).
+            let runner = self.store.runner(self.runner_of(&r)).await?;
+            match runner {
+                Some(run) if run.state == crate::runners::state::READY => {
+                    self.settle_unknown_locked(&mut r).await?;
+                }
+                Some(_) => {}
+                None => {
+                    // Its runner was deleted: nothing will ever answer.
+                    let reason = "its runner was deleted".to_string();
+                    self.save(&mut r, state::ERROR, Some(reason)).await?;
+                }
+            }
+            return Ok(());
+        }
+        if r.state == state::DESTROYING
+            && r.desired_state == state::DESTROYED
+            && r.runner_id.is_some()
+            && r.runner_id.as_deref() != Some(self.local_runner_id.as_str())
+            && self.store.runner(self.runner_of(&r)).await?.is_none()
+        {
+            // A delete waiting for a runner that was deleted meanwhile:
+            // there is nothing left to delete on it.
+            self.store.delete_sandbox(&r.id).await?;
             return Ok(());
         }
         if r.state == state::DESTROYING

@@ -1012,6 +1012,9 @@ impl AppState {
 
     /// After a restart: make stored rows agree with what really runs.
     pub async fn reconcile_on_boot(&self) -> Result<(), ApiError> {
+        if !self.embedded_runner {
+            return Ok(()); // nothing runs on this server's host
+        }
         let observed = self
             .runtime
             .recover()

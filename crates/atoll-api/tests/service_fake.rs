@@ -394,6 +394,12 @@ async fn a_draining_or_unschedulable_runner_takes_no_new_sandbox_and_keeps_its_o
             )
             .await;
         assert_eq!(status, StatusCode::OK, "{r}");
+        // A health check racing the admin's change never undoes it.
+        api.state.check_local_runner().await.unwrap();
+        let (_, r) = api
+            .call(Method::GET, "/api/runners/runner-local", None)
+            .await;
+        assert!(r["draining"] == true || r["unschedulable"] == true, "{r}");
         let (status, body) = api.create(json!({})).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         let msg = body["message"].as_str().unwrap();
@@ -494,7 +500,7 @@ async fn a_registered_runner_authenticates_with_its_own_key_and_goes_unresponsiv
             &key,
             Method::POST,
             "/api/runners/healthcheck",
-            Some(json!({"appVersion": "1", "apiUrl": "file:///etc"})),
+            Some(json!({"appVersion": "1", "apiUrl": "http://169.254.169.254/latest"})),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");

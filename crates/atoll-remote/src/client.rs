@@ -110,7 +110,9 @@ impl RemoteRuntime {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Request<PoolBody>, RuntimeError> {
-        let token = self.key.token(&self.runner_id, now_ms());
+        let token = self
+            .key
+            .token(&self.runner_id, method.as_str(), path, now_ms());
         let mut b = Request::builder()
             .method(method)
             .uri(path)
@@ -220,30 +222,32 @@ impl RemoteRuntime {
 
 /// A runner's answer: `T` on success, its runtime error otherwise.
 fn answer<T: DeserializeOwned>(status: StatusCode, bytes: &[u8]) -> Result<T, RuntimeError> {
+    // Only an answer in the protocol's own shape says what happened; any
+    // other (a refusal of our credentials, a proxy's error page, another
+    // service on that address) says nothing about the sandbox: the
+    // runner is, for this call, unreachable.
     if status.is_success() {
-        return serde_json::from_slice(bytes)
-            .map_err(|e| RuntimeError::Failed(format!("the runner's answer does not parse: {e}")));
+        return serde_json::from_slice(bytes).map_err(|e| {
+            RuntimeError::Unreachable(format!(
+                "the runner's answer is not the runner protocol: {e}"
+            ))
+        });
     }
     match serde_json::from_slice::<ErrorBody>(bytes) {
-        Ok(b) if status == StatusCode::UNAUTHORIZED => RuntimeError::Failed(format!(
+        Ok(b) if status == StatusCode::UNAUTHORIZED => Err(RuntimeError::Unreachable(format!(
             "the runner refused this control plane's credentials: {}",
             b.message
-        ))
-        .into_err(),
-        Ok(b) => Err(wire::decode(b)),
-        Err(_) => Err(RuntimeError::Failed(format!(
-            "the runner answered {status}"
         ))),
-    }
-}
-
-trait IntoErr<T> {
-    fn into_err(self) -> Result<T, RuntimeError>;
-}
-
-impl<T> IntoErr<T> for RuntimeError {
-    fn into_err(self) -> Result<T, RuntimeError> {
-        Err(self)
+        Ok(b) if b.kind == "notFound" || b.kind == "badRequest" => {
+            Err(RuntimeError::Unreachable(format!(
+                "the runner does not speak this protocol version: {}",
+                b.message
+            )))
+        }
+        Ok(b) => Err(wire::decode(b)),
+        Err(_) => Err(RuntimeError::Unreachable(format!(
+            "the runner answered {status} outside the runner protocol"
+        ))),
     }
 }
 

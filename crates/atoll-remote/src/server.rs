@@ -72,7 +72,15 @@ async fn authenticate(State(s): State<Served>, req: Request, next: Next) -> Resp
             "missing Authorization: Atoll-Control <token>",
         );
     };
-    if let Err(e) = s.verifier.verify(&token, now_ms()) {
+    // The path as the client sent it (with a mount prefix like `/runner`).
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_string(), |u| u.0.path().to_string());
+    if let Err(e) = s
+        .verifier
+        .verify(&token, req.method().as_str(), &path, now_ms())
+    {
         tracing::warn!(error = %e, "runner API: refused a request");
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
     }
@@ -195,6 +203,9 @@ async fn update_network(
 }
 
 async fn toolbox(State(s): State<Served>, Path(id): Path<String>, req: Request) -> Response {
+    if !wants_stream(&req) {
+        return not_a_stream();
+    }
     let stream = s.runtime.connect_toolbox(&id).await;
     splice(req, stream)
 }
@@ -204,8 +215,26 @@ async fn port(
     Path((id, port)): Path<(String, u16)>,
     req: Request,
 ) -> Response {
+    if !wants_stream(&req) {
+        return not_a_stream();
+    }
     let stream = s.runtime.connect_port(&id, port).await;
     splice(req, stream)
+}
+
+fn wants_stream(req: &Request) -> bool {
+    req.headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_UPGRADE))
+}
+
+fn not_a_stream() -> Response {
+    refuse(
+        StatusCode::BAD_REQUEST,
+        "badRequest",
+        "stream routes need Upgrade: atoll-stream",
+    )
 }
 
 /// Answers 101 and joins the client's upgraded connection to `stream`.
@@ -213,18 +242,6 @@ fn splice(
     mut req: Request,
     stream: Result<atoll_runtime_api::BoxedStream, RuntimeError>,
 ) -> Response {
-    let wants = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(STREAM_UPGRADE));
-    if !wants {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "badRequest",
-            "stream routes need Upgrade: atoll-stream",
-        );
-    }
     let mut stream = match stream {
         Ok(s) => s,
         Err(e) => return Failure(e).into_response(),

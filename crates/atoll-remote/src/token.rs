@@ -15,8 +15,8 @@ use thiserror::Error;
 
 /// The `Authorization` scheme of control-plane requests.
 pub const SCHEME: &str = "Atoll-Control";
-/// How long a token is good for.
-pub const TOKEN_TTL_MS: i64 = 5 * 60 * 1000;
+/// How long a token is good for (each request gets its own).
+pub const TOKEN_TTL_MS: i64 = 60 * 1000;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -32,8 +32,11 @@ pub enum TokenError {
     BadKey(&'static str),
 }
 
-fn message(runner_id: &str, expires_ms: i64) -> String {
-    format!("atoll-control:v1:{runner_id}:{expires_ms}")
+/// What a token signs: the runner, the expiry and the request (method and
+/// path), so a token seen on the wire opens nothing but that request on
+/// that runner, for a minute.
+fn message(runner_id: &str, expires_ms: i64, method: &str, path: &str) -> String {
+    format!("atoll-control:v2:{runner_id}:{expires_ms}:{method} {path}")
 }
 
 /// The control plane's signing key.
@@ -62,11 +65,14 @@ impl ControlKey {
         URL_SAFE_NO_PAD.encode(self.pair.public_key().as_ref())
     }
 
-    /// A token for `runner_id`, good until `now_ms + TOKEN_TTL_MS`.
-    pub fn token(&self, runner_id: &str, now_ms: i64) -> String {
+    /// A token for `method path` on `runner_id`, good until `now_ms +
+    /// TOKEN_TTL_MS`.
+    pub fn token(&self, runner_id: &str, method: &str, path: &str, now_ms: i64) -> String {
         let expires = now_ms + TOKEN_TTL_MS;
-        let sig = self.pair.sign(message(runner_id, expires).as_bytes());
-        format!("v1.{expires}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+        let sig = self
+            .pair
+            .sign(message(runner_id, expires, method, path).as_bytes());
+        format!("v2.{expires}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 }
 
@@ -93,10 +99,16 @@ impl ControlVerifier {
         })
     }
 
-    /// Checks a token at `now_ms`.
-    pub fn verify(&self, token: &str, now_ms: i64) -> Result<(), TokenError> {
+    /// Checks a token for the request `method path` at `now_ms`.
+    pub fn verify(
+        &self,
+        token: &str,
+        method: &str,
+        path: &str,
+        now_ms: i64,
+    ) -> Result<(), TokenError> {
         let mut parts = token.split('.');
-        let (Some("v1"), Some(exp), Some(sig), None) =
+        let (Some("v2"), Some(exp), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(TokenError::Malformed);
@@ -106,7 +118,10 @@ impl ControlVerifier {
             .decode(sig)
             .map_err(|_| TokenError::Malformed)?;
         UnparsedPublicKey::new(&ED25519, &self.public)
-            .verify(message(&self.runner_id, expires).as_bytes(), &sig)
+            .verify(
+                message(&self.runner_id, expires, method, path).as_bytes(),
+                &sig,
+            )
             .map_err(|_| TokenError::BadSignature)?;
         if expires <= now_ms {
             return Err(TokenError::Expired);
@@ -128,24 +143,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tokens_verify_only_for_their_runner_key_and_time() {
+    fn tokens_verify_only_for_their_runner_request_key_and_time() {
         let key = ControlKey::from_seed(&[7u8; 32]).unwrap();
         let other = ControlKey::from_seed(&[8u8; 32]).unwrap();
         let v = ControlVerifier::new(&key.public_key(), "r1").unwrap();
         let now = 1_000_000;
-        let t = key.token("r1", now);
-        assert_eq!(v.verify(&t, now), Ok(()));
-        assert_eq!(v.verify(&t, now + TOKEN_TTL_MS), Err(TokenError::Expired));
+        let (m, p) = ("POST", "/v1/sandboxes/a/stop");
+        let t = key.token("r1", m, p, now);
+        assert_eq!(v.verify(&t, m, p, now), Ok(()));
         assert_eq!(
-            v.verify(&key.token("r2", now), now),
+            v.verify(&t, m, p, now + TOKEN_TTL_MS),
+            Err(TokenError::Expired)
+        );
+        // Another request, runner or key: refused.
+        assert_eq!(
+            v.verify(&t, "POST", "/v1/sandboxes/a/destroy", now),
+            Err(TokenError::BadSignature)
+        );
+        assert_eq!(v.verify(&t, "GET", p, now), Err(TokenError::BadSignature));
+        assert_eq!(
+            v.verify(&key.token("r2", m, p, now), m, p, now),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            v.verify(&other.token("r1", now), now),
+            v.verify(&other.token("r1", m, p, now), m, p, now),
             Err(TokenError::BadSignature)
         );
         assert_eq!(
-            v.verify(&key.token("r1", now + 3 * TOKEN_TTL_MS), now),
+            v.verify(&key.token("r1", m, p, now + 3 * TOKEN_TTL_MS), m, p, now),
             Err(TokenError::TooLong)
         );
         // A tampered expiry breaks the signature.
@@ -154,9 +179,9 @@ mod tests {
             &format!("{}", now + 2 * TOKEN_TTL_MS),
             1,
         );
-        assert_eq!(v.verify(&forged, now), Err(TokenError::BadSignature));
-        for junk in ["", "v1", "v1.x.y", "v2.1.AA", "v1.1.%%", "v1.1.AA.extra"] {
-            assert!(v.verify(junk, now).is_err(), "{junk}");
+        assert_eq!(v.verify(&forged, m, p, now), Err(TokenError::BadSignature));
+        for junk in ["", "v2", "v2.x.y", "v1.1.AA", "v2.1.%%", "v2.1.AA.extra"] {
+            assert!(v.verify(junk, m, p, now).is_err(), "{junk}");
         }
         assert!(ControlVerifier::new("short", "r1").is_err());
     }

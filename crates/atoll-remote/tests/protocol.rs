@@ -167,7 +167,7 @@ async fn only_this_runners_control_plane_is_obeyed() {
     let other_runner = RemoteRuntime::new("runner-8", &url, Arc::new(key)).unwrap();
     for rt in [&stranger, &other_runner] {
         match rt.start(&spec("sb-1")).await {
-            Err(RuntimeError::Failed(m)) => assert!(m.contains("refused"), "{m}"),
+            Err(RuntimeError::Unreachable(m)) => assert!(m.contains("refused"), "{m}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
         assert!(rt.connect_toolbox("sb-1").await.is_err());

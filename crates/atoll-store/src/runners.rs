@@ -53,6 +53,22 @@ pub struct RunnerAllocation {
     pub sandboxes: i64,
 }
 
+/// One health check, as [`Store::record_runner_health`] writes it
+/// (`None`: keep what is stored).
+#[derive(Debug, Clone, Default)]
+pub struct RunnerHealth<'a> {
+    pub id: &'a str,
+    pub cpu: Option<i64>,
+    pub memory_gib: Option<i64>,
+    pub disk_gib: Option<i64>,
+    pub metrics: Option<&'a str>,
+    pub api_url: Option<&'a str>,
+    pub proxy_url: Option<&'a str>,
+    pub domain: Option<&'a str>,
+    pub app_version: Option<&'a str>,
+    pub now: i64,
+}
+
 const RUNNER_COLUMNS: &str = "id, name, region, runner_class, tags, api_key_hash, state, \
      unschedulable, draining, local, api_url, proxy_url, domain, app_version, cpu, memory_gib, \
      disk_gib, metrics, last_checked, created_at, updated_at";
@@ -202,6 +218,52 @@ impl Store {
             )));
         }
         Ok(())
+    }
+
+    /// Records a health check: capacity and metrics (when given), the
+    /// addresses and version it reported, `last_checked`; an
+    /// `initializing` or `unresponsive` runner becomes `ready`. Touches no
+    /// admin flag (draining, unschedulable, disabled), so a check racing an
+    /// admin's change never undoes it. True when the runner was
+    /// `unresponsive` (it has just come back).
+    pub async fn record_runner_health(&self, r: &RunnerHealth<'_>) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runners SET cpu = COALESCE($2, cpu), memory_gib = COALESCE($3, memory_gib), \
+             disk_gib = COALESCE($4, disk_gib), metrics = COALESCE($5, metrics), \
+             api_url = COALESCE($6, api_url), proxy_url = COALESCE($7, proxy_url), \
+             domain = COALESCE($8, domain), app_version = $9, last_checked = $10, updated_at = $10 \
+             WHERE id = $1",
+        )
+        .bind(r.id)
+        .bind(r.cpu)
+        .bind(r.memory_gib)
+        .bind(r.disk_gib)
+        .bind(r.metrics)
+        .bind(r.api_url)
+        .bind(r.proxy_url)
+        .bind(r.domain)
+        .bind(r.app_version)
+        .bind(r.now)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!(
+                "runner {} no longer exists",
+                r.id
+            )));
+        }
+        let back = sqlx::query(
+            "UPDATE runners SET state = 'ready' WHERE id = $1 AND state = 'unresponsive' RETURNING id",
+        )
+        .bind(r.id)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some();
+        sqlx::query("UPDATE runners SET state = 'ready' WHERE id = $1 AND state = 'initializing'")
+            .bind(r.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(back)
     }
 
     /// Marks runners whose last health check is older than `before` (ms)

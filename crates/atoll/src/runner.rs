@@ -110,7 +110,11 @@ impl ControlPlane {
             .await
             .context("the control plane did not answer within 30 s")??;
         let status = resp.status();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = http_body_util::Limited::new(resp.into_body(), 1 << 20)
+            .collect()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the control plane's answer: {e}"))?
+            .to_bytes();
         Ok((status, body))
     }
 }

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// the host name and the start of the runner's id).
     #[arg(long, env = "ATOLL_RUNNER_NAME")]
     runner_name: Option<String>,
+    /// Where the deployment's other API servers reach this server's
+    /// embedded runner (default: <public URL>/runner). Behind a load
+    /// balancer, this server's own address, e.g. http://10.0.0.5:3000/runner.
+    #[arg(long, env = "ATOLL_RUNNER_URL")]
+    runner_url: Option<String>,
     /// File holding the Ed25519 seed this deployment signs its requests to
     /// remote runners with (64 hex characters; default
     /// <data-dir>/control.key, created on first use). Servers sharing one
@@ -215,6 +220,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             state.without_embedded_runner()
         } else {
             state
+        };
+        let state = match &args.runner_url {
+            Some(url) => {
+                atoll_api::runners::check_runner_url(url)
+                    .map_err(|e| anyhow::anyhow!("--runner-url: {e}"))?;
+                state.with_embedded_runner_address(url.trim_end_matches('/').to_string())
+            }
+            None => state,
         };
         let public_key = state
             .control_key
