@@ -487,6 +487,10 @@ pub struct CreateRunner {
     /// Only `container` (namespace sandboxes) is supported.
     #[serde(default)]
     pub sandbox_class: Option<String>,
+    /// Atoll: pins the runner's address (`http(s)://host:port`); its
+    /// health checks must then report exactly this one.
+    #[serde(default)]
+    pub api_url: Option<String>,
 }
 
 /// Daytona's `CreateRunnerResponse`: the runner's key, shown this once.

@@ -196,6 +196,7 @@ impl AppState {
             disk_gib: 0,
             metrics: None,
             last_checked: None,
+            pinned_api_url: None,
             created_at: now,
             updated_at: now,
         };
@@ -279,6 +280,14 @@ impl AppState {
         };
         url(&h.api_url)?;
         url(&h.proxy_url)?;
+        if let (Some(pinned), Some(reported)) = (&r.pinned_api_url, &h.api_url) {
+            if reported.trim_end_matches('/') != pinned {
+                return Err(ApiError::BadRequest(format!(
+                    "runner {} is pinned to {pinned}; it reported {reported}",
+                    r.name
+                )));
+            }
+        }
         let metrics = h
             .metrics
             .as_ref()

@@ -826,3 +826,61 @@ async fn force_deleting_a_lost_runner_releases_its_sandboxes() {
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_pinned_runner_address_cannot_be_changed_by_the_runner() {
+    let api = api().await;
+    let (status, created) = api
+        .call(
+            Method::POST,
+            "/api/runners",
+            Some(json!({"name": "pinned", "regionId": "eu", "apiUrl": "https://10.0.0.7:2281"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (id, key) = (
+        created["id"].as_str().unwrap().to_string(),
+        created["apiKey"].as_str().unwrap().to_string(),
+    );
+    let (_, r) = api
+        .call(Method::GET, &format!("/api/runners/{id}"), None)
+        .await;
+    assert_eq!(r["apiUrl"], "https://10.0.0.7:2281");
+    // A stolen key reporting another address is refused and changes nothing.
+    let (status, b) = api
+        .call_as(
+            &key,
+            Method::POST,
+            "/api/runners/healthcheck",
+            Some(json!({"appVersion": "x", "apiUrl": "http://10.0.0.99:80"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{b}");
+    let (_, r) = api
+        .call(Method::GET, &format!("/api/runners/{id}"), None)
+        .await;
+    assert_eq!(r["apiUrl"], "https://10.0.0.7:2281");
+    assert_eq!(
+        r["state"], "initializing",
+        "a refused check is no health check"
+    );
+    // The pinned address itself is fine.
+    let (status, b) = api
+        .call_as(
+            &key,
+            Method::POST,
+            "/api/runners/healthcheck",
+            Some(json!({"appVersion": "x", "apiUrl": "https://10.0.0.7:2281/"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    // Registering with a metadata address is refused outright.
+    let (status, _) = api
+        .call(
+            Method::POST,
+            "/api/runners",
+            Some(json!({"name": "meta", "regionId": "eu", "apiUrl": "http://169.254.169.254"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}

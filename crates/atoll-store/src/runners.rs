@@ -36,6 +36,8 @@ pub struct RunnerRecord {
     pub metrics: Option<String>,
     /// When the last health check arrived (ms).
     pub last_checked: Option<i64>,
+    /// The address an admin pinned at registration (reports must match).
+    pub pinned_api_url: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -71,7 +73,7 @@ pub struct RunnerHealth<'a> {
 
 const RUNNER_COLUMNS: &str = "id, name, region, runner_class, tags, api_key_hash, state, \
      unschedulable, draining, local, api_url, proxy_url, domain, app_version, cpu, memory_gib, \
-     disk_gib, metrics, last_checked, created_at, updated_at";
+     disk_gib, metrics, last_checked, created_at, updated_at, pinned_api_url";
 
 fn runner_from_row(r: &AnyRow) -> Result<RunnerRecord, StoreError> {
     let tags: String = r.try_get(4)?;
@@ -98,6 +100,7 @@ fn runner_from_row(r: &AnyRow) -> Result<RunnerRecord, StoreError> {
         last_checked: r.try_get(18)?,
         created_at: r.try_get(19)?,
         updated_at: r.try_get(20)?,
+        pinned_api_url: r.try_get(21)?,
     })
 }
 
@@ -107,7 +110,7 @@ impl Store {
         sqlx::query(&format!(
             "INSERT INTO runners ({RUNNER_COLUMNS}) VALUES \
              ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-              $19, $20, $21)"
+              $19, $20, $21, $22)"
         ))
         .bind(&r.id)
         .bind(&r.name)
@@ -130,6 +133,7 @@ impl Store {
         .bind(r.last_checked)
         .bind(r.created_at)
         .bind(r.updated_at)
+        .bind(&r.pinned_api_url)
         .execute(&self.pool)
         .await
         .map_err(|e| {

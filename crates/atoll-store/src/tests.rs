@@ -505,6 +505,7 @@ fn runner(id: &str, name: &str, local: bool) -> RunnerRecord {
         disk_gib: 100,
         metrics: None,
         last_checked: None,
+        pinned_api_url: None,
         created_at: 1000,
         updated_at: 1000,
     }

@@ -69,6 +69,13 @@ pub async fn create(
             "sandboxClass {c:?} is not supported: Atoll runners run {RUNNER_CLASS:?} sandboxes"
         )));
     }
+    let pinned = match req.api_url.as_deref() {
+        Some(u) => {
+            crate::runners::check_runner_url(u)?;
+            Some(u.trim_end_matches('/').to_string())
+        }
+        None => None,
+    };
     let tags = req.tags.unwrap_or_default();
     if tags.len() > 32
         || tags
@@ -92,7 +99,7 @@ pub async fn create(
         unschedulable: false,
         draining: false,
         local: false,
-        api_url: None,
+        api_url: pinned.clone(),
         proxy_url: None,
         domain: None,
         app_version: None,
@@ -101,6 +108,7 @@ pub async fn create(
         disk_gib: 0,
         metrics: None,
         last_checked: None,
+        pinned_api_url: pinned,
         created_at: now,
         updated_at: now,
     };
