@@ -108,6 +108,8 @@ def test_target_pins_a_region(deployment):
     for _ in range(2):
         sb = d.create(CreateSandboxFromSnapshotParams(target="eu"))
         assert runner_of(srv, sb.id) == eu.id
+        assert sb.target == "eu"
+        assert d.get(sb.id).target == "eu"
         sb.delete()
     with pytest.raises(DaytonaError) as e:
         d.create(CreateSandboxFromSnapshotParams(target="mars"))

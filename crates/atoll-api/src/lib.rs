@@ -94,6 +94,8 @@ pub struct AppState {
     /// Where the other API servers reach this server's embedded runner
     /// (`None`: `<public URL>/runner`).
     pub embedded_runner_address: Option<Arc<String>>,
+    /// Each runner's region, as last read (a sandbox's `target`).
+    pub runner_regions: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
     /// This process, as the holder of leases (random per start).
     pub server_id: Arc<String>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
@@ -130,6 +132,7 @@ impl AppState {
             local_runner_id: Arc::new(DEFAULT_LOCAL_RUNNER_ID.to_string()),
             server_id: Arc::new(uuid::Uuid::new_v4().to_string()),
             embedded_runner: true,
+            runner_regions: Arc::default(),
             embedded_runner_address: None,
             control_key: None,
             remote_runtimes: Arc::default(),

@@ -94,6 +94,28 @@ pub fn schedulable(r: &RunnerRecord) -> bool {
 }
 
 impl AppState {
+    /// The region of runner `id` (a sandbox's `target`), as last read;
+    /// the embedded runners' region when unknown.
+    pub fn region_of_runner(&self, id: &str) -> String {
+        self.runner_regions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| crate::routes::account::REGION.to_string())
+    }
+
+    /// Remembers the regions of `runners`.
+    pub(crate) fn note_regions<'a>(&self, runners: impl IntoIterator<Item = &'a RunnerRecord>) {
+        let mut regions = self
+            .runner_regions
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        for r in runners {
+            regions.insert(r.id.clone(), r.region.clone());
+        }
+    }
+
     /// The runner a sandbox row lives on (rows from before runners
     /// existed are on the embedded runner).
     pub fn runner_of<'a>(&'a self, r: &'a atoll_store::SandboxRecord) -> &'a str {
@@ -467,6 +489,7 @@ impl AppState {
     /// the one with the most room. None left is a 503 that says why.
     pub async fn pick_runner(&self, region: Option<&str>) -> Result<RunnerRecord, ApiError> {
         let runners = self.store.runners().await?;
+        self.note_regions(&runners);
         let held = self.store.runner_allocations(&self.local_runner_id).await?;
         let mut why = Vec::new();
         let mut best: Option<(f64, RunnerRecord)> = None;
@@ -577,6 +600,9 @@ pub fn spawn_health(state: AppState) -> tokio::task::JoinHandle<()> {
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             interval.tick().await;
+            if let Ok(runners) = state.store.runners().await {
+                state.note_regions(&runners);
+            }
             if let Err(e) = state.check_local_runner().await {
                 tracing::warn!(error = %e, "embedded runner health check failed");
             }

@@ -219,6 +219,7 @@ impl AppState {
     pub async fn all_runtimes(&self) -> Result<Vec<(String, Arc<dyn Runtime>)>, ApiError> {
         let mut out = vec![(self.local_runner_id.to_string(), self.runtime.clone())];
         let runners = self.store.runners().await?;
+        self.note_regions(&runners);
         self.remote_runtimes
             .retain(&runners.iter().map(|r| r.id.clone()).collect());
         for r in runners {

@@ -117,7 +117,7 @@ impl AppState {
             network_block_all: r.network_block_all,
             network_allow_list: r.network_allow_list.clone(),
             kvm: false,
-            target: "local".into(),
+            target: self.region_of_runner(self.runner_of(r)),
             cpu: r.cpu,
             gpu: r.gpu,
             memory: r.memory,

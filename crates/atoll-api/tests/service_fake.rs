@@ -657,6 +657,7 @@ async fn sandboxes_on_a_remote_runner_are_driven_through_the_runner_protocol() {
     assert_eq!(status, StatusCode::OK, "{sb}");
     let id = sb["id"].as_str().unwrap().to_string();
     assert_eq!(sb["runnerId"], edge.id.as_str());
+    assert_eq!(sb["target"], "local", "the edge runner's region");
     assert!(edge.fake.sandbox(&id).is_some_and(|s| s.running));
     assert!(
         api.runtime.sandbox(&id).is_none(),
