@@ -13,7 +13,7 @@ pub use records::{
     ApiKeyRecord, MetricSample, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord,
     VolumeMount,
 };
-pub use runners::{RunnerAllocation, RunnerHealth, RunnerRecord};
+pub use runners::{RunnerAllocation, RunnerFlag, RunnerHealth, RunnerRecord};
 pub use secrets::SecretRecord;
 pub use warm_pools::WarmPoolRecord;
 

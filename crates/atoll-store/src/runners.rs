@@ -55,6 +55,15 @@ pub struct RunnerAllocation {
     pub sandboxes: i64,
 }
 
+/// A runner's admin flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerFlag {
+    /// No new sandboxes.
+    Unschedulable,
+    /// No new sandboxes; being emptied.
+    Draining,
+}
+
 /// One health check, as [`Store::record_runner_health`] writes it
 /// (`None`: keep what is stored).
 #[derive(Debug, Clone, Default)]
@@ -156,35 +165,56 @@ impl Store {
         rows.iter().map(runner_from_row).collect()
     }
 
-    pub async fn runner(&self, id: &str) -> Result<Option<RunnerRecord>, StoreError> {
+    /// The runner whose `column` (a unique one) is `value`.
+    async fn runner_where(
+        &self,
+        column: &str,
+        value: &str,
+    ) -> Result<Option<RunnerRecord>, StoreError> {
         let row = sqlx::query(&format!(
-            "SELECT {RUNNER_COLUMNS} FROM runners WHERE id = $1"
+            "SELECT {RUNNER_COLUMNS} FROM runners WHERE {column} = $1"
         ))
-        .bind(id)
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(runner_from_row).transpose()
     }
 
+    pub async fn runner(&self, id: &str) -> Result<Option<RunnerRecord>, StoreError> {
+        self.runner_where("id", id).await
+    }
+
     pub async fn runner_by_name(&self, name: &str) -> Result<Option<RunnerRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {RUNNER_COLUMNS} FROM runners WHERE name = $1"
-        ))
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(runner_from_row).transpose()
+        self.runner_where("name", name).await
     }
 
     /// The runner whose key hashes to `hash`.
     pub async fn runner_by_key_hash(&self, hash: &str) -> Result<Option<RunnerRecord>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {RUNNER_COLUMNS} FROM runners WHERE api_key_hash = $1"
+        self.runner_where("api_key_hash", hash).await
+    }
+
+    /// Sets an admin flag of a runner (`unschedulable` or `draining`) in
+    /// one statement, touching nothing else; the runner as it is now.
+    pub async fn set_runner_flag(
+        &self,
+        id: &str,
+        flag: RunnerFlag,
+        on: bool,
+        now: i64,
+    ) -> Result<Option<RunnerRecord>, StoreError> {
+        let column = match flag {
+            RunnerFlag::Unschedulable => "unschedulable",
+            RunnerFlag::Draining => "draining",
+        };
+        sqlx::query(&format!(
+            "UPDATE runners SET {column} = $2, updated_at = $3 WHERE id = $1"
         ))
-        .bind(hash)
-        .fetch_optional(&self.pool)
+        .bind(id)
+        .bind(i64::from(on))
+        .bind(now)
+        .execute(&self.pool)
         .await?;
-        row.as_ref().map(runner_from_row).transpose()
+        self.runner(id).await
     }
 
     /// Writes every column of the runner but its id, key and creation time.

@@ -10,7 +10,7 @@ use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
 use crate::runners::{state, valid_runner_name, RUNNER_CLASS};
 use crate::AppState;
-use atoll_store::RunnerRecord;
+use atoll_store::{RunnerFlag, RunnerRecord};
 use atoll_types::time::now_millis;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
@@ -187,6 +187,25 @@ pub async fn by_sandbox(
     Ok(Json(dto(&s, &r, true).await?))
 }
 
+/// Sets one admin flag of a runner (one statement: a health check or
+/// another admin change racing it is never undone).
+async fn set_flag(
+    s: &AppState,
+    p: &Principal,
+    id: &str,
+    flag: RunnerFlag,
+    on: bool,
+) -> Result<Json<Runner>, ApiError> {
+    p.require_admin()?;
+    let r = s
+        .store
+        .set_runner_flag(id, flag, on, now_millis())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Runner {id} not found")))?;
+    tracing::info!(runner = %r.id, ?flag, on, "runner flag changed");
+    Ok(Json(dto(s, &r, false).await?))
+}
+
 #[utoipa::path(patch, path = "/api/runners/{id}/scheduling", request_body = RunnerScheduling,
     params(("id" = String, Path)), responses((status = 200, body = Runner), (status = 404)))]
 pub async fn scheduling(
@@ -195,13 +214,7 @@ pub async fn scheduling(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<RunnerScheduling>,
 ) -> Result<Json<Runner>, ApiError> {
-    p.require_admin()?;
-    let mut r = find(&s, &id).await?;
-    r.unschedulable = req.unschedulable;
-    r.updated_at = now_millis();
-    s.store.update_runner(&r).await?;
-    tracing::info!(runner = %r.id, unschedulable = r.unschedulable, "runner scheduling changed");
-    Ok(Json(dto(&s, &r, false).await?))
+    set_flag(&s, &p, &id, RunnerFlag::Unschedulable, req.unschedulable).await
 }
 
 #[utoipa::path(patch, path = "/api/runners/{id}/draining", request_body = RunnerDraining,
@@ -212,13 +225,7 @@ pub async fn draining(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<RunnerDraining>,
 ) -> Result<Json<Runner>, ApiError> {
-    p.require_admin()?;
-    let mut r = find(&s, &id).await?;
-    r.draining = req.draining;
-    r.updated_at = now_millis();
-    s.store.update_runner(&r).await?;
-    tracing::info!(runner = %r.id, draining = r.draining, "runner draining changed");
-    Ok(Json(dto(&s, &r, false).await?))
+    set_flag(&s, &p, &id, RunnerFlag::Draining, req.draining).await
 }
 
 #[utoipa::path(delete, path = "/api/runners/{id}", params(("id" = String, Path), ("force" = Option<bool>, Query)),
