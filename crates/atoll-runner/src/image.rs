@@ -166,15 +166,31 @@ impl ImageError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
     pub name: String,
-    /// `sha256:<hex>`, the `tree_digest` of `rootfs`.
+    /// `sha256:<hex>`: the `tree_digest` of a built image's one layer, or
+    /// the manifest digest of a pulled or committed one.
     pub digest: String,
-    /// The unpacked tree: use it read-only (overlay lower dir).
-    pub rootfs: PathBuf,
+    /// The unpacked layers, lowest first: use them read-only (overlay
+    /// lower dirs).
+    pub layers: Vec<PathBuf>,
     pub size_bytes: u64,
     pub created_at_ms: i64,
     /// What a sandbox of this image runs at boot (the daemon starts it as
     /// the entrypoint session); empty: nothing.
     pub entrypoint: Vec<String>,
+    /// The image config's `Env` (`KEY=value`), under the sandbox's own.
+    pub env: Vec<String>,
+    /// The image config's `WorkingDir` and `User`, if any.
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    /// Where it came from (`docker.io/library/python:3.12`, a sandbox…).
+    pub source: Option<String>,
+}
+
+impl Image {
+    /// Every layer is present.
+    pub fn is_complete(&self) -> bool {
+        !self.layers.is_empty() && self.layers.iter().all(|l| l.is_dir())
+    }
 }
 
 /// One progress report of a build.
@@ -242,6 +258,30 @@ struct RefRecord {
     recipe: serde_json::Value,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     entrypoint: Vec<String>,
+    /// Layer digests (`sha256:<hex>`, named as in `layers/`), lowest first;
+    /// empty: the one layer named by `digest` (a built image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    layers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<ImageConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source: Option<String>,
+}
+
+/// What of an OCI image config a sandbox uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The image store rooted at one directory.
@@ -265,9 +305,11 @@ impl ImageStore {
                 .create(&dir)
                 .map_err(ImageError::io("creating image store directory", &dir))?;
         }
-        Ok(ImageStore {
+        let store = ImageStore {
             root: root.to_path_buf(),
-        })
+        };
+        store.remove_dead_pulls();
+        Ok(store)
     }
 
     /// The image named `name`, if it is stored.
@@ -283,7 +325,7 @@ impl ImageStore {
             });
         }
         let image = self.image_of(&path, record)?;
-        if !image.rootfs.is_dir() {
+        if !image.is_complete() {
             return Err(ImageError::MissingLayer {
                 name: image.name,
                 digest: image.digest,
@@ -308,7 +350,7 @@ impl ImageStore {
                 }
             };
             match self.image_of(&path, record) {
-                Ok(image) if image.rootfs.is_dir() => images.push(image),
+                Ok(image) if image.is_complete() => images.push(image),
                 Ok(image) => tracing::warn!(
                     name = %image.name, digest = %image.digest,
                     "skipping image whose layer is missing"
@@ -429,6 +471,9 @@ impl ImageStore {
             created_at_ms: now_ms(),
             recipe,
             entrypoint,
+            layers: Vec::new(),
+            config: None,
+            source: None,
         };
         let path = self.ref_path(name)?;
         write_ref(&path, &record)?;
@@ -452,7 +497,7 @@ impl ImageStore {
             return Ok(None);
         }
         match self.image_of(&path, record) {
-            Ok(image) if image.rootfs.is_dir() => Ok(Some(image)),
+            Ok(image) if image.is_complete() => Ok(Some(image)),
             Ok(image) => {
                 tracing::warn!(image = name, digest = %image.digest, "image layer missing; rebuilding");
                 Ok(None)
@@ -465,21 +510,48 @@ impl ImageStore {
     }
 
     fn image_of(&self, path: &Path, record: RefRecord) -> Result<Image, ImageError> {
-        let hex = record
-            .digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| ImageError::CorruptRef {
-                path: path.to_path_buf(),
-                reason: format!("digest {:?} is not sha256:<64 hex>", record.digest),
-            })?;
+        let hex_of = |digest: &str| {
+            digest
+                .strip_prefix("sha256:")
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map(str::to_string)
+                .ok_or_else(|| ImageError::CorruptRef {
+                    path: path.to_path_buf(),
+                    reason: format!("digest {digest:?} is not sha256:<64 hex>"),
+                })
+        };
+        let layers = if record.layers.is_empty() {
+            vec![self.layer_path(&hex_of(&record.digest)?)]
+        } else {
+            record
+                .layers
+                .iter()
+                .map(|d| hex_of(d).map(|h| self.layer_path(&h)))
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        let config = record.config.unwrap_or_default();
+        // A pulled image runs its ENTRYPOINT + CMD, as Docker would.
+        let entrypoint = if record.entrypoint.is_empty() {
+            config
+                .entrypoint
+                .iter()
+                .chain(config.cmd.iter())
+                .cloned()
+                .collect()
+        } else {
+            record.entrypoint
+        };
         Ok(Image {
-            rootfs: self.layer_path(hex),
+            layers,
             name: record.name,
             digest: record.digest,
             size_bytes: record.size_bytes,
             created_at_ms: record.created_at_ms,
-            entrypoint: record.entrypoint,
+            entrypoint,
+            env: config.env,
+            workdir: config.workdir,
+            user: config.user,
+            source: record.source,
         })
     }
 
@@ -513,6 +585,185 @@ impl ImageStore {
         }
     }
 
+    /// A fresh directory under `tmp/`, removed on drop unless committed.
+    pub fn scratch(&self) -> Result<TmpBuild, ImageError> {
+        TmpBuild::create_named(
+            &self.root.join("tmp"),
+            &format!(
+                "{}{}-{}",
+                TmpBuild::PULL_PREFIX,
+                std::process::id(),
+                random_hex(8)
+            ),
+        )
+    }
+
+    /// Removes pull scratch directories whose process is gone.
+    fn remove_dead_pulls(&self) {
+        let tmp = self.root.join("tmp");
+        let Ok(entries) = fs::read_dir(&tmp) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(rest) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(TmpBuild::PULL_PREFIX))
+            else {
+                continue;
+            };
+            let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_ok()
+                    && p != std::process::id() as i32
+            });
+            if !alive {
+                let path = entry.path();
+                tracing::info!(dir = %path.display(), "removing an interrupted image pull");
+                if let Err(err) = remove_tree(&path) {
+                    tracing::warn!(dir = %path.display(), %err, "could not remove interrupted pull");
+                }
+            }
+        }
+    }
+
+    /// The unpacked layer `digest` (`sha256:<hex>`) if it is stored. Its
+    /// modification time is refreshed, so a collection running meanwhile
+    /// keeps it for another grace period.
+    pub fn layer(&self, digest: &str) -> Result<Option<PathBuf>, ImageError> {
+        let path = self.layer_path(layer_hex(digest)?);
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        touch_dir(&path);
+        Ok(Some(path))
+    }
+
+    /// Moves an unpacked layer into `layers/` as `digest`; if another pull
+    /// stored it meanwhile, ours is dropped.
+    pub fn commit_layer(&self, tmp: TmpBuild, digest: &str) -> Result<PathBuf, ImageError> {
+        let path = self.layer_path(layer_hex(digest)?);
+        if path.is_dir() {
+            touch_dir(&path);
+            return Ok(path);
+        }
+        sync_tree(&tmp.path).map_err(ImageError::io("syncing", &tmp.path))?;
+        match fs::rename(&tmp.path, &path) {
+            Ok(()) => tmp.disarm(),
+            Err(_) if path.is_dir() => {}
+            Err(e) => return Err(ImageError::io("moving layer into", &path)(e)),
+        }
+        touch_dir(&path);
+        Ok(path)
+    }
+
+    /// Points the ref `name` at stored layers (lowest first).
+    pub fn put_layered(&self, image: LayeredImage) -> Result<Image, ImageError> {
+        for d in &image.layers {
+            let path = self.layer_path(layer_hex(d)?);
+            if !path.is_dir() {
+                return Err(ImageError::MissingLayer {
+                    name: image.name.clone(),
+                    digest: d.clone(),
+                });
+            }
+        }
+        let record = RefRecord {
+            name: image.name.clone(),
+            digest: image.digest,
+            size_bytes: image.size_bytes,
+            created_at_ms: now_ms(),
+            recipe: serde_json::Value::Null,
+            entrypoint: image.entrypoint,
+            layers: image.layers,
+            config: Some(image.config),
+            source: image.source,
+        };
+        let path = self.ref_path(&image.name)?;
+        let _lock = self.lock(&mut |_| {})?;
+        write_ref(&path, &record)?;
+        self.image_of(&path, record)
+    }
+
+    /// Removes the ref `name` (its layers stay until [`ImageStore::collect`]).
+    /// True if it existed.
+    pub fn remove(&self, name: &str) -> Result<bool, ImageError> {
+        let path = self.ref_path(name)?;
+        let _lock = self.lock(&mut |_| {})?;
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(ImageError::io("removing image ref", &path)(e)),
+        }
+    }
+
+    /// Removes layers no ref names and `in_use` does not hold, once they
+    /// are older than `grace` (a pull in progress refreshes what it
+    /// reuses). Returns what was removed and its size.
+    pub fn collect(
+        &self,
+        grace: std::time::Duration,
+        in_use: &std::collections::HashSet<PathBuf>,
+    ) -> Result<CollectReport, ImageError> {
+        let _lock = self.lock(&mut |_| {})?;
+        let mut keep: std::collections::HashSet<PathBuf> = in_use.clone();
+        let mut refs = Vec::new();
+        collect_refs(&self.root.join("refs"), &mut refs)?;
+        for path in refs {
+            match read_ref(&path) {
+                Ok(Some(record)) => match self.image_of(&path, record) {
+                    Ok(image) => keep.extend(image.layers),
+                    Err(err) => tracing::warn!(%err, "image ref names no layers"),
+                },
+                Ok(None) => {}
+                // A ref we cannot read may still name layers: keep everything.
+                Err(err) => {
+                    tracing::warn!(%err, "unreadable image ref; not collecting layers");
+                    return Ok(CollectReport::default());
+                }
+            }
+        }
+        let layers = self.root.join("layers");
+        let mut report = CollectReport::default();
+        let now = SystemTime::now();
+        for entry in fs::read_dir(&layers).map_err(ImageError::io("listing", &layers))? {
+            let Ok(entry) = entry else { continue };
+            let path = entry.path();
+            if keep.contains(&path) {
+                continue;
+            }
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= grace);
+            if !old {
+                continue;
+            }
+            let size = dir_size(&path);
+            match remove_tree(&path) {
+                Ok(()) => {
+                    tracing::info!(layer = %path.display(), bytes = size, "collected unused image layer");
+                    report.layers += 1;
+                    report.bytes += size;
+                }
+                Err(err) => {
+                    tracing::warn!(layer = %path.display(), %err, "could not remove unused layer")
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Bytes of every stored layer.
+    pub fn disk_usage(&self) -> u64 {
+        let layers = self.root.join("layers");
+        fs::read_dir(&layers)
+            .map(|entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
+            .unwrap_or(0)
+    }
+
     /// Removes builds left by a crashed process. Only called with the lock
     /// held, so no live build can be among them.
     fn remove_stale_builds(&self) {
@@ -537,17 +788,87 @@ impl ImageStore {
     }
 }
 
+/// An image made of stored layers, to point a ref at.
+#[derive(Debug, Clone)]
+pub struct LayeredImage {
+    pub name: String,
+    /// The manifest digest (`sha256:<hex>`).
+    pub digest: String,
+    /// Layer digests, lowest first.
+    pub layers: Vec<String>,
+    pub size_bytes: u64,
+    pub config: ImageConfig,
+    /// Overrides the config's ENTRYPOINT + CMD when not empty.
+    pub entrypoint: Vec<String>,
+    pub source: Option<String>,
+}
+
+/// What [`ImageStore::collect`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    pub layers: u64,
+    pub bytes: u64,
+}
+
+fn layer_hex(digest: &str) -> Result<&str, ImageError> {
+    digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .ok_or_else(|| ImageError::InvalidName {
+            name: digest.to_string(),
+            reason: "a layer digest is sha256: and 64 lowercase hex digits",
+        })
+}
+
+/// Refreshes a directory's modification time (collection's grace clock).
+fn touch_dir(path: &Path) {
+    let now = nix::sys::time::TimeSpec::UTIME_NOW;
+    let _ = nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &now,
+        &now,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    );
+}
+
+/// Bytes of regular files under `path` (hard links counted once per walk).
+pub fn dir_size(path: &Path) -> u64 {
+    fn walk(p: &Path, seen: &mut std::collections::HashSet<(u64, u64)>) -> u64 {
+        let Ok(md) = fs::symlink_metadata(p) else {
+            return 0;
+        };
+        if md.is_dir() {
+            fs::read_dir(p)
+                .map(|es| es.flatten().map(|e| walk(&e.path(), seen)).sum())
+                .unwrap_or(0)
+        } else if md.is_file() && seen.insert((md.dev(), md.ino())) {
+            md.len()
+        } else {
+            0
+        }
+    }
+    walk(path, &mut std::collections::HashSet::new())
+}
+
 /// A build directory under `tmp/`, removed on drop unless committed.
-struct TmpBuild {
-    path: PathBuf,
+pub struct TmpBuild {
+    pub path: PathBuf,
     armed: std::cell::Cell<bool>,
 }
 
 impl TmpBuild {
     const PREFIX: &'static str = "build-";
 
-    fn create(tmp: &Path) -> Result<TmpBuild, ImageError> {
-        let path = tmp.join(format!("{}{}", Self::PREFIX, random_hex(8)));
+    /// Prefix of a pull's scratch directory, followed by the owner's pid.
+    const PULL_PREFIX: &'static str = "pull-";
+
+    pub fn create(tmp: &Path) -> Result<TmpBuild, ImageError> {
+        Self::create_named(tmp, &format!("{}{}", Self::PREFIX, random_hex(8)))
+    }
+
+    fn create_named(tmp: &Path, name: &str) -> Result<TmpBuild, ImageError> {
+        let path = tmp.join(name);
         fs::DirBuilder::new()
             .mode(0o755)
             .create(&path)
@@ -2049,6 +2370,9 @@ mod tests {
             created_at_ms: 1_700_000_000_000,
             recipe: serde_json::to_value(Recipe::default_image()).unwrap(),
             entrypoint: vec!["sleep".into(), "infinity".into()],
+            layers: vec![],
+            config: None,
+            source: None,
         };
         write_ref(&store.ref_path(DEFAULT_IMAGE).unwrap(), &record).unwrap();
         assert!(t.0.join("refs/atoll/default:bookworm.json").is_file());
@@ -2059,10 +2383,14 @@ mod tests {
             Image {
                 name: DEFAULT_IMAGE.into(),
                 digest: format!("sha256:{hex}"),
-                rootfs: layer,
+                layers: vec![layer],
                 size_bytes: 42,
                 created_at_ms: 1_700_000_000_000,
                 entrypoint: vec!["sleep".into(), "infinity".into()],
+                env: vec![],
+                workdir: None,
+                user: None,
+                source: None,
             }
         );
         // Reused without a build (which would need root and network).
@@ -2107,6 +2435,9 @@ mod tests {
             created_at_ms: 1,
             recipe: serde_json::to_value(old).unwrap(),
             entrypoint: Vec::new(),
+            layers: vec![],
+            config: None,
+            source: None,
         };
         write_ref(&store.ref_path(DEFAULT_IMAGE).unwrap(), &record).unwrap();
         assert!(store
@@ -2126,6 +2457,9 @@ mod tests {
             created_at_ms: 4,
             recipe: serde_json::json!({"version": 1}),
             entrypoint: vec!["sleep".into(), "infinity".into()],
+            layers: vec![],
+            config: None,
+            source: None,
         };
         let value = serde_json::to_value(&record).unwrap();
         let mut keys: Vec<&String> = value.as_object().unwrap().keys().collect();
@@ -2395,7 +2729,7 @@ mod tests {
             })
             .unwrap();
         eprintln!("{image:?} in {:?}", start.elapsed());
-        assert!(image.rootfs.join("usr/bin/python3").exists());
+        assert!(image.layers[0].join("usr/bin/python3").exists());
         assert_eq!(store.get(DEFAULT_IMAGE).unwrap(), Some(image));
     }
 }

@@ -134,7 +134,7 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     let root = &req.dirs.root;
     let root_dir = open_dir_nofollow(root)?;
     nix::unistd::fchdir(&root_dir).map_err(sys("entering the sandbox directory"))?;
-    if let Some((major, minor)) = mounts::prepare_host_side()? {
+    if let Some((major, minor)) = mounts::prepare_host_side(req.spec.image_layers.len())? {
         // The runner throttles the disk's I/O off the create path
         // (configuring a block device's throttle waits for RCU).
         let _ = writeln!(report, "disk {major}:{minor}");
@@ -146,8 +146,10 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     };
     let disk = crate::userns::idmap_clone(Path::new(spec::DISK_DIR), &userns, false)?;
     crate::userns::attach(&disk, Path::new(spec::DISK_DIR))?;
-    let lower = crate::userns::idmap_clone(&req.spec.image_rootfs, &userns, true)?;
-    crate::userns::attach(&lower, Path::new(spec::LOWER_DIR))?;
+    for (i, layer) in req.spec.image_layers.iter().enumerate() {
+        let lower = crate::userns::idmap_clone(layer, &userns, true)?;
+        crate::userns::attach(&lower, &mounts::lower_layer_dir(i))?;
+    }
     let exe = std::fs::File::open(&req.daemon_exe).map_err(io("opening the daemon"))?;
     let config = config_memfd(&req.daemon_config)?;
     // Join the sandbox's cgroups only now: the disk's loop device had to be
@@ -293,7 +295,7 @@ fn redirect_stdio() -> Result<(), InitError> {
 fn sandbox_pid1(req: &InitRequest, last_cap: u32, fds: Fds) -> Result<Never, InitError> {
     // We are root of the sandbox's user namespace, in a mount namespace it
     // owns, with the cwd at the sandbox's host directory.
-    let ops = mounts::plan();
+    let ops = mounts::plan(req.spec.image_layers.len());
     mounts::execute(&ops)?;
     // A cgroup namespace rooted at the sandbox's own cgroup.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare cgroup namespace"))?;

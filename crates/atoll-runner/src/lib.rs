@@ -24,6 +24,7 @@ pub mod local;
 pub mod mounts;
 pub mod netlink;
 pub mod network;
+pub mod oci;
 pub mod runtime;
 pub mod safe_fs;
 pub mod seccomp;

@@ -85,12 +85,24 @@ fn image_info(i: Image) -> ImageInfo {
 impl Runtime for LocalRuntime {
     async fn start(&self, spec: &SandboxSpec) -> Result<(), RuntimeError> {
         let image = self.image_of(&spec.image)?;
+        // The image's ENV under the sandbox's own.
+        let mut env: std::collections::BTreeMap<String, String> = image
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.extend(spec.env.clone());
         let host_spec = crate::spec::SandboxSpec {
             id: spec.id.clone(),
             hostname: spec.hostname.clone(),
-            image_rootfs: image.rootfs,
+            image_layers: image.layers,
+            work_dir: image
+                .workdir
+                .filter(|w| w.starts_with('/'))
+                .map(std::path::PathBuf::from),
             user: spec.user.clone(),
-            env: spec.env.clone(),
+            env,
             limits: spec.limits.clone(),
             disk_bytes: spec.disk_bytes,
             network: spec.network.clone(),

@@ -129,7 +129,7 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 /// Host-side preparation, as host root with the cwd at the sandbox's
 /// directory: mount points, the disk with `upper` and `work`, and `sysfs`.
 /// Returns the disk's loop device number.
-pub fn prepare_host_side() -> Result<Option<(u64, u64)>, MountError> {
+pub fn prepare_host_side(layers: usize) -> Result<Option<(u64, u64)>, MountError> {
     use crate::spec::{DISK_DIR, DISK_IMAGE, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
     let d = |p: &str| PathBuf::from(p);
     let mut ops = Vec::new();
@@ -139,6 +139,14 @@ pub fn prepare_host_side() -> Result<Option<(u64, u64)>, MountError> {
             mode: 0o755,
         });
         ops.push(MountOp::RequireDir { path: d(dir) });
+    }
+    for i in 0..layers {
+        let p = lower_layer_dir(i);
+        ops.push(MountOp::Mkdir {
+            path: p.clone(),
+            mode: 0o755,
+        });
+        ops.push(MountOp::RequireDir { path: p });
     }
     ops.push(MountOp::LoopMount {
         image: d(DISK_IMAGE),
@@ -162,10 +170,25 @@ pub fn prepare_host_side() -> Result<Option<(u64, u64)>, MountError> {
     execute(&ops)
 }
 
-/// Builds the mount plan PID 1 runs in the sandbox's user namespace;
-/// every target is under `rootfs`.
-pub fn plan() -> Vec<MountOp> {
-    use crate::spec::{DISK_DIR, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
+/// Where image layer `i` (0 = lowest) is attached, relative to the
+/// sandbox's directory.
+pub fn lower_layer_dir(i: usize) -> PathBuf {
+    Path::new(crate::spec::LOWER_DIR).join(i.to_string())
+}
+
+/// The overlay's `lowerdir` value for `layers` layers: topmost first.
+fn lowerdir(layers: usize) -> String {
+    (0..layers.max(1))
+        .rev()
+        .map(|i| lower_layer_dir(i).display().to_string())
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Builds the mount plan PID 1 runs in the sandbox's user namespace for an
+/// image of `layers` layers; every target is under `rootfs`.
+pub fn plan(layers: usize) -> Vec<MountOp> {
+    use crate::spec::{DISK_DIR, ROOTFS_DIR, SYSFS_DIR};
     let rootfs = Path::new(ROOTFS_DIR);
     let r = |p: &str| rootfs.join(p);
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -176,7 +199,8 @@ pub fn plan() -> Vec<MountOp> {
         flags: MsFlags::empty(),
         // user.overlay.* xattrs: the mounter is root of a user namespace.
         data: Some(format!(
-            "lowerdir={LOWER_DIR},upperdir={DISK_DIR}/upper,workdir={DISK_DIR}/work,userxattr"
+            "lowerdir={},upperdir={DISK_DIR}/upper,workdir={DISK_DIR}/work,userxattr",
+            lowerdir(layers)
         )),
     }];
     for d in ["proc", "dev", "sys", "tmp"] {
@@ -495,7 +519,7 @@ mod tests {
 
     #[test]
     fn every_target_is_relative_and_inside_the_rootfs() {
-        for op in plan() {
+        for op in plan(1) {
             let t = target(&op);
             assert!(t.is_relative() && t.starts_with("rootfs"), "{op:?}");
         }
@@ -503,7 +527,7 @@ mod tests {
 
     #[test]
     fn no_mount_option_names_a_host_path() {
-        for op in plan() {
+        for op in plan(1) {
             if let MountOp::Mount { data: Some(d), .. } = &op {
                 assert!(!d.contains('/') || !d.contains("=/"), "{op:?}");
             }
@@ -516,7 +540,7 @@ mod tests {
 
     #[test]
     fn mount_targets_are_checked_before_they_are_used() {
-        let ops = plan();
+        let ops = plan(1);
         for d in ["proc", "dev", "sys"] {
             let p = Path::new("rootfs").join(d);
             let check = ops
@@ -531,7 +555,7 @@ mod tests {
 
     #[test]
     fn masks_cover_host_and_tenant_information() {
-        let ops = plan();
+        let ops = plan(1);
         for f in [
             "kcore",
             "keys",

@@ -391,7 +391,7 @@ impl NamespaceRuntime {
             socket: None,
             user: spec.user.clone(),
             env: spec.env.clone(),
-            work_dir: None,
+            work_dir: spec.work_dir.clone(),
             env_file: Some(spec::SANDBOX_ENV_FILE.into()),
             entrypoint: spec.entrypoint.clone(),
         };

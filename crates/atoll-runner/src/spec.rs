@@ -31,6 +31,20 @@ pub struct DaemonConfig {
     pub entrypoint: Vec<String>,
 }
 
+/// A path or a list of paths.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// The daemon's environment state inside every sandbox (root-only).
 pub const SANDBOX_ENV_FILE: &str = "/var/lib/atoll-daemon/env.json";
 
@@ -41,8 +55,10 @@ pub struct SandboxSpec {
     pub id: String,
     /// Hostname inside the sandbox.
     pub hostname: String,
-    /// Read-only image layer: the overlay's lower dir.
-    pub image_rootfs: PathBuf,
+    /// Read-only image layers, lowest first: the overlay's lower dirs. (A
+    /// journal written before layered images names one, `image_rootfs`.)
+    #[serde(alias = "image_rootfs", deserialize_with = "one_or_many_paths")]
+    pub image_layers: Vec<PathBuf>,
     /// The user commands run as (`daytona` in the default image).
     pub user: Option<String>,
     /// Sandbox environment variables, passed to every command.
@@ -57,6 +73,10 @@ pub struct SandboxSpec {
     /// entrypoint session; empty: none.
     #[serde(default)]
     pub entrypoint: Vec<String>,
+    /// The image's working directory (`WORKDIR`), where commands start
+    /// unless told otherwise; none: the user's home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<PathBuf>,
 }
 
 /// Environment variables naming the descriptors PID 1 hands the daemon:
@@ -178,6 +198,7 @@ mod tests {
         }))
         .unwrap();
         assert!(spec.entrypoint.is_empty());
+        assert_eq!(spec.image_layers, vec![PathBuf::from("/i")]);
     }
 
     #[test]
