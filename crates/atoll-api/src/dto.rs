@@ -31,7 +31,7 @@ pub struct CreateSandbox {
     #[schema(value_type = Option<Vec<SandboxVolume>>)]
     pub volumes: Option<Vec<SandboxVolume>>,
     #[schema(value_type = Option<Object>)]
-    pub build_info: Option<serde_json::Value>,
+    pub build_info: Option<CreateBuildInfo>,
     pub kvm: Option<bool>,
     pub outbound_proxy_url: Option<String>,
     pub otel_endpoint_override: Option<String>,
@@ -157,9 +157,12 @@ pub struct SnapshotDto {
     pub organization_id: Option<String>,
     pub general: bool,
     pub name: String,
-    pub image_name: String,
+    pub image_name: Option<String>,
+    /// Daytona's `SnapshotState`: pending, pulling, building, active,
+    /// inactive, error, build_failed, removing.
     pub state: String,
-    pub size: f64,
+    /// GiB on disk, once known.
+    pub size: Option<f64>,
     pub entrypoint: Option<Vec<String>>,
     pub cpu: i64,
     pub gpu: i64,
@@ -170,8 +173,115 @@ pub struct SnapshotDto {
     pub updated_at: String,
     pub last_used_at: Option<String>,
     pub source_sandbox_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub build_info: Option<BuildInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region_ids: Option<Vec<String>>,
     #[serde(rename = "ref")]
     pub reference: String,
+}
+
+/// Daytona's `BuildInfo`: what an image is built from.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuildInfo {
+    pub dockerfile_content: Option<String>,
+    pub context_hashes: Option<Vec<String>>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub snapshot_ref: String,
+}
+
+/// Daytona's `CreateBuildInfo`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateBuildInfo {
+    pub dockerfile_content: String,
+    #[serde(default)]
+    pub context_hashes: Option<Vec<String>>,
+}
+
+/// Daytona's `CreateSnapshot`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub image_name: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cpu: Option<i64>,
+    #[serde(default)]
+    pub gpu: Option<i64>,
+    #[serde(default)]
+    pub gpu_type: Option<serde_json::Value>,
+    #[serde(default)]
+    pub memory: Option<i64>,
+    #[serde(default)]
+    pub disk: Option<i64>,
+    #[serde(default)]
+    pub build_info: Option<CreateBuildInfo>,
+    #[serde(default)]
+    pub region_id: Option<String>,
+    #[serde(default)]
+    pub sandbox_class: Option<String>,
+}
+
+/// Daytona's `CreateSandboxSnapshot`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSandboxSnapshot {
+    pub name: String,
+    #[serde(default)]
+    pub include_memory: Option<bool>,
+}
+
+/// Daytona's `Url`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Url {
+    pub url: String,
+}
+
+/// Daytona's `DockerRegistry` (the password is never returned).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DockerRegistry {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub username: String,
+    pub project: String,
+    pub registry_type: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Daytona's `CreateDockerRegistry`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateDockerRegistry {
+    pub name: String,
+    pub url: String,
+    pub username: String,
+    pub password: String,
+    #[serde(default)]
+    pub project: Option<String>,
+    #[serde(default)]
+    pub registry_type: Option<String>,
+}
+
+/// Daytona's `UpdateDockerRegistry`: a password left out is kept.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateDockerRegistry {
+    pub name: String,
+    pub url: String,
+    pub username: String,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -21,6 +21,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod service;
 pub mod signing;
+pub mod snapshots;
 pub mod warm_pool;
 
 use atoll_proxy::pool::{ConnPool, PoolError};
@@ -360,8 +361,31 @@ pub fn router(state: AppState) -> Router {
             "/warm-pools/{id}",
             patch(warm_pools::update).delete(warm_pools::delete),
         )
-        .route("/snapshots", get(snapshots::list))
-        .route("/snapshots/{id}", get(snapshots::get))
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{id}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
+        .route("/snapshots/{id}/activate", post(snapshots::activate))
+        .route("/snapshots/{id}/deactivate", post(snapshots::deactivate))
+        .route("/snapshots/{id}/build-logs", get(snapshots::build_logs))
+        .route(
+            "/snapshots/{id}/build-logs-url",
+            get(snapshots::build_logs_url),
+        )
+        .route(
+            "/docker-registry",
+            get(snapshots::list_registries).post(snapshots::create_registry),
+        )
+        .route(
+            "/docker-registry/{id}",
+            get(snapshots::get_registry)
+                .patch(snapshots::update_registry)
+                .delete(snapshots::delete_registry),
+        )
+        .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
+        .route("/sandbox/{id}/build-logs", get(sandbox::build_logs))
+        .route("/sandbox/{id}/build-logs-url", get(sandbox::build_logs_url))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::limit_rate,

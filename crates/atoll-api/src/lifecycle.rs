@@ -15,6 +15,7 @@ pub enum Action {
     Recover,
     Archive,
     Pause,
+    Snapshot,
 }
 
 impl Action {
@@ -27,6 +28,7 @@ impl Action {
             Action::Recover => "recovered",
             Action::Archive => "archived",
             Action::Pause => "paused",
+            Action::Snapshot => "snapshotted",
         }
     }
 }
@@ -64,10 +66,27 @@ pub mod state {
     /// Its runner stopped responding: nothing is known of it until the
     /// runner answers again (then it is reconciled).
     pub const UNKNOWN: SandboxState = SandboxState::Unknown;
+    pub const PENDING_BUILD: SandboxState = SandboxState::PendingBuild;
+    pub const BUILDING_SNAPSHOT: SandboxState = SandboxState::BuildingSnapshot;
+    pub const PULLING_SNAPSHOT: SandboxState = SandboxState::PullingSnapshot;
+    pub const BUILD_FAILED: SandboxState = SandboxState::BuildFailed;
+    pub const SNAPSHOTTING: SandboxState = SandboxState::Snapshotting;
 
     /// States an operation passes through; none may last.
     pub const TRANSITIONAL: &[SandboxState] = &[
-        CREATING, STARTING, STOPPING, RESIZING, DESTROYING, ARCHIVING, RESTORING, PAUSING, RESUMING,
+        CREATING,
+        STARTING,
+        STOPPING,
+        RESIZING,
+        DESTROYING,
+        ARCHIVING,
+        RESTORING,
+        PAUSING,
+        RESUMING,
+        PENDING_BUILD,
+        BUILDING_SNAPSHOT,
+        PULLING_SNAPSHOT,
+        SNAPSHOTTING,
     ];
 }
 
@@ -82,6 +101,11 @@ pub fn transition_timeout(state: SandboxState) -> Option<Duration> {
         state::DESTROYING => Some(Duration::from_secs(120)),
         // Packing or unpacking a large disk takes a while.
         state::ARCHIVING | state::RESTORING => Some(Duration::from_secs(1800)),
+        // Pulls and builds of large images; a build is bounded on its own.
+        state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::PULLING_SNAPSHOT => {
+            Some(Duration::from_secs(3600))
+        }
+        state::SNAPSHOTTING => Some(Duration::from_secs(1800)),
         _ => None,
     }
 }
@@ -104,6 +128,7 @@ pub fn decide(current: SandboxState, action: Action) -> Decision {
         (Action::Resize, STARTED | STOPPED) => Decision::Run { via: RESIZING },
         (Action::Recover, ERROR) => Decision::Run { via: STARTING },
         (Action::Recover, STARTED) => Decision::Noop,
+        (Action::Snapshot, STARTED) => Decision::Run { via: SNAPSHOTTING },
         _ => Decision::Illegal,
     }
 }
@@ -144,6 +169,7 @@ mod tests {
         Action::Recover,
         Action::Archive,
         Action::Pause,
+        Action::Snapshot,
     ];
 
     #[test]
@@ -178,6 +204,7 @@ mod tests {
                     (Action::Start, ARCHIVED) => Decision::Run { via: RESTORING },
                     (Action::Archive, STOPPED) => Decision::Run { via: ARCHIVING },
                     (Action::Archive, ARCHIVED) => Decision::Noop,
+                    (Action::Snapshot, STARTED) => Decision::Run { via: SNAPSHOTTING },
                     _ => Decision::Illegal,
                 };
                 assert_eq!(d, expected, "{s} {a:?}");

@@ -28,6 +28,10 @@ use utoipa::OpenApi;
         crate::routes::runners::get_full, crate::routes::runners::by_sandbox,
         crate::routes::runners::scheduling, crate::routes::runners::draining,
         crate::routes::runners::delete, crate::routes::runners::me, crate::routes::runners::healthcheck,
+        snapshots::create, snapshots::delete, snapshots::activate, snapshots::deactivate,
+        snapshots::build_logs, snapshots::build_logs_url, snapshots::create_registry,
+        snapshots::list_registries, snapshots::get_registry, snapshots::update_registry,
+        snapshots::delete_registry, sandbox::snapshot, sandbox::build_logs, sandbox::build_logs_url,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -41,6 +45,8 @@ use utoipa::OpenApi;
         dto::DaytonaConfiguration, dto::OidcConfig,
         dto::CreateRunner, dto::CreateRunnerResponse, dto::Runner, dto::RunnerScheduling,
         dto::RunnerDraining, dto::RunnerHealthMetrics, dto::RunnerHealthcheck,
+        dto::CreateSnapshot, dto::CreateBuildInfo, dto::BuildInfo, dto::CreateSandboxSnapshot,
+        dto::Url, dto::DockerRegistry, dto::CreateDockerRegistry, dto::UpdateDockerRegistry,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -76,6 +76,11 @@ pub fn holds_compute(s: atoll_types::SandboxState) -> bool {
             | state::PAUSING
             | state::PAUSED
             | state::RESUMING
+            // Waiting for its image, then it starts.
+            | state::PENDING_BUILD
+            | state::BUILDING_SNAPSHOT
+            | state::PULLING_SNAPSHOT
+            | state::SNAPSHOTTING
     )
 }
 
@@ -353,6 +358,10 @@ mod tests {
                 "pausing",
                 "paused",
                 "resuming",
+                "pending_build",
+                "building_snapshot",
+                "pulling_snapshot",
+                "snapshotting",
             ]
             .contains(&s.as_str());
             let disk = compute || ["stopped", "archiving", "error"].contains(&s.as_str());

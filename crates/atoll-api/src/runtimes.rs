@@ -123,6 +123,24 @@ impl Runtime for NoRuntime {
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
         Ok(vec![])
     }
+    async fn pull_image(
+        &self,
+        _: &atoll_runtime_api::ImagePull,
+        _: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        Err(none_here())
+    }
+    async fn remove_image(&self, _: &str) -> Result<bool, RuntimeError> {
+        Ok(false)
+    }
+    async fn commit(
+        &self,
+        _: &str,
+        _: &str,
+        _: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        Err(none_here())
+    }
 }
 
 impl AppState {

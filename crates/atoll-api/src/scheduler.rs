@@ -447,6 +447,7 @@ mod tests {
             warm_pool_id: None,
             auto_pause_interval: 0,
             runner_id: None,
+            image_ref: None,
         }
     }
 

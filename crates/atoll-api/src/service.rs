@@ -67,7 +67,7 @@ fn valid_env_key(k: &str) -> bool {
     !k.is_empty() && !k.contains('=') && !k.contains('\0')
 }
 
-fn in_range(what: &str, v: i64, min: i64, max: i64) -> Result<i64, ApiError> {
+pub(crate) fn in_range(what: &str, v: i64, min: i64, max: i64) -> Result<i64, ApiError> {
     if v < min || v > max {
         return Err(ApiError::BadRequest(format!(
             "{what} must be between {min} and {max}, got {v}"
@@ -161,7 +161,7 @@ impl AppState {
         Ok(SandboxSpec {
             id: r.id.clone(),
             hostname: hostname_for(&r.id),
-            image: r.snapshot.clone(),
+            image: r.image_ref.clone().unwrap_or_else(|| r.snapshot.clone()),
             user: Some(r.os_user.clone()),
             env: r.env.clone(),
             disk_bytes: (r.disk as u64) << 30,
@@ -190,8 +190,45 @@ impl AppState {
         Ok(())
     }
 
+    /// Pulls the sandbox's snapshot onto its runner if the runner lacks
+    /// it (`pulling_snapshot` meanwhile, then back to its state).
+    async fn ensure_image(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
+        let Some(image_ref) = r.image_ref.clone() else {
+            return Ok(());
+        };
+        let rt = self.rt(r).await?;
+        if rt.image(&image_ref).await?.is_some() {
+            return Ok(());
+        }
+        let snapshot = match crate::snapshots::snapshot_id_of(&image_ref) {
+            Some(id) => self.store.snapshot(id).await?,
+            None => None,
+        }
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "the snapshot {} of sandbox {} no longer exists",
+                r.snapshot, r.id
+            ))
+        })?;
+        if snapshot.image_name.is_none() {
+            return Err(ApiError::Unavailable(format!(
+                "snapshot {} was captured from a sandbox on another runner and is only stored there",
+                snapshot.name
+            )));
+        }
+        let back = r.state;
+        self.save(r, state::PULLING_SNAPSHOT, None).await?;
+        let pulled = self.pull_on(&rt, &snapshot, &r.id).await;
+        if let Err(e) = &pulled {
+            tracing::warn!(sandbox = %r.id, error = %e, "pulling the sandbox's snapshot failed");
+        }
+        self.save(r, back, None).await?;
+        pulled.map(|_| ())
+    }
+
     /// Runs the runtime's start and records the outcome on the row.
     async fn run_start(&self, r: &mut SandboxRecord) -> Result<(), ApiError> {
+        self.ensure_image(r).await?;
         let mut spec = self.spec_for(r)?;
         spec.env = self.start_env(r).await?;
         let started = match self.rt(r).await {
@@ -266,10 +303,40 @@ impl AppState {
         req: CreateSandbox,
     ) -> Result<Sandbox, ApiError> {
         refuse_unsupported_create_fields(&req)?;
-        if req.build_info.is_some() {
+        if req.build_info.is_some() && req.snapshot.is_some() {
             return Err(ApiError::BadRequest(
-                "building images from buildInfo is not supported by this server yet; use a snapshot".into(),
+                "buildInfo and snapshot exclude each other".into(),
             ));
+        }
+        // The snapshot: one built for `buildInfo`, one of the
+        // organization's, or a built-in one.
+        let own = match &req.build_info {
+            Some(b) => Some(self.snapshot_for_build(p, b).await?),
+            None => match req.snapshot.as_deref() {
+                Some(n) => self.store.snapshot_in_org(&p.organization_id, n).await?,
+                None => None,
+            },
+        };
+        if let Some(s) = &own {
+            let usable = if req.build_info.is_some() {
+                !matches!(
+                    s.state.as_str(),
+                    crate::snapshots::INACTIVE | crate::snapshots::REMOVING
+                )
+            } else {
+                s.state == crate::snapshots::ACTIVE
+            };
+            if !usable {
+                return Err(ApiError::BadRequest(format!(
+                    "Snapshot {} is {}{}",
+                    s.name,
+                    s.state,
+                    s.error_reason
+                        .as_deref()
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default()
+                )));
+            }
         }
         let id = uuid::Uuid::new_v4().to_string();
         let name = match req.name {
@@ -291,9 +358,13 @@ impl AppState {
                 "invalid environment variable name {k:?}"
             )));
         }
-        let snapshot = req
-            .snapshot
-            .unwrap_or_else(|| self.config.default_snapshot.clone());
+        let snapshot = match &own {
+            Some(s) => s.name.clone(),
+            None => req
+                .snapshot
+                .clone()
+                .unwrap_or_else(|| self.config.default_snapshot.clone()),
+        };
         // Placement first: a runner that takes no new sandboxes (draining,
         // unschedulable, down) refuses the create, warm pool or not; the
         // snapshot must be one the chosen runner can start.
@@ -302,9 +373,13 @@ impl AppState {
             None => None,
         };
         let runner = self.pick_runner(target.as_deref()).await?;
-        let known = self.runtime_of_runner(&runner)?.image(&snapshot).await?;
-        if known.is_none() {
-            return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
+        // An organization's snapshot is pulled onto the runner if it lacks
+        // it; a built-in one must be there.
+        if own.is_none() {
+            let known = self.runtime_of_runner(&runner)?.image(&snapshot).await?;
+            if known.is_none() {
+                return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
+            }
         }
         refuse_domain_allow_list(req.domain_allow_list.as_deref())?;
         if req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
@@ -358,20 +433,32 @@ impl AppState {
             public: req.public.unwrap_or(false),
             network_block_all: req.network_block_all.unwrap_or(false),
             network_allow_list: self.normalized_allow_list(req.network_allow_list.as_deref())?,
-            cpu: in_range("cpu", req.cpu.unwrap_or(DEFAULT_CPU), 1, MAX_CPU)?,
+            cpu: in_range(
+                "cpu",
+                req.cpu
+                    .or(own.as_ref().map(|s| s.cpu))
+                    .unwrap_or(DEFAULT_CPU),
+                1,
+                MAX_CPU,
+            )?,
             gpu: in_range("gpu", req.gpu.unwrap_or(0), 0, 0)?,
             memory: in_range(
                 "memory",
-                req.memory.unwrap_or(DEFAULT_MEMORY_GIB),
+                req.memory
+                    .or(own.as_ref().map(|s| s.mem))
+                    .unwrap_or(DEFAULT_MEMORY_GIB),
                 1,
                 MAX_MEMORY_GIB,
             )?,
             disk: in_range(
                 "disk",
-                req.disk.unwrap_or(DEFAULT_DISK_GIB),
+                req.disk
+                    .or(own.as_ref().map(|s| s.disk))
+                    .unwrap_or(DEFAULT_DISK_GIB),
                 1,
                 MAX_DISK_GIB,
             )?,
+            image_ref: own.as_ref().map(|s| s.image_ref.clone()),
             state: state::CREATING,
             desired_state: state::STARTED,
             error_reason: None,
@@ -402,6 +489,15 @@ impl AppState {
             auto_pause_interval,
         };
         check_auto_pause(&row)?;
+        if let Some(s) = own {
+            self.touch_snapshot(&s).await;
+            if s.state != crate::snapshots::ACTIVE {
+                // Its image is still being made: the sandbox waits in
+                // `pending_build` and starts when it is ready.
+                return self.launch_after_build(row, s).await;
+            }
+            return self.launch(row).await;
+        }
         let warm_eligible = req.cpu.is_none()
             && req.memory.is_none()
             && req.disk.is_none()
@@ -427,27 +523,38 @@ impl AppState {
         let _guard = lock.lock().await;
         self.insert_within_quota(&row).await?;
         atoll_types::failpoint::hit("create.after_insert");
-        if let Err(e) = self.run_start(&mut row).await {
+        self.start_created(&mut row).await?;
+        Ok(self.to_dto(&row))
+    }
+
+    /// Starts a sandbox row just inserted (`creating`), its lock held. A
+    /// host whose disk or sandbox network is full undoes the create; an
+    /// image that cannot be had leaves it in `error`.
+    pub(crate) async fn start_created(&self, row: &mut SandboxRecord) -> Result<(), ApiError> {
+        if let Err(e) = self.run_start(row).await {
             if matches!(
                 e,
                 ApiError::InsufficientStorage(_) | ApiError::Unavailable(_)
             ) {
                 // The host's disk or the sandbox network is full: undo the
                 // create so nothing changed (no row left in `error`).
-                if let Ok(rt) = self.rt(&row).await {
+                if let Ok(rt) = self.rt(row).await {
                     let _ = rt.destroy(&row.id).await;
                 }
                 let _ = self.store.delete_sandbox(&row.id).await;
                 self.locks.forget(&row.id);
+            } else if row.state == state::CREATING && row.image_ref.is_some() {
+                // Its snapshot could not be pulled: say so on the row.
+                let _ = self.save(row, state::ERROR, Some(e.to_string())).await;
             }
             return Err(e);
         }
-        Ok(self.to_dto(&row))
+        Ok(())
     }
 
     /// Finds the sandbox, takes its lock, re-reads it and applies the state
     /// machine. `Ok(Err(dto))` means there is nothing to do.
-    async fn begin(
+    pub(crate) async fn begin(
         &self,
         p: &Principal,
         id_or_name: &str,
@@ -1083,6 +1190,23 @@ impl AppState {
                 (state::CREATING | state::STARTING, true) => {
                     self.save(&mut r, state::STARTED, None).await?
                 }
+                // A capture freezes the sandbox without journaling it:
+                // thaw it (idempotent) and it is started.
+                (state::SNAPSHOTTING, true) => {
+                    let _ = self.runtime.resume(&r.id).await;
+                    r.desired_state = state::STARTED;
+                    self.save(&mut r, state::STARTED, None).await?;
+                }
+                (state::SNAPSHOTTING, false) => {
+                    r.desired_state = state::STOPPED;
+                    self.save(&mut r, state::STOPPED, None).await?;
+                }
+                // The image work behind these was in this server's memory.
+                (state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::PULLING_SNAPSHOT, _) => {
+                    let reason = "the server stopped while this sandbox's image was being prepared; create it again";
+                    self.save(&mut r, state::BUILD_FAILED, Some(reason.into()))
+                        .await?;
+                }
                 (state::DESTROYING, _) => {
                     let _ = self.destroy(&mut r).await;
                 }
@@ -1164,9 +1288,9 @@ impl AppState {
             organization_id: None,
             general: true,
             name: image.name.clone(),
-            image_name: image.name.clone(),
+            image_name: Some(image.source.clone().unwrap_or_else(|| image.name.clone())),
             state: "active".into(),
-            size: (image.size_bytes as f64) / f64::from(1u32 << 30),
+            size: Some((image.size_bytes as f64) / f64::from(1u32 << 30)),
             entrypoint: Some(image.entrypoint.clone()).filter(|e| !e.is_empty()),
             cpu: DEFAULT_CPU,
             gpu: 0,
@@ -1177,6 +1301,8 @@ impl AppState {
             updated_at: created,
             last_used_at: None,
             source_sandbox_id: None,
+            build_info: None,
+            region_ids: None,
             reference: image.digest.clone(),
         }
     }

@@ -365,5 +365,6 @@ fn member_row(pool: &WarmPoolRecord) -> SandboxRecord {
         warm_pool_id: Some(pool.id.clone()),
         auto_pause_interval: 0,
         runner_id: None,
+        image_ref: None,
     }
 }

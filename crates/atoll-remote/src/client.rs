@@ -7,7 +7,7 @@
 //! sandbox's state.
 
 use crate::token::{ControlKey, SCHEME};
-use crate::wire::{self, ErrorBody, STREAM_UPGRADE};
+use crate::wire::{self, ErrorBody, StreamEvent, STREAM_UPGRADE};
 use atoll_proxy::pool::{self, ConnPool, PoolBody, PoolError};
 use atoll_runtime_api::{
     BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
@@ -23,6 +23,9 @@ use std::time::Duration;
 /// How long a call may take (a start waits for the sandbox's daemon).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a streamed call (a pull, a commit) may go without a line; the
+/// runner sends keep-alives every 10 s.
+const STREAM_IDLE: Duration = Duration::from_secs(60);
 /// Most bytes of an answer.
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -183,6 +186,80 @@ impl RemoteRuntime {
     /// A route outside any sandbox, under the mount prefix.
     fn root(&self, route: &str) -> String {
         format!("{}{route}", self.prefix)
+    }
+
+    /// A call answered with a stream of [`StreamEvent`] lines: progress
+    /// goes to `log`, the last line is the outcome. A runner silent for
+    /// [`STREAM_IDLE`] (it sends keep-alives) is unreachable.
+    async fn streamed_call(
+        &self,
+        path: &str,
+        body: Option<Vec<u8>>,
+        log: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let req = self.request(Method::POST, path, body)?;
+        let opened = tokio::time::timeout(CALL_TIMEOUT, async {
+            let tcp = self.connect().await?;
+            let mut sender = pool::handshake_io(tcp).await?;
+            Ok::<_, PoolError>(sender.send_request(req).await?)
+        })
+        .await;
+        let resp = match opened {
+            Err(_) => return Err(self.unreachable("no answer to a streamed call")),
+            Ok(Err(e)) => return Err(self.unreachable(e)),
+            Ok(Ok(r)) => r,
+        };
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = http_body_util::Limited::new(body, MAX_ANSWER)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(answer::<ImageInfo>(status, &bytes)
+                .err()
+                .unwrap_or_else(|| RuntimeError::Failed(format!("the runner answered {status}"))));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let frame = match tokio::time::timeout(STREAM_IDLE, body.frame()).await {
+                Err(_) => {
+                    return Err(self.unreachable("the runner went silent during a streamed call"))
+                }
+                Ok(None) => {
+                    return Err(
+                        self.unreachable("the runner ended a streamed call without an outcome")
+                    )
+                }
+                Ok(Some(Err(e))) => return Err(self.unreachable(e)),
+                Ok(Some(Ok(f))) => f,
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            pending.extend_from_slice(&data);
+            if pending.len() > MAX_ANSWER {
+                return Err(self.unreachable("a streamed answer line is too long"));
+            }
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let line = &line[..line.len() - 1];
+                if line.is_empty() {
+                    continue; // keep-alive
+                }
+                match serde_json::from_slice::<StreamEvent>(line) {
+                    Ok(StreamEvent::Log(l)) => log(&l),
+                    Ok(StreamEvent::Image(i)) => return Ok(i),
+                    Ok(StreamEvent::Error(e)) => return Err(wire::decode(e)),
+                    Err(e) => {
+                        return Err(self.unreachable(format!(
+                            "the runner's streamed answer is not the runner protocol: {e}"
+                        )))
+                    }
+                }
+            }
+        }
     }
 
     async fn stream(&self, path: &str) -> Result<BoxedStream, RuntimeError> {
@@ -368,4 +445,51 @@ impl Runtime for RemoteRuntime {
         self.call(Method::GET, &self.root("/v1/images"), None, CALL_TIMEOUT)
             .await
     }
+
+    async fn pull_image(
+        &self,
+        pull: &atoll_runtime_api::ImagePull,
+        log: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        self.streamed_call(&self.root("/v1/images/pull"), json(pull), log)
+            .await
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
+        let q: String = percent_query(name);
+        self.call(
+            Method::DELETE,
+            &self.root(&format!("/v1/images?name={q}")),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        name: &str,
+        log: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        self.streamed_call(
+            &self.path(id, "/commit"),
+            json(&serde_json::json!({ "name": name })),
+            log,
+        )
+        .await
+    }
+}
+
+/// `s` percent-encoded for a query value.
+fn percent_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

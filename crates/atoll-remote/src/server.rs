@@ -6,7 +6,7 @@
 //! passed (so a refused connect is an ordinary error answer).
 
 use crate::token::{ControlVerifier, SCHEME};
-use crate::wire::{self, ErrorBody, STREAM_UPGRADE};
+use crate::wire::{self, ErrorBody, StreamEvent, STREAM_UPGRADE};
 use atoll_runtime_api::{Limits, NetworkPolicy, Runtime, RuntimeError, SandboxSpec};
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -97,7 +97,9 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/sandboxes", get(observe))
         .route("/v1/recover", post(recover))
         .route("/v1/capacity", get(capacity))
-        .route("/v1/images", get(images))
+        .route("/v1/images", get(images).delete(remove_image))
+        .route("/v1/images/pull", post(pull_image))
+        .route("/v1/sandboxes/{id}/commit", post(commit))
         .route("/v1/sandboxes/{id}", get(observe_one))
         .route("/v1/sandboxes/{id}/start", post(start))
         .route("/v1/sandboxes/{id}/disk", get(disk_state))
@@ -128,6 +130,92 @@ async fn capacity(State(s): State<Served>) -> Answer<atoll_runtime_api::Capacity
 
 async fn images(State(s): State<Served>) -> Answer<Vec<atoll_runtime_api::ImageInfo>> {
     Ok(Json(s.runtime.images().await?))
+}
+
+#[derive(serde::Deserialize)]
+struct NameQuery {
+    name: String,
+}
+
+async fn remove_image(
+    State(s): State<Served>,
+    axum::extract::Query(q): axum::extract::Query<NameQuery>,
+) -> Answer<bool> {
+    Ok(Json(s.runtime.remove_image(&q.name).await?))
+}
+
+/// How often a streamed answer sends a keep-alive line.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `call` (given a log sink) and answers with its progress lines and
+/// outcome as they come ([`StreamEvent`]), a keep-alive meanwhile. The call
+/// runs to its end even if the client goes away.
+fn streamed<F>(call: F) -> Response
+where
+    F: for<'a> FnOnce(
+            atoll_runtime_api::LogSink<'a>,
+        ) -> std::pin::Pin<
+            Box<
+                dyn std::future::Future<Output = Result<atoll_runtime_api::ImageInfo, RuntimeError>>
+                    + Send
+                    + 'a,
+            >,
+        > + Send
+        + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    tokio::spawn(async move {
+        let log_tx = tx.clone();
+        let log = move |line: &str| {
+            let _ = log_tx.send(StreamEvent::Log(line.to_string()).line());
+        };
+        let fut = call(&log);
+        tokio::pin!(fut);
+        let mut tick = tokio::time::interval(KEEPALIVE);
+        tick.tick().await;
+        let out = loop {
+            tokio::select! {
+                out = &mut fut => break out,
+                _ = tick.tick() => { let _ = tx.send(bytes::Bytes::from_static(b"\n")); }
+            }
+        };
+        let event = match out {
+            Ok(image) => StreamEvent::Image(image),
+            Err(e) => StreamEvent::Error(wire::encode(&e).1),
+        };
+        let _ = tx.send(event.line());
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    let mut resp = axum::body::Body::from_stream(body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    resp
+}
+
+async fn pull_image(
+    State(s): State<Served>,
+    Json(pull): Json<atoll_runtime_api::ImagePull>,
+) -> Response {
+    streamed(move |log| Box::pin(async move { s.runtime.pull_image(&pull, log).await }))
+}
+
+#[derive(serde::Deserialize)]
+struct CommitBody {
+    name: String,
+}
+
+async fn commit(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(body): Json<CommitBody>,
+) -> Response {
+    streamed(move |log| Box::pin(async move { s.runtime.commit(&id, &body.name, log).await }))
 }
 
 async fn observe_one(

@@ -57,3 +57,23 @@ pub fn decode(b: ErrorBody) -> RuntimeError {
         _ => RuntimeError::Failed(b.message),
     }
 }
+
+/// One line of a streamed answer (a pull, a commit): progress lines, then
+/// the outcome. Lines are JSON (`{"log": "…"}`, `{"image": {…}}`,
+/// `{"error": {…}}`); an empty line is a keep-alive.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum StreamEvent {
+    Log(String),
+    Image(atoll_runtime_api::ImageInfo),
+    Error(ErrorBody),
+}
+
+impl StreamEvent {
+    /// The event as one line.
+    pub fn line(&self) -> bytes::Bytes {
+        let mut v = serde_json::to_vec(self).unwrap_or_default();
+        v.push(b'\n');
+        bytes::Bytes::from(v)
+    }
+}

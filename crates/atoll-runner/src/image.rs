@@ -820,6 +820,13 @@ fn layer_hex(digest: &str) -> Result<&str, ImageError> {
         })
 }
 
+/// The digest (`sha256:<hex>`) of a stored layer's directory.
+pub fn layer_digest_of(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let digest = format!("sha256:{}", name.strip_prefix("sha256-")?);
+    layer_hex(&digest).is_ok().then_some(digest)
+}
+
 /// Refreshes a directory's modification time (collection's grace clock).
 fn touch_dir(path: &Path) {
     let now = nix::sys::time::TimeSpec::UTIME_NOW;

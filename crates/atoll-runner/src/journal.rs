@@ -52,6 +52,10 @@ pub struct Entry {
     /// after thawing, so a runner restarted in between freezes it again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// Its disk's block device (major, minor), to read its changes from
+    /// (a commit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_dev: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +172,7 @@ mod tests {
             uids: None,
             pid_ns: None,
             paused: true,
+            disk_dev: Some((7, 3)),
         };
         j.write(&e).unwrap();
         assert_eq!(j.get("a"), Some(e.clone()));

@@ -15,6 +15,7 @@
 pub mod archive;
 pub mod caps;
 pub mod cgroup;
+pub mod commit;
 pub mod disk;
 pub mod etc;
 pub mod image;

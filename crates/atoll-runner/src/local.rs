@@ -7,11 +7,13 @@
 //! boundary's kinds with host paths scrubbed from every message. Nothing
 //! that crosses this boundary names a host path or a namespace.
 
-use crate::image::{Image, ImageStore};
+use crate::image::{Image, ImageConfig, ImageStore, LayeredImage};
+use crate::oci::registry::{Credentials, RegistryClient, RegistryConfig};
+use crate::oci::unpack::{Compression, UnpackLimits};
 use crate::runtime::{NamespaceRuntime, RuntimeError as HostError};
 use atoll_runtime_api::{
-    BoxedStream, Capacity, DiskState, ImageInfo, Limits, NetworkPolicy, Observed, Runtime,
-    RuntimeError, SandboxSpec, SandboxUsage,
+    BoxedStream, Capacity, DiskState, ImageInfo, ImagePull, Limits, LogSink, NetworkPolicy,
+    Observed, Runtime, RuntimeError, SandboxSpec, SandboxUsage,
 };
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -20,11 +22,28 @@ use std::sync::Arc;
 pub struct LocalRuntime {
     sandboxes: Arc<NamespaceRuntime>,
     images: Arc<ImageStore>,
+    registry: Arc<RegistryClient>,
+    limits: UnpackLimits,
 }
 
 impl LocalRuntime {
-    pub fn new(sandboxes: Arc<NamespaceRuntime>, images: Arc<ImageStore>) -> LocalRuntime {
-        LocalRuntime { sandboxes, images }
+    pub fn new(
+        sandboxes: Arc<NamespaceRuntime>,
+        images: Arc<ImageStore>,
+        registry: RegistryConfig,
+    ) -> LocalRuntime {
+        LocalRuntime {
+            sandboxes,
+            images,
+            registry: Arc::new(RegistryClient::new(registry)),
+            limits: UnpackLimits::default(),
+        }
+    }
+
+    /// Sets the bounds every pulled layer must stay within.
+    pub fn with_layer_limits(mut self, limits: UnpackLimits) -> LocalRuntime {
+        self.limits = limits;
+        self
     }
 
     /// Runs `f` on the namespace runtime, on a blocking thread.
@@ -78,7 +97,29 @@ fn image_info(i: Image) -> ImageInfo {
         size_bytes: i.size_bytes,
         created_at_ms: i.created_at_ms,
         entrypoint: i.entrypoint,
+        source: i.source,
+        layers: i.layers.len() as u32,
     }
+}
+
+/// A pull's error as the boundary's kind, host paths scrubbed.
+fn pull_error(reference: &str, e: crate::oci::PullError) -> RuntimeError {
+    if e.is_not_found() {
+        return RuntimeError::ImageNotFound(reference.to_string());
+    }
+    let message = crate::safe_fs::scrub_host_paths(&e.to_string());
+    if e.is_no_space() {
+        tracing::warn!(error = %e, "image pull: out of disk space");
+        return RuntimeError::NoSpace(message);
+    }
+    tracing::info!(error = %e, "image pull failed");
+    RuntimeError::Failed(message)
+}
+
+fn store_error(e: crate::image::ImageError) -> RuntimeError {
+    RuntimeError::Failed(crate::safe_fs::scrub_host_paths(&format!(
+        "image store: {e}"
+    )))
 }
 
 #[async_trait::async_trait]
@@ -97,6 +138,7 @@ impl Runtime for LocalRuntime {
             id: spec.id.clone(),
             hostname: spec.hostname.clone(),
             image_layers: image.layers,
+            image: spec.image.clone(),
             work_dir: image
                 .workdir
                 .filter(|w| w.starts_with('/'))
@@ -247,6 +289,152 @@ impl Runtime for LocalRuntime {
             Err(e) => Err(e),
         }
     }
+
+    async fn pull_image(
+        &self,
+        pull: &ImagePull,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let creds = match (&pull.username, &pull.password) {
+            (Some(u), Some(p)) => Some(Credentials {
+                username: u.clone(),
+                password: p.clone(),
+            }),
+            _ => None,
+        };
+        crate::oci::pull(
+            &self.images,
+            &self.registry,
+            &pull.reference,
+            &pull.name,
+            creds.as_ref(),
+            self.limits,
+            log,
+        )
+        .await
+        .map(image_info)
+        .map_err(|e| pull_error(&pull.reference, e))
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
+        let images = self.images.clone();
+        let name = name.to_string();
+        tokio::task::spawn_blocking(move || images.remove(&name))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("image task: {e}")))?
+            .map_err(store_error)
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        name: &str,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        if !crate::spec::is_safe_id(id) {
+            return Err(RuntimeError::InvalidId(id.into()));
+        }
+        log(&format!(
+            "Capturing sandbox {id} (its processes frozen meanwhile)"
+        ));
+        let rt = self.sandboxes.clone();
+        let images = self.images.clone();
+        let limits = self.limits;
+        let (id, name) = (id.to_string(), name.to_string());
+        let started = std::time::Instant::now();
+        let image =
+            tokio::task::spawn_blocking(move || commit_blocking(&rt, &images, limits, &id, &name))
+                .await
+                .map_err(|e| RuntimeError::Failed(format!("commit task: {e}")))??;
+        log(&format!(
+            "Captured {} in {:.1}s",
+            crate::oci::human_bytes(image.size_bytes),
+            started.elapsed().as_secs_f64()
+        ));
+        Ok(image)
+    }
+}
+
+/// See [`Runtime::commit`]: the sandbox's changes as a tar through a pipe
+/// into the unpacker, stored as a layer over the sandbox's own layers.
+fn commit_blocking(
+    rt: &NamespaceRuntime,
+    images: &ImageStore,
+    limits: UnpackLimits,
+    id: &str,
+    name: &str,
+) -> Result<ImageInfo, RuntimeError> {
+    let pinned = rt.sandbox_image(id).map_err(to_boundary)?;
+    let mut layers = Vec::new();
+    for l in &pinned.layers {
+        layers.push(crate::image::layer_digest_of(l).ok_or_else(|| {
+            RuntimeError::Failed("the sandbox's image layers are not in the image store".into())
+        })?);
+    }
+    let base = images.get(&pinned.image).ok().flatten();
+    let mount_dir = images.scratch().map_err(store_error)?;
+    let layer_dir = images.scratch().map_err(store_error)?;
+    let (reader, writer) =
+        std::io::pipe().map_err(|e| RuntimeError::Failed(format!("pipe: {e}")))?;
+    let dest = layer_dir.path.clone();
+    let unpacker = std::thread::spawn(move || {
+        crate::oci::unpack::unpack_layer(reader, Compression::None, &dest, limits, &mut |_| {})
+    });
+    let written = rt.commit_tar(id, &mount_dir.path, writer);
+    let unpacked = unpacker
+        .join()
+        .map_err(|_| RuntimeError::Failed("the unpacker panicked".into()))?;
+    drop(mount_dir);
+    let stats = match (written, unpacked) {
+        (Err(e), _) => return Err(to_boundary(e)),
+        (Ok(_), Err(e)) => {
+            let message = crate::safe_fs::scrub_host_paths(&e.to_string());
+            return Err(if e.is_no_space() {
+                RuntimeError::NoSpace(message)
+            } else {
+                RuntimeError::Failed(message)
+            });
+        }
+        (Ok(_), Ok(stats)) => stats,
+    };
+    images
+        .commit_layer(layer_dir, &stats.diff_id)
+        .map_err(store_error)?;
+    layers.push(stats.diff_id.clone());
+    let digest = {
+        use sha2::Digest as _;
+        let joined = layers.join("\n");
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(joined.as_bytes()))
+        )
+    };
+    let (config, entrypoint, base_size) = match base {
+        Some(b) => (
+            ImageConfig {
+                env: b.env,
+                entrypoint: Vec::new(),
+                cmd: Vec::new(),
+                workdir: b.workdir,
+                user: b.user,
+            },
+            b.entrypoint,
+            b.size_bytes,
+        ),
+        None => (ImageConfig::default(), Vec::new(), 0),
+    };
+    images
+        .put_layered(LayeredImage {
+            name: name.to_string(),
+            digest,
+            layers,
+            size_bytes: base_size + stats.file_bytes,
+            config,
+            entrypoint,
+            source: Some(format!("sandbox {id}")),
+        })
+        .map(image_info)
+        .map_err(store_error)
 }
 
 /// An I/O error with host paths scrubbed from its text.

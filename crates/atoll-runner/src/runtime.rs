@@ -6,9 +6,10 @@ use crate::cgroup::{CgroupError, Cgroups};
 use crate::journal::{self, Entry, EntryState, Journal, JournalError};
 use crate::network::{Lease, Network, NetworkConfig, NetworkPolicy};
 use crate::spec::{self, DaemonConfig, InitRequest, SandboxDirs, SandboxSpec};
+use nix::fcntl::OFlag;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ pub enum RuntimeError {
     NotRunning { id: String },
     #[error("this runtime cannot {0}")]
     Unsupported(&'static str),
+    #[error("capturing sandbox {id}: {source}")]
+    Commit {
+        id: String,
+        #[source]
+        source: crate::commit::CommitError,
+    },
 }
 
 impl RuntimeError {
@@ -378,6 +385,17 @@ impl NamespaceRuntime {
         let root_fd = crate::safe_fs::open_dir(&dirs.root).map_err(io("opening", &dirs.root))?;
         let disk_image = dirs.disk_image();
         let had_disk = disk_image.exists();
+        let pinned;
+        let spec = match pin_layers(&root_fd, spec, had_disk) {
+            Some(layers) => {
+                pinned = SandboxSpec {
+                    image_layers: layers,
+                    ..spec.clone()
+                };
+                &pinned
+            }
+            None => spec,
+        };
         self.disks
             .provision(&disk_image, spec.disk_bytes)
             .map_err(|source| RuntimeError::Disk {
@@ -427,6 +445,7 @@ impl NamespaceRuntime {
             uids: Some(uids),
             pid_ns: None,
             paused: false,
+            disk_dev: None,
         };
         if let Err(e) = self.journal.write(&entry) {
             self.release_lease(lease.as_ref());
@@ -522,6 +541,7 @@ impl NamespaceRuntime {
         use std::os::unix::fs::MetadataExt;
         entry.state = EntryState::Running;
         entry.pid = Some(pid);
+        entry.disk_dev = disk_dev;
         entry.start_time = journal::process_start_time(pid);
         entry.pid_ns = std::fs::metadata(format!("/proc/{pid}/ns/pid"))
             .map(|m| m.ino())
@@ -866,6 +886,121 @@ impl NamespaceRuntime {
             network_slots: self.network.as_ref().map_or(0, |n| n.slots()),
             running,
         }
+    }
+}
+
+/// The file in a sandbox's directory naming the image layers its disk was
+/// made over.
+pub const LAYERS_FILE: &str = "layers.json";
+
+/// A sandbox keeps the layers its disk was first made over (its upper dir
+/// only makes sense on them), even if its image name was pulled again
+/// since. On a restart whose pinned layers are all still there, those;
+/// otherwise the spec's are pinned now and `None` is returned.
+fn pin_layers(root: &OwnedFd, spec: &SandboxSpec, had_disk: bool) -> Option<Vec<PathBuf>> {
+    if had_disk {
+        if let Some(p) = read_pinned(root) {
+            if !p.layers.is_empty() && p.layers.iter().all(|l| l.is_dir()) {
+                return (p.layers != spec.image_layers).then_some(p.layers);
+            }
+        }
+    }
+    let body = serde_json::to_vec(&PinnedImage {
+        image: spec.image.clone(),
+        layers: spec.image_layers.clone(),
+    })
+    .unwrap_or_default();
+    if let Err(e) = crate::safe_fs::write_file(root, LAYERS_FILE, &body, 0o600) {
+        tracing::warn!(sandbox = %spec.id, error = %e, "could not record the sandbox's image layers");
+    }
+    None
+}
+
+/// What [`LAYERS_FILE`] says.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PinnedImage {
+    /// The image name the sandbox was first started from.
+    pub image: String,
+    /// Its layers then, lowest first.
+    pub layers: Vec<PathBuf>,
+}
+
+fn read_pinned(root: &OwnedFd) -> Option<PinnedImage> {
+    let f = crate::safe_fs::open_file(root, LAYERS_FILE, OFlag::O_RDONLY, 0).ok()?;
+    let mut body = Vec::new();
+    Read::take(f, 1 << 20).read_to_end(&mut body).ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+impl NamespaceRuntime {
+    /// The image layers of every sandbox this runtime has a directory for
+    /// (running or stopped): what image collection must keep.
+    pub fn layers_in_use(&self) -> std::collections::HashSet<PathBuf> {
+        let mut out = std::collections::HashSet::new();
+        let Ok(entries) = std::fs::read_dir(&self.cfg.sandboxes_dir) else {
+            return out;
+        };
+        for entry in entries.flatten() {
+            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let Ok(dirs) = self.dirs(&id) else { continue };
+            let Ok(root) = crate::safe_fs::open_dir(&dirs.root) else {
+                continue;
+            };
+            out.extend(read_pinned(&root).unwrap_or_default().layers);
+        }
+        out
+    }
+
+    /// Writes what the running sandbox `id` changed, as an OCI layer tar,
+    /// to `out`, its processes frozen meanwhile (a paused sandbox stays
+    /// paused). `mount_dir` is an empty directory of the runner's to mount
+    /// the sandbox's disk on.
+    pub fn commit_tar(
+        &self,
+        id: &str,
+        mount_dir: &Path,
+        out: impl Write,
+    ) -> Result<crate::commit::TarStats, RuntimeError> {
+        self.dirs(id)?;
+        let e = self.running_entry(id)?;
+        let (major, minor) = e.disk_dev.ok_or(RuntimeError::Unsupported(
+            "snapshot a sandbox started before this version (restart it first)",
+        ))?;
+        let commit_err = |source| RuntimeError::Commit {
+            id: id.into(),
+            source,
+        };
+        let device = crate::commit::block_device(major, minor).map_err(commit_err)?;
+        let freeze = !e.paused;
+        if freeze {
+            self.cgroups.freeze(id, FREEZE_TIMEOUT)?;
+        }
+        let written = (|| {
+            let _mount = crate::commit::ReadOnlyMount::new(&device, mount_dir)?;
+            let upper = crate::safe_fs::open_dir(&mount_dir.join("upper")).map_err(|source| {
+                crate::commit::CommitError::Io {
+                    action: "opening",
+                    path: "upper".into(),
+                    source,
+                }
+            })?;
+            crate::commit::upper_to_tar(&upper, out)
+        })();
+        if freeze {
+            if let Err(err) = self.cgroups.thaw(id) {
+                tracing::error!(sandbox = %id, error = %err, "could not thaw a sandbox after a snapshot");
+            }
+        }
+        written.map_err(commit_err)
+    }
+
+    /// The image a sandbox runs over.
+    pub fn sandbox_image(&self, id: &str) -> Result<PinnedImage, RuntimeError> {
+        let dirs = self.dirs(id)?;
+        let root = crate::safe_fs::open_dir(&dirs.root).map_err(io("opening", &dirs.root))?;
+        read_pinned(&root).ok_or_else(|| RuntimeError::NotRunning { id: id.into() })
     }
 }
 

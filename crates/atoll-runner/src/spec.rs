@@ -59,6 +59,9 @@ pub struct SandboxSpec {
     /// journal written before layered images names one, `image_rootfs`.)
     #[serde(alias = "image_rootfs", deserialize_with = "one_or_many_paths")]
     pub image_layers: Vec<PathBuf>,
+    /// The name of that image in the store.
+    #[serde(default)]
+    pub image: String,
     /// The user commands run as (`daytona` in the default image).
     pub user: Option<String>,
     /// Sandbox environment variables, passed to every command.

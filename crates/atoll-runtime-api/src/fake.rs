@@ -43,6 +43,8 @@ struct State {
     one: HashMap<String, Option<Observed>>,
     /// Where a sandbox's toolbox (port `None`) or port is served.
     routes: HashMap<(String, Option<u16>), std::net::SocketAddr>,
+    /// References a pull finds.
+    registry: Vec<String>,
 }
 
 /// See the module doc.
@@ -63,9 +65,16 @@ impl FakeRuntime {
                 size_bytes: 1 << 20,
                 created_at_ms: 0,
                 entrypoint: vec![],
+                source: None,
+                layers: 1,
             })
             .collect();
         fake
+    }
+
+    /// Makes `reference` pullable, as if a registry had it.
+    pub fn publish(&self, reference: &str) {
+        self.lock().registry.push(reference.to_string());
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -403,5 +412,58 @@ impl Runtime for FakeRuntime {
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {
         let st = self.enter("images", None)?;
         Ok(st.images.clone())
+    }
+
+    async fn pull_image(
+        &self,
+        pull: &crate::ImagePull,
+        log: crate::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let mut st = self.enter("pull_image", None)?;
+        if !st.registry.contains(&pull.reference) {
+            return Err(RuntimeError::ImageNotFound(pull.reference.clone()));
+        }
+        log(&format!("Pulling {}", pull.reference));
+        let info = ImageInfo {
+            name: pull.name.clone(),
+            digest: format!("sha256:{:064x}", pull.reference.len()),
+            size_bytes: 2 << 20,
+            created_at_ms: 0,
+            entrypoint: vec![],
+            source: Some(pull.reference.clone()),
+            layers: 2,
+        };
+        st.images.retain(|i| i.name != pull.name);
+        st.images.push(info.clone());
+        Ok(info)
+    }
+
+    async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
+        let mut st = self.enter("remove_image", None)?;
+        let before = st.images.len();
+        st.images.retain(|i| i.name != name);
+        Ok(st.images.len() != before)
+    }
+
+    async fn commit(
+        &self,
+        id: &str,
+        name: &str,
+        _log: crate::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let mut st = self.enter("commit", Some(id))?;
+        running(&mut st, id)?;
+        let info = ImageInfo {
+            name: name.to_string(),
+            digest: format!("sha256:{:064x}", name.len()),
+            size_bytes: 3 << 20,
+            created_at_ms: 0,
+            entrypoint: vec![],
+            source: None,
+            layers: 2,
+        };
+        st.images.retain(|i| i.name != name);
+        st.images.push(info.clone());
+        Ok(info)
     }
 }

@@ -16,7 +16,12 @@ pub mod model;
 pub mod net;
 
 pub use error::RuntimeError;
-pub use model::{Capacity, DiskState, ImageInfo, Limits, Observed, SandboxSpec, SandboxUsage};
+pub use model::{
+    Capacity, DiskState, ImageInfo, ImagePull, Limits, Observed, SandboxSpec, SandboxUsage,
+};
+
+/// Where a long call (a pull, a commit) reports progress, one line at a time.
+pub type LogSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 pub use net::{Cidr, NetworkPolicy, PolicyError};
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -81,4 +86,24 @@ pub trait Runtime: Send + Sync {
     async fn image(&self, name: &str) -> Result<Option<ImageInfo>, RuntimeError> {
         Ok(self.images().await?.into_iter().find(|i| i.name == name))
     }
+    /// Pulls an image from its registry into this runtime's store as
+    /// `pull.name` (layers it already has are reused). `ImageNotFound`
+    /// when the registry has no such image.
+    async fn pull_image(
+        &self,
+        pull: &ImagePull,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError>;
+    /// Forgets the image `name`; its layers are collected once no image
+    /// or sandbox uses them. True if it was stored.
+    async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError>;
+    /// Captures a running sandbox's filesystem, its processes frozen
+    /// meanwhile, as the new image `name`: the sandbox's image layers plus
+    /// one layer of what it changed.
+    async fn commit(
+        &self,
+        id: &str,
+        name: &str,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError>;
 }

@@ -134,4 +134,36 @@ pub struct ImageInfo {
     pub created_at_ms: i64,
     /// What a sandbox of this image runs at boot; empty: nothing.
     pub entrypoint: Vec<String>,
+    /// Where it came from (`docker.io/library/python:3.12`), if pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// How many layers it has.
+    #[serde(default)]
+    pub layers: u32,
+}
+
+/// An image to pull from a registry into a runtime's store.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagePull {
+    /// The name to store it under (what `SandboxSpec::image` will say).
+    pub name: String,
+    /// The registry reference (`python:3.12-slim`, `host:5000/a/b@sha256:…`).
+    pub reference: String,
+    /// Credentials for its registry, if it needs them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for ImagePull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImagePull")
+            .field("name", &self.name)
+            .field("reference", &self.reference)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }

@@ -7,6 +7,7 @@ mod leases;
 mod records;
 mod runners;
 mod secrets;
+mod snapshots;
 mod warm_pools;
 
 pub use records::{
@@ -15,6 +16,7 @@ pub use records::{
 };
 pub use runners::{RunnerAllocation, RunnerFlag, RunnerHealth, RunnerRecord};
 pub use secrets::SecretRecord;
+pub use snapshots::{RegistryRecord, SnapshotRecord};
 pub use warm_pools::WarmPoolRecord;
 
 use atoll_types::SandboxState;
@@ -143,7 +145,7 @@ const SANDBOX_COLUMNS: &str = "id, organization_id, name, snapshot, os_user, env
      error_reason, recoverable, auto_stop_interval, auto_archive_interval, auto_delete_interval, \
      volumes, created_at, updated_at, last_activity_at, state_changed_at, ttl_minutes, \
      auto_destroy_at, secrets, outbound_proxy_url, queue_timeout, warm_pool_id, \
-     auto_pause_interval, runner_id";
+     auto_pause_interval, runner_id, image_ref";
 
 impl Store {
     /// Opens (creating if needed) the database at `url` and migrates it.
@@ -619,6 +621,10 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        sqlx::query("DELETE FROM build_logs WHERE owner_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         for table in ["sandbox_signing_keys", "sandbox_metrics"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = $1"))
                 .bind(id)
@@ -766,7 +772,7 @@ async fn insert_sandbox_row<'c>(
     let sql = format!(
         "INSERT INTO sandboxes ({SANDBOX_COLUMNS}) VALUES \
          ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, \
-         $27, $28, $29, $30, $31, $32, $33, $34)"
+         $27, $28, $29, $30, $31, $32, $33, $34, $35)"
     );
     s.bind_all(sqlx::query(&sql))
         .execute(x)
@@ -794,8 +800,8 @@ async fn update_sandbox_row<'c>(
          auto_delete_interval = $21, volumes = $22, created_at = $23, updated_at = $24, \
          last_activity_at = $25, state_changed_at = $26, ttl_minutes = $27, \
          auto_destroy_at = $28, secrets = $29, outbound_proxy_url = $30, queue_timeout = $31, \
-         warm_pool_id = $32, auto_pause_interval = $33, runner_id = $34 \
-         WHERE id = $1 AND organization_id = $2 AND state = $35";
+         warm_pool_id = $32, auto_pause_interval = $33, runner_id = $34, image_ref = $35 \
+         WHERE id = $1 AND organization_id = $2 AND state = $36";
     let done = s
         .bind_all(sqlx::query(sql))
         .bind(expected_state.as_str())

@@ -115,6 +115,9 @@ pub struct SandboxRecord {
     /// The runner it lives on (`None`: placed before runners existed, on
     /// the embedded runner).
     pub runner_id: Option<String>,
+    /// Its image's name in the runner's image store (`None`: `snapshot`
+    /// is one, the built-in image).
+    pub image_ref: Option<String>,
 }
 
 /// One resource usage sample of a sandbox.
@@ -183,10 +186,11 @@ impl SandboxRecord {
             warm_pool_id: r.try_get(31)?,
             auto_pause_interval: r.try_get(32)?,
             runner_id: r.try_get(33)?,
+            image_ref: r.try_get(34)?,
         })
     }
 
-    /// Binds all 34 columns in `SANDBOX_COLUMNS` order as $1..$34.
+    /// Binds all 35 columns in `SANDBOX_COLUMNS` order as $1..$35.
     pub(crate) fn bind_all<'q>(
         &'q self,
         q: Query<'q, Any, AnyArguments<'q>>,
@@ -226,6 +230,7 @@ impl SandboxRecord {
             .bind(&self.warm_pool_id)
             .bind(self.auto_pause_interval)
             .bind(&self.runner_id)
+            .bind(&self.image_ref)
     }
 }
 

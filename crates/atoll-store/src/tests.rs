@@ -50,6 +50,7 @@ fn sandbox(id: &str, org: &str, name: &str) -> SandboxRecord {
         warm_pool_id: None,
         auto_pause_interval: 7,
         runner_id: Some("runner-1".into()),
+        image_ref: None,
     }
 }
 

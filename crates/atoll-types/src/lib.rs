@@ -3,6 +3,7 @@
 
 pub mod error_body;
 pub mod failpoint;
+pub mod image_ref;
 pub mod state;
 pub mod time;
 

@@ -24,11 +24,20 @@ pub enum SandboxState {
     Resuming,
     /// Its runner stopped responding; reconciled when it answers again.
     Unknown,
+    /// Created from `buildInfo`: waiting for its image to be built.
+    PendingBuild,
+    BuildingSnapshot,
+    /// Its runner is pulling its image.
+    PullingSnapshot,
+    /// Its image could not be built or pulled (`errorReason` says why).
+    BuildFailed,
+    /// Its filesystem is being captured as a snapshot.
+    Snapshotting,
 }
 
 impl SandboxState {
     /// Every state, in declaration order.
-    pub const ALL: [SandboxState; 16] = [
+    pub const ALL: [SandboxState; 21] = [
         SandboxState::Creating,
         SandboxState::Starting,
         SandboxState::Started,
@@ -45,6 +54,11 @@ impl SandboxState {
         SandboxState::Paused,
         SandboxState::Resuming,
         SandboxState::Unknown,
+        SandboxState::PendingBuild,
+        SandboxState::BuildingSnapshot,
+        SandboxState::PullingSnapshot,
+        SandboxState::BuildFailed,
+        SandboxState::Snapshotting,
     ];
 
     /// The wire (and stored) name.
@@ -66,6 +80,11 @@ impl SandboxState {
             SandboxState::Paused => "paused",
             SandboxState::Resuming => "resuming",
             SandboxState::Unknown => "unknown",
+            SandboxState::PendingBuild => "pending_build",
+            SandboxState::BuildingSnapshot => "building_snapshot",
+            SandboxState::PullingSnapshot => "pulling_snapshot",
+            SandboxState::BuildFailed => "build_failed",
+            SandboxState::Snapshotting => "snapshotting",
         }
     }
 }

@@ -44,6 +44,87 @@ pub struct HostArgs {
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
+    /// Pull images of a registry from a mirror instead:
+    /// `REGISTRY=MIRROR` (`docker.io=mirror.lan:5000`), repeatable.
+    #[arg(
+        long = "registry-mirror",
+        env = "ATOLL_REGISTRY_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub registry_mirrors: Vec<String>,
+    /// A registry (`host[:port]`) reached without TLS verification, or
+    /// over plain HTTP, as Docker's `insecure-registries`; repeatable.
+    /// Loopback registries always are.
+    #[arg(
+        long = "insecure-registry",
+        env = "ATOLL_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    pub insecure_registries: Vec<String>,
+    /// How long an image layer nothing uses is kept before it is deleted.
+    #[arg(long, env = "ATOLL_IMAGE_GC_GRACE_SECS", default_value_t = 3600)]
+    pub image_gc_grace_secs: u64,
+}
+
+impl HostArgs {
+    /// The registry settings the flags give.
+    pub fn registry_config(&self) -> Result<atoll_runner::oci::registry::RegistryConfig> {
+        let mut mirrors = std::collections::HashMap::new();
+        for m in &self.registry_mirrors {
+            let (from, to) = m
+                .split_once('=')
+                .filter(|(a, b)| !a.is_empty() && !b.is_empty())
+                .with_context(|| format!("--registry-mirror {m:?}: expected REGISTRY=MIRROR"))?;
+            let from = match from {
+                "index.docker.io" | "registry-1.docker.io" => "docker.io",
+                f => f,
+            };
+            mirrors.insert(from.to_string(), to.trim_end_matches('/').to_string());
+        }
+        Ok(atoll_runner::oci::registry::RegistryConfig {
+            mirrors,
+            insecure: self.insecure_registries.clone(),
+        })
+    }
+}
+
+/// The runtime the control plane drives on this host.
+pub fn local_runtime(host: &Host, args: &HostArgs) -> Result<atoll_runner::local::LocalRuntime> {
+    Ok(atoll_runner::local::LocalRuntime::new(
+        host.runtime.clone(),
+        host.images.clone(),
+        args.registry_config()?,
+    ))
+}
+
+/// Deletes image layers nothing uses (no image, no sandbox of this host)
+/// once they are older than the grace, every ten minutes.
+pub fn spawn_image_collector(host: &Host, grace: Duration) {
+    let runtime = host.runtime.clone();
+    let images = host.images.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let (runtime, images) = (runtime.clone(), images.clone());
+            let done = tokio::task::spawn_blocking(move || {
+                images.collect(grace, &runtime.layers_in_use())
+            })
+            .await;
+            match done {
+                Ok(Ok(r)) if r.layers > 0 => {
+                    tracing::info!(
+                        layers = r.layers,
+                        bytes = r.bytes,
+                        "collected unused image layers"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "image collection failed"),
+                Err(e) => tracing::warn!(error = %e, "image collection task failed"),
+            }
+        }
+    });
 }
 
 /// A host ready to run sandboxes.

@@ -7,7 +7,6 @@
 
 use anyhow::{Context, Result};
 use atoll_remote::ControlVerifier;
-use atoll_runner::LocalRuntime;
 use atoll_runtime_api::Runtime;
 use bytes::Bytes;
 use http::{header, Method, Request, StatusCode};
@@ -162,7 +161,11 @@ pub fn run(args: RunnerArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("the control plane's key: {e}"))?;
 
         let host = crate::host::prepare(&args.host, &data_dir)?;
-        let runtime: Arc<dyn Runtime> = Arc::new(LocalRuntime::new(host.runtime, host.images));
+        crate::host::spawn_image_collector(
+            &host,
+            std::time::Duration::from_secs(args.host.image_gc_grace_secs),
+        );
+        let runtime: Arc<dyn Runtime> = Arc::new(crate::host::local_runtime(&host, &args.host)?);
         let recovered = runtime
             .recover()
             .await

@@ -5,7 +5,6 @@
 use anyhow::{Context, Result};
 use atoll_api::{auth, ApiConfig, AppState};
 use atoll_runner::image::{Image, ImageStore};
-use atoll_runner::LocalRuntime;
 use atoll_store::{ApiKeyRecord, OrgRecord, Store};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -195,7 +194,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
             .await
             .context("loading the preview key")?;
         let runtime: Arc<dyn atoll_runtime_api::Runtime> = match host {
-            Some(h) => Arc::new(LocalRuntime::new(h.runtime, h.images)),
+            Some(h) => {
+                crate::host::spawn_image_collector(
+                    &h,
+                    Duration::from_secs(args.host.image_gc_grace_secs),
+                );
+                Arc::new(crate::host::local_runtime(&h, &args.host)?)
+            }
             None => Arc::new(atoll_api::runtimes::NoRuntime),
         };
         let state = AppState::new(
@@ -251,6 +256,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         atoll_api::scheduler::spawn(state.clone());
         atoll_api::warm_pool::spawn(state.clone());
         atoll_api::metrics::spawn_sampler(state.clone());
+        state.spawn_snapshot_keeper();
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -616,3 +616,82 @@ pub async fn secrets(
 ) -> Result<Json<Sandbox>, ApiError> {
     Ok(Json(s.update_sandbox_secrets(&p, &id, req.secrets).await?))
 }
+
+/// Captures a started sandbox's filesystem as a new snapshot
+/// (`sandbox.create_snapshot(name)`): the sandbox is `snapshotting` until
+/// the snapshot is `active` (or `error`), then `started` again.
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/snapshot",
+    params(("sandboxIdOrName" = String, Path)), request_body = crate::dto::CreateSandboxSnapshot,
+    responses((status = 200, body = Sandbox), (status = 400), (status = 404), (status = 409)))]
+pub async fn snapshot(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    crate::extract::JsonBody(req): crate::extract::JsonBody<crate::dto::CreateSandboxSnapshot>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.capture_sandbox(&p, &id, req).await?))
+}
+
+/// The log of the image a sandbox waits for (created from `buildInfo`, or
+/// pulling its snapshot onto its runner); `follow=true` streams it until
+/// the sandbox leaves those states.
+#[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/build-logs",
+    params(("sandboxIdOrName" = String, Path), ("follow" = Option<bool>, Query)),
+    responses((status = 200, content_type = "text/plain"), (status = 404)))]
+pub async fn build_logs(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<axum::response::Response, ApiError> {
+    use crate::lifecycle::state;
+    let r = s.find(&p, &id).await?;
+    let follow = crate::routes::snapshots::follow_flag(&uri)?;
+    // A sandbox waiting for a build streams the build's log.
+    let owner = match (r.state, r.image_ref.as_deref()) {
+        (state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::BUILD_FAILED, Some(image)) => {
+            crate::snapshots::snapshot_id_of(image)
+                .unwrap_or(&r.id)
+                .to_string()
+        }
+        _ => r.id.clone(),
+    };
+    let store = s.store.clone();
+    let sandbox_id = r.id.clone();
+    Ok(crate::routes::snapshots::log_response(
+        s,
+        owner,
+        follow,
+        move || {
+            let store = store.clone();
+            let id = sandbox_id.clone();
+            Box::pin(async move {
+                match store.sandbox(&id).await {
+                    Ok(Some(r)) => !matches!(
+                        r.state,
+                        state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::PULLING_SNAPSHOT
+                    ),
+                    _ => true,
+                }
+            })
+        },
+    ))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/build-logs-url",
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = crate::dto::Url), (status = 404)))]
+pub async fn build_logs_url(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<crate::dto::Url>, ApiError> {
+    let r = s.find(&p, &id).await?;
+    Ok(Json(crate::dto::Url {
+        url: format!(
+            "{}/api/sandbox/{}/build-logs",
+            s.config.public_url.trim_end_matches('/'),
+            r.id
+        ),
+    }))
+}

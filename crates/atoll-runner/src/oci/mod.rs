@@ -5,7 +5,7 @@
 //! and diff id, and store it content-addressed by diff id so images that
 //! share a base share its layers on disk.
 
-pub mod reference;
+pub use atoll_types::image_ref as reference;
 pub mod registry;
 pub mod unpack;
 
