@@ -58,9 +58,25 @@ def test_typescript_files_exist():
     assert TEST_FILES, f"no *.test.mjs files in {TS_DIR}"
 
 
+@pytest.fixture(scope="module")
+def test_image():
+    """A registry on loopback with one image for images.test.mjs (busybox
+    plus /marker), named in ATOLL_TEST_IMAGE."""
+    from oci_images import Layer, Registry, busybox_base, push_image
+
+    registry = Registry()
+    try:
+        push_image(registry, "ts/busybox", "1",
+                   [busybox_base().raw(), Layer().file("marker", "pushed-by-the-harness\n").raw()])
+        yield f"{registry.host}/ts/busybox:1"
+    finally:
+        registry.stop()
+
+
 @pytest.mark.parametrize("test_file", TEST_FILES)
-def test_sdk_typescript(node, server, test_file):
+def test_sdk_typescript(node, server, test_image, test_file):
     env = dict(os.environ)
+    env["ATOLL_TEST_IMAGE"] = test_image
     env["DAYTONA_API_URL"] = server.api_url
     env["DAYTONA_API_KEY"] = server.api_key
     env.pop("DAYTONA_TARGET", None)

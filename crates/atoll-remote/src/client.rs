@@ -456,11 +456,10 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
-        let q: String = percent_query(name);
         self.call(
-            Method::DELETE,
-            &self.root(&format!("/v1/images?name={q}")),
-            None,
+            Method::POST,
+            &self.root("/v1/images/remove"),
+            json(&serde_json::json!({ "name": name })),
             CALL_TIMEOUT,
         )
         .await
@@ -479,17 +478,4 @@ impl Runtime for RemoteRuntime {
         )
         .await
     }
-}
-
-/// `s` percent-encoded for a query value.
-fn percent_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

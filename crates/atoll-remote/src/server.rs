@@ -97,7 +97,8 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/sandboxes", get(observe))
         .route("/v1/recover", post(recover))
         .route("/v1/capacity", get(capacity))
-        .route("/v1/images", get(images).delete(remove_image))
+        .route("/v1/images", get(images))
+        .route("/v1/images/remove", post(remove_image))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/sandboxes/{id}/commit", post(commit))
         .route("/v1/sandboxes/{id}", get(observe_one))
@@ -133,15 +134,13 @@ async fn images(State(s): State<Served>) -> Answer<Vec<atoll_runtime_api::ImageI
 }
 
 #[derive(serde::Deserialize)]
-struct NameQuery {
+struct NameBody {
     name: String,
 }
 
-async fn remove_image(
-    State(s): State<Served>,
-    axum::extract::Query(q): axum::extract::Query<NameQuery>,
-) -> Answer<bool> {
-    Ok(Json(s.runtime.remove_image(&q.name).await?))
+/// A body, not a query: the control-plane token signs the path only.
+async fn remove_image(State(s): State<Served>, Json(b): Json<NameBody>) -> Answer<bool> {
+    Ok(Json(s.runtime.remove_image(&b.name).await?))
 }
 
 /// How often a streamed answer sends a keep-alive line.

@@ -309,3 +309,68 @@ async fn https_runner_urls_speak_tls_and_check_the_certificate() {
     let plain = RemoteRuntime::new(RUNNER, &format!("http://{addr}"), key).unwrap();
     assert!(plain.observe().await.is_err());
 }
+
+#[tokio::test]
+async fn pulls_and_captures_stream_their_logs_and_outcome() {
+    use atoll_runtime_api::ImagePull;
+    let key = Arc::new(ControlKey::from_seed(&[5u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    fake.publish("registry.test/app:1");
+    let (url, _server) = serve(fake.clone(), &key).await;
+    let remote = RemoteRuntime::new(RUNNER, &url, key.clone()).unwrap();
+
+    let lines = std::sync::Mutex::new(Vec::<String>::new());
+    let log = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let pull = ImagePull {
+        name: "atoll/snapshots/s1".into(),
+        reference: "registry.test/app:1".into(),
+        username: Some("u".into()),
+        password: Some("p".into()),
+    };
+    let info = remote.pull_image(&pull, &log).await.unwrap();
+    assert_eq!(info.name, "atoll/snapshots/s1");
+    assert_eq!(info.source.as_deref(), Some("registry.test/app:1"));
+    assert_eq!(
+        lines.lock().unwrap().as_slice(),
+        ["Pulling registry.test/app:1"]
+    );
+    assert!(remote
+        .images()
+        .await
+        .unwrap()
+        .iter()
+        .any(|i| i.name == "atoll/snapshots/s1"));
+    // The password never shows in a Debug print of the request.
+    assert!(!format!("{pull:?}").contains("\"p\""));
+
+    // Errors keep their kind across the stream.
+    let missing = ImagePull {
+        reference: "registry.test/none:1".into(),
+        ..pull.clone()
+    };
+    assert!(matches!(
+        remote.pull_image(&missing, &log).await,
+        Err(RuntimeError::ImageNotFound(r)) if r == "registry.test/none:1"
+    ));
+    fake.fail_next("pull_image", RuntimeError::NoSpace("disk full".into()));
+    assert!(matches!(
+        remote.pull_image(&pull, &log).await,
+        Err(RuntimeError::NoSpace(_))
+    ));
+
+    // A capture of a running sandbox; of a stopped one: NotRunning.
+    remote.start(&spec("sb-c")).await.unwrap();
+    let captured = remote
+        .commit("sb-c", "atoll/snapshots/c1", &log)
+        .await
+        .unwrap();
+    assert_eq!(captured.name, "atoll/snapshots/c1");
+    remote.stop("sb-c").await.unwrap();
+    assert!(matches!(
+        remote.commit("sb-c", "atoll/snapshots/c2", &log).await,
+        Err(RuntimeError::NotRunning { .. })
+    ));
+
+    assert!(remote.remove_image("atoll/snapshots/s1").await.unwrap());
+    assert!(!remote.remove_image("atoll/snapshots/s1").await.unwrap());
+}

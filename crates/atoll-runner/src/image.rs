@@ -2364,6 +2364,76 @@ mod tests {
     }
 
     #[test]
+    fn layered_images_share_layers_and_collection_keeps_what_is_used() {
+        let t = TempDir::new("collect");
+        let store = ImageStore::open(&t.0).unwrap();
+        let [base, a, b, orphan, pinned] =
+            ["0a", "0b", "0c", "0d", "0e"].map(|h| format!("sha256:{}", h.repeat(32)));
+        for d in [&base, &a, &b, &orphan, &pinned] {
+            fs::write(
+                fake_layer(&store, layer_hex(d).unwrap()).join("etc/f"),
+                "12345",
+            )
+            .unwrap();
+        }
+        let put = |name: &str, layers: Vec<String>| {
+            store
+                .put_layered(LayeredImage {
+                    name: name.into(),
+                    digest: format!("sha256:{}", "ff".repeat(32)),
+                    layers,
+                    size_bytes: 10,
+                    config: ImageConfig {
+                        env: vec!["A=1".into()],
+                        cmd: vec!["sleep".into(), "1".into()],
+                        ..ImageConfig::default()
+                    },
+                    entrypoint: vec![],
+                    source: Some("reg/x:1".into()),
+                })
+                .unwrap()
+        };
+        let img = put("x:a", vec![base.clone(), a.clone()]);
+        put("x:b", vec![base.clone(), b.clone()]);
+        assert_eq!(img.layers.len(), 2);
+        assert_eq!(img.layers[0], store.layer_path(layer_hex(&base).unwrap()));
+        assert_eq!(img.entrypoint, vec!["sleep".to_string(), "1".into()]);
+        assert_eq!(img.env, vec!["A=1".to_string()]);
+        assert_eq!(store.get("x:a").unwrap().unwrap(), img);
+        // A ref naming a layer that is not stored is refused.
+        let missing = store.put_layered(LayeredImage {
+            name: "x:c".into(),
+            digest: base.clone(),
+            layers: vec![format!("sha256:{}", "99".repeat(32))],
+            size_bytes: 0,
+            config: ImageConfig::default(),
+            entrypoint: vec![],
+            source: None,
+        });
+        assert!(matches!(missing, Err(ImageError::MissingLayer { .. })));
+
+        // Within the grace nothing goes; after it, only the orphan.
+        let in_use: std::collections::HashSet<PathBuf> =
+            [store.layer_path(layer_hex(&pinned).unwrap())].into();
+        let none = store
+            .collect(std::time::Duration::from_secs(3600), &in_use)
+            .unwrap();
+        assert_eq!(none, CollectReport::default());
+        let r = store.collect(std::time::Duration::ZERO, &in_use).unwrap();
+        assert_eq!((r.layers, r.bytes), (1, 5));
+        assert!(!store.layer_path(layer_hex(&orphan).unwrap()).exists());
+        // Removing x:b frees its own layer but not the shared base.
+        assert!(store.remove("x:b").unwrap());
+        assert!(!store.remove("x:b").unwrap());
+        let r = store.collect(std::time::Duration::ZERO, &in_use).unwrap();
+        assert_eq!(r.layers, 1);
+        assert!(!store.layer_path(layer_hex(&b).unwrap()).exists());
+        assert!(store.get("x:a").unwrap().unwrap().is_complete());
+        assert!(store.layer_path(layer_hex(&pinned).unwrap()).exists());
+        assert_eq!(layer_digest_of(&img.layers[1]).as_deref(), Some(a.as_str()));
+    }
+
+    #[test]
     fn refs_round_trip_and_list_skips_broken_ones() {
         let t = TempDir::new("store");
         let store = ImageStore::open(&t.0).unwrap();
