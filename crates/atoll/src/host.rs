@@ -184,3 +184,71 @@ pub fn prepare(args: &HostArgs, data_dir: &Path) -> Result<Host> {
         default_image,
     })
 }
+
+/// What `atoll image pull` was given.
+pub struct PullArgs {
+    pub reference: String,
+    pub name: String,
+    pub images_dir: PathBuf,
+    pub auth: Option<String>,
+    pub registry_mirrors: Vec<String>,
+    pub insecure_registries: Vec<String>,
+}
+
+/// `atoll image pull`: one pull into a store, its progress on stderr.
+pub fn pull_image(a: PullArgs) -> Result<()> {
+    let config = HostArgs {
+        archive_url: None,
+        network: "off".into(),
+        egress_allow_private: false,
+        sandbox_max_connections: 0,
+        sandbox_io_mbps: 0,
+        sandbox_io_iops: 0,
+        images_dir: None,
+        registry_mirrors: a.registry_mirrors,
+        insecure_registries: a.insecure_registries,
+        image_gc_grace_secs: 0,
+    }
+    .registry_config()?;
+    let creds = match a.auth.as_deref() {
+        None => None,
+        Some(s) => {
+            let (u, p) = s
+                .split_once(':')
+                .context("--auth (ATOLL_REGISTRY_AUTH): expected user:password")?;
+            Some(atoll_runner::oci::registry::Credentials {
+                username: u.into(),
+                password: p.into(),
+            })
+        }
+    };
+    let store = Arc::new(ImageStore::open(&a.images_dir)?);
+    let client = atoll_runner::oci::registry::RegistryClient::new(config);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let started = std::time::Instant::now();
+    let log = |line: &str| eprintln!("{line}");
+    let image = rt
+        .block_on(atoll_runner::oci::pull(
+            &store,
+            &client,
+            &a.reference,
+            &a.name,
+            creds.as_ref(),
+            atoll_runner::oci::unpack::UnpackLimits::default(),
+            &log,
+        ))
+        .with_context(|| format!("pulling {}", a.reference))?;
+    println!(
+        "{} {} ({} layers, {}) in {:.2}s",
+        image.name,
+        image.digest,
+        image.layers.len(),
+        atoll_runner::oci::human_bytes(image.size_bytes),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -48,6 +48,31 @@ enum ImageCommand {
         )]
         images_dir: PathBuf,
     },
+    /// Pull an image from its registry into the image store (a runner
+    /// pulls on demand; this pre-pulls, or measures a pull).
+    Pull {
+        /// The reference (`python:3.12-slim`, `host:5000/app@sha256:…`).
+        reference: String,
+        /// The name to store it under (default: the reference as given).
+        #[arg(long)]
+        name: Option<String>,
+        /// Image store directory.
+        #[arg(
+            long,
+            env = "ATOLL_IMAGES_DIR",
+            default_value = "/var/lib/atoll/images"
+        )]
+        images_dir: PathBuf,
+        /// Registry credentials (`user:password`); also ATOLL_REGISTRY_AUTH.
+        #[arg(long, env = "ATOLL_REGISTRY_AUTH", hide_env_values = true)]
+        auth: Option<String>,
+        /// `REGISTRY=MIRROR`, repeatable.
+        #[arg(long = "registry-mirror", value_delimiter = ',')]
+        registry_mirrors: Vec<String>,
+        /// A registry reached without TLS verification or over HTTP.
+        #[arg(long = "insecure-registry", value_delimiter = ',')]
+        insecure_registries: Vec<String>,
+    },
 }
 
 fn main() {
@@ -63,6 +88,27 @@ fn main() {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Image {
+            command:
+                ImageCommand::Pull {
+                    reference,
+                    name,
+                    images_dir,
+                    auth,
+                    registry_mirrors,
+                    insecure_registries,
+                },
+        } => {
+            serve::init_logging();
+            host::pull_image(host::PullArgs {
+                name: name.unwrap_or_else(|| reference.clone()),
+                reference,
+                images_dir,
+                auth,
+                registry_mirrors,
+                insecure_registries,
+            })
+        }
         Command::Serve(args) => serve::run(*args),
         Command::Runner(args) => runner::run(*args),
         Command::Image {

@@ -19,6 +19,8 @@ use unpack::{Compression, UnpackError, UnpackLimits};
 
 /// Most layers an image may have (Docker's limit).
 pub const MAX_LAYERS: usize = 127;
+/// Layers fetched at once (Docker's default too).
+const PARALLEL_LAYERS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
@@ -66,7 +68,7 @@ impl PullError {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Descriptor {
     #[serde(default)]
@@ -77,7 +79,7 @@ struct Descriptor {
     platform: Option<Platform>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 struct Platform {
     architecture: String,
     os: String,
@@ -220,9 +222,12 @@ pub async fn pull(
             "config's diff_ids do not match the manifest's layers",
         ));
     }
+    // Check every descriptor first; then fetch what the store lacks, a
+    // few layers at once (download of one overlaps the unpack of another).
+    let total = manifest.layers.len();
     let mut layer_digests = Vec::new();
     let mut size_bytes = 0u64;
-    let total = manifest.layers.len();
+    let mut jobs = Vec::new();
     for (i, (desc, diff_id)) in manifest
         .layers
         .iter()
@@ -238,29 +243,71 @@ pub async fn pull(
                 format!("layer media type {:?} is not supported", desc.media_type),
             )
         })?;
+        layer_digests.push(diff_id.clone());
         let short = &desc.digest[7..19];
         if let Some(path) = store.layer(diff_id)? {
             log(&format!("[{}/{total}] {short}: already present", i + 1));
             size_bytes += crate::image::dir_size(&path);
-            layer_digests.push(diff_id.clone());
             continue;
         }
-        log(&format!(
-            "[{}/{total}] {short}: pulling {}",
-            i + 1,
-            human_bytes(desc.size as u64)
-        ));
-        let started = std::time::Instant::now();
-        let written =
-            fetch_layer(store, client, &r, desc, diff_id, compression, creds, limits).await?;
-        size_bytes += written;
-        log(&format!(
-            "[{}/{total}] {short}: done ({} in {:.1}s)",
-            i + 1,
-            human_bytes(written),
-            started.elapsed().as_secs_f64()
-        ));
-        layer_digests.push(diff_id.clone());
+        if jobs
+            .iter()
+            .any(|(_, _, d, _): &(usize, Descriptor, String, Compression)| d == diff_id)
+        {
+            continue; // the same layer twice in one image
+        }
+        jobs.push((i, desc.clone(), diff_id.clone(), compression));
+    }
+    use futures_util::{StreamExt, TryStreamExt};
+    let fetched_layers: Vec<(crate::image::TmpBuild, String, u64)> =
+        futures_util::stream::iter(jobs)
+            .map(|(i, desc, diff_id, compression)| {
+                let r = &r;
+                async move {
+                    let short = desc.digest[7..19].to_string();
+                    log(&format!(
+                        "[{}/{total}] {short}: pulling {}",
+                        i + 1,
+                        human_bytes(desc.size as u64)
+                    ));
+                    let started = std::time::Instant::now();
+                    let (scratch, written) = fetch_layer(
+                        store,
+                        client,
+                        r,
+                        &desc,
+                        &diff_id,
+                        compression,
+                        creds,
+                        limits,
+                    )
+                    .await?;
+                    log(&format!(
+                        "[{}/{total}] {short}: done ({} in {:.1}s)",
+                        i + 1,
+                        human_bytes(written),
+                        started.elapsed().as_secs_f64()
+                    ));
+                    Ok::<_, PullError>((scratch, diff_id, written))
+                }
+            })
+            .buffer_unordered(PARALLEL_LAYERS)
+            .try_collect()
+            .await?;
+    if !fetched_layers.is_empty() {
+        // The first commit's syncfs makes every new layer durable before
+        // any is stored (the later ones find little left to write).
+        let store2 = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for (scratch, diff_id, written) in fetched_layers {
+                store2.commit_layer(scratch, &diff_id)?;
+                size_bytes += written;
+            }
+            Ok::<_, ImageError>(size_bytes)
+        })
+        .await
+        .map_err(|e| PullError::manifest(&r, format!("store task: {e}")))?
+        .map(|total| size_bytes = total)?;
     }
     let run = config.config.unwrap_or_default();
     let image = store.put_layered(LayeredImage {
@@ -322,8 +369,9 @@ impl Read for ChannelReader {
     }
 }
 
-/// Streams one layer blob into the unpacker; stores the layer once its
-/// blob digest, size and diff id check out. Returns bytes written.
+/// Streams one layer blob into the unpacker; returns the unpacked layer
+/// (to store) once its blob digest, size and diff id check out, and the
+/// bytes written.
 #[allow(clippy::too_many_arguments)]
 async fn fetch_layer(
     store: &std::sync::Arc<ImageStore>,
@@ -334,7 +382,7 @@ async fn fetch_layer(
     compression: Compression,
     creds: Option<&Credentials>,
     limits: UnpackLimits,
-) -> Result<u64, PullError> {
+) -> Result<(crate::image::TmpBuild, u64), PullError> {
     let scratch = store.scratch()?;
     let dest = scratch.path.clone();
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
@@ -412,12 +460,7 @@ async fn fetch_layer(
             "dropped device nodes and xattrs a sandbox may not have"
         );
     }
-    let store = store.clone();
-    let diff = diff_id.to_string();
-    tokio::task::spawn_blocking(move || store.commit_layer(scratch, &diff))
-        .await
-        .map_err(|e| PullError::manifest(r, format!("store task: {e}")))??;
-    Ok(stats.file_bytes)
+    Ok((scratch, stats.file_bytes))
 }
 
 pub fn human_bytes(n: u64) -> String {
