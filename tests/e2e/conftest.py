@@ -249,6 +249,13 @@ class AtollServer:
                 return
             for item in jsonlib.loads(body).get("items", []):
                 self.http("DELETE", f"/api/sandbox/{item['id']}", timeout=60)
+            # The organization's snapshots: their images live in the image
+            # store the test servers share.
+            status, _, body = self.http("GET", "/api/snapshots?limit=200", timeout=30)
+            if status == 200:
+                for snap in jsonlib.loads(body).get("items", []):
+                    if not snap.get("general"):
+                        self.http("DELETE", f"/api/snapshots/{snap['id']}", timeout=60)
         except (OSError, ValueError) as e:
             print(f"[atoll e2e] cleanup of {self.url} failed: {e}", file=sys.__stderr__)
 

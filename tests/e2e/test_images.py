@@ -274,7 +274,9 @@ def test_bad_snapshot_requests_get_clear_4xx(server, registry):
         ({"name": unique("x"), "imageName": "Not/A:Valid:Ref"}, 400),
         ({"name": unique("x")}, 400),
         ({"name": unique("x"), "imageName": "alpine", "buildInfo": {"dockerfileContent": "FROM alpine"}}, 400),
-        ({"name": unique("x"), "buildInfo": {"dockerfileContent": "FROM alpine\nRUN echo hi\n"}}, 400),
+        ({"name": unique("x"), "buildInfo": {"dockerfileContent": "FROM alpine\nCOPY a /a\n",
+                                             "contextHashes": ["0123abcd"]}}, 400),
+        ({"name": unique("x"), "buildInfo": {"dockerfileContent": "RUN echo no from\n"}}, 400),
         ({"name": unique("x"), "imageName": "alpine", "cpu": "two"}, 400),
         ({"name": "atoll/default:bookworm", "imageName": "alpine"}, 409),
     ]:
@@ -295,7 +297,16 @@ def test_bad_snapshot_requests_get_clear_4xx(server, registry):
     assert status == 409, again
 
 
-def test_builtin_snapshot_is_listed_and_cannot_be_deleted(server):
+def test_builtin_snapshot_is_listed_and_cannot_be_deleted(server, daytona, registry, base_layer):
+    # Store names of snapshots and build steps are not snapshots of the API:
+    # no other organization reaches them (this one neither).
+    repo = unique("test/internal")
+    push_image(registry, repo, "1", [base_layer])
+    snap = daytona.snapshot.create(CreateSnapshotParams(name=unique("own"), image=f"{registry.host}/{repo}:1"))
+    for internal in [snap.ref, f"atoll/build-base/{registry.host}/{repo}:1"]:
+        status, body = api(server, "POST", "/sandbox", {"snapshot": internal})
+        assert status == 404, (internal, body)
+        assert api(server, "POST", "/warm-pools", {"snapshot": internal, "pool": 1})[0] == 404
     status, page = api(server, "GET", "/snapshots?limit=200")
     assert status == 200
     builtin = [s for s in page["items"] if s["general"]]
@@ -306,3 +317,70 @@ def test_builtin_snapshot_is_listed_and_cannot_be_deleted(server):
 if os.environ.get("ATOLL_E2E_DATABASE") == "postgres":
     # What cannot differ between stores runs once, on SQLite.
     pytestmark = pytest.mark.skip(reason="image pulls do not depend on the store")
+
+
+def test_dockerfile_builds_run_each_step_in_a_build_sandbox_and_cache_layers(daytona, server, registry,
+                                                                             base_layer):
+    from daytona import Image
+    repo = unique("test/buildbase")
+    push_image(registry, repo, "1", [base_layer])
+    base = f"{registry.host}/{repo}:1"
+    salt = secrets.token_hex(4)
+    image = (Image.base(base)
+             .env({"GREETING": "hey", "SALT": salt})
+             .run_commands("echo built-$SALT > /built", "mkdir -p /opt/app && echo $GREETING > /opt/app/g && id -u > /opt/app/uid")
+             .workdir("/srv/work")
+             .cmd(["sleep", "infinity"]))
+    name = unique("built")
+    logs: list[str] = []
+    snap = daytona.snapshot.create(CreateSnapshotParams(name=name, image=image), on_logs=logs.append)
+    assert snap.state == "active"
+    status, text = api(server, "GET", f"/snapshots/{snap.id}/build-logs")
+    assert "Step 4/7 : RUN echo built-$SALT > /built" in text, text
+    assert "Successfully built" in text, text
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot=name))
+    try:
+        r = sb.process.exec("cat /built /opt/app/g /opt/app/uid; pwd; echo $GREETING")
+        assert r.result.split() == [f"built-{salt}", "hey", "0", "/srv/work", "hey"], r.result
+    finally:
+        sb.delete()
+
+    # The same steps and one more: the cached steps are not run again.
+    name2 = unique("built2")
+    again = daytona.snapshot.create(CreateSnapshotParams(name=name2, image=image.run_commands("echo more > /more")))
+    assert again.state == "active"
+    status, text = api(server, "GET", f"/snapshots/{again.id}/build-logs")
+    assert text.count("Using cache") >= 3 and "Step 8/8" in text, text
+
+    # A failing step: build_failed, the step and its output named.
+    with pytest.raises(DaytonaError, match="exit code 3"):
+        daytona.snapshot.create(CreateSnapshotParams(
+            name=unique("fails"), image=Image.base(base).run_commands("echo about-to-fail; exit 3")))
+    status, page = api(server, "GET", "/snapshots?limit=200&sort=createdAt&order=desc")
+    failed = next(s for s in page["items"] if s["state"] == "build_failed")
+    assert "about-to-fail" in failed["errorReason"] and "RUN echo about-to-fail" in failed["errorReason"]
+
+
+def test_create_from_a_declarative_image_waits_in_pending_build(daytona, server, registry, base_layer):
+    from daytona import Image
+    repo = unique("test/decl")
+    push_image(registry, repo, "1", [base_layer])
+    token = secrets.token_hex(6)
+    image = Image.base(f"{registry.host}/{repo}:1").run_commands(f"echo {token} > /token")
+    logs: list[str] = []
+    sb = daytona.create(CreateSandboxFromImageParams(image=image), on_snapshot_create_logs=logs.append, timeout=180)
+    try:
+        assert sb.process.exec("cat /token").result.strip() == token
+        assert any(token in line for line in logs), logs
+    finally:
+        sb.delete()
+    # A build that fails leaves the sandbox in build_failed with the reason.
+    status, body = api(server, "POST", "/sandbox", {"buildInfo": {
+        "dockerfileContent": f"FROM {registry.host}/{repo}:1\nRUN exit 7\n"}})
+    assert status == 200 and body["state"] == "pending_build", body
+    deadline = time.time() + 120
+    while body["state"] == "pending_build" and time.time() < deadline:
+        time.sleep(0.2)
+        body = api(server, "GET", f"/sandbox/{body['id']}")[1]
+    assert body["state"] == "build_failed" and "exit code 7" in body["errorReason"], body
+    assert api(server, "DELETE", f"/sandbox/{body['id']}")[0] == 200

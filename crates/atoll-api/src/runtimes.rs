@@ -130,6 +130,13 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
+    async fn build_image(
+        &self,
+        _: &atoll_runtime_api::ImageBuild,
+        _: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        Err(none_here())
+    }
     async fn remove_image(&self, _: &str) -> Result<bool, RuntimeError> {
         Ok(false)
     }

@@ -210,15 +210,9 @@ impl AppState {
                 r.snapshot, r.id
             ))
         })?;
-        if snapshot.image_name.is_none() {
-            return Err(ApiError::Unavailable(format!(
-                "snapshot {} was captured from a sandbox on another runner and is only stored there",
-                snapshot.name
-            )));
-        }
         let back = r.state;
         self.save(r, state::PULLING_SNAPSHOT, None).await?;
-        let pulled = self.pull_on(&rt, &snapshot, &r.id).await;
+        let pulled = self.make_on(&rt, &snapshot, &r.id).await;
         if let Err(e) = &pulled {
             tracing::warn!(sandbox = %r.id, error = %e, "pulling the sandbox's snapshot failed");
         }
@@ -376,6 +370,11 @@ impl AppState {
         // An organization's snapshot is pulled onto the runner if it lacks
         // it; a built-in one must be there.
         if own.is_none() {
+            // Another organization's images (and the builder's) are not
+            // reachable by their store names.
+            if crate::snapshots::is_internal_image(&snapshot) {
+                return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));
+            }
             let known = self.runtime_of_runner(&runner)?.image(&snapshot).await?;
             if known.is_none() {
                 return Err(ApiError::NotFound(format!("Snapshot {snapshot} not found")));

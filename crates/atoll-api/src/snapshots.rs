@@ -24,6 +24,9 @@ pub const INACTIVE: &str = "inactive";
 pub const ERROR: &str = "error";
 pub const BUILD_FAILED: &str = "build_failed";
 pub const REMOVING: &str = "removing";
+pub const BUILDING: &str = "building";
+/// How long a Dockerfile build may take.
+pub const BUILD_TIMEOUT_SECS: u64 = 1800;
 /// A sandbox's filesystem is being captured (the SDKs know this state).
 pub const SNAPSHOTTING: &str = "snapshotting";
 
@@ -35,6 +38,13 @@ pub fn is_settled(state: &str) -> bool {
 /// The name runners store a snapshot's image under.
 pub fn image_ref_of(snapshot_id: &str) -> String {
     format!("atoll/snapshots/{snapshot_id}")
+}
+
+/// Images of runners' stores that are not built-in snapshots: an
+/// organization's (reached only through its own snapshot rows), and a
+/// builder's bases and cached steps. No API name reaches them directly.
+pub fn is_internal_image(name: &str) -> bool {
+    name.starts_with("atoll/snapshots/") || name.starts_with("atoll/build-")
 }
 
 /// The snapshot id an image ref names, if it is a snapshot's.
@@ -185,11 +195,14 @@ impl AppState {
                     "imageName or buildInfo is required".into(),
                 ))
             }
-            (Some(i), None) => (i.trim().to_string(), None),
+            (Some(i), None) => (Some(i.trim().to_string()), None),
             (None, Some(b)) => (self.base_of_build(b)?, Some(build_info_json(b))),
         };
-        let reference =
-            Reference::parse(&image_name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        // A registry reference to pull; none: a Dockerfile to build.
+        let reference = image_name
+            .as_deref()
+            .map(|i| Reference::parse(i).map_err(|e| ApiError::BadRequest(e.to_string())))
+            .transpose()?;
         if let Some(ep) = &req.entrypoint {
             if ep.is_empty() || ep.iter().any(|a| a.is_empty() || a.contains('\0')) {
                 return Err(ApiError::BadRequest(
@@ -211,7 +224,7 @@ impl AppState {
             id,
             organization_id: p.organization_id.clone(),
             name,
-            image_name: Some(reference.to_string()),
+            image_name: reference.map(|r| r.to_string()),
             state: PENDING.into(),
             error_reason: None,
             size_bytes: None,
@@ -244,27 +257,39 @@ impl AppState {
         Ok(dto)
     }
 
-    /// The base image of a `buildInfo` this server can make (a Dockerfile
-    /// that only names one); 400 for one that needs the builder.
-    pub(crate) fn base_of_build(&self, b: &dto::CreateBuildInfo) -> Result<String, ApiError> {
+    /// What a `buildInfo` makes: the image a one-`FROM` Dockerfile names
+    /// (pulled), or `None` (built by the runner's builder).
+    pub(crate) fn base_of_build(
+        &self,
+        b: &dto::CreateBuildInfo,
+    ) -> Result<Option<String>, ApiError> {
         if b.dockerfile_content.len() > 1 << 20 {
             return Err(ApiError::BadRequest(
                 "dockerfileContent is larger than 1 MiB".into(),
             ));
         }
-        from_only(&b.dockerfile_content).ok_or_else(|| {
-            ApiError::BadRequest(
-                "this server can make images from a registry reference (a Dockerfile of one FROM \
-                 line); Dockerfile steps (RUN, COPY, ENV, ...) are not supported yet"
+        if b.context_hashes.as_ref().is_some_and(|c| !c.is_empty()) {
+            return Err(ApiError::BadRequest(
+                "build contexts (local files added to an Image) cannot be uploaded to this \
+                 server yet (no /api/object-storage/push-access)"
                     .into(),
-            )
-        })
+            ));
+        }
+        if !b
+            .dockerfile_content
+            .lines()
+            .any(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM"))
+        {
+            return Err(ApiError::BadRequest("dockerfileContent has no FROM".into()));
+        }
+        Ok(from_only(&b.dockerfile_content))
     }
 
-    /// Pulls a pending snapshot's image onto a runner of its region and
-    /// settles its state; its log goes to the store as it comes.
+    /// Pulls (or builds) a pending snapshot's image on a runner of its
+    /// region and settles its state; its log goes to the store as it comes.
     pub(crate) async fn pull_snapshot(&self, mut rec: SnapshotRecord) {
-        rec.state = PULLING.into();
+        let building = rec.image_name.is_none();
+        rec.state = if building { BUILDING } else { PULLING }.into();
         rec.updated_at = now_millis();
         match self.store.set_snapshot_state(&rec, PENDING).await {
             Ok(true) => {}
@@ -277,7 +302,7 @@ impl AppState {
         let pulled = async {
             let runner = self.pick_runner(rec.region_id.as_deref()).await?;
             let rt = self.runtime_of_runner(&runner)?;
-            let info = self.pull_on(&rt, &rec, &rec.id).await?;
+            let info = self.make_on(&rt, &rec, &rec.id).await?;
             Ok::<_, ApiError>((rt, info))
         }
         .await;
@@ -292,7 +317,7 @@ impl AppState {
                 Some(rt)
             }
             Err(e) => {
-                rec.state = ERROR.into();
+                rec.state = if building { BUILD_FAILED } else { ERROR }.into();
                 rec.error_reason = Some(e.to_string());
                 let _ = self
                     .store
@@ -312,6 +337,99 @@ impl AppState {
             }
             Err(e) => tracing::warn!(snapshot = %rec.id, error = %e, "could not record a pull"),
         }
+    }
+
+    /// Makes `rec`'s image on `rt`: pulls it, or builds its Dockerfile.
+    pub(crate) async fn make_on(
+        &self,
+        rt: &Arc<dyn Runtime>,
+        rec: &SnapshotRecord,
+        log_owner: &str,
+    ) -> Result<ImageInfo, ApiError> {
+        if rec.image_name.is_some() {
+            return self.pull_on(rt, rec, log_owner).await;
+        }
+        let dockerfile = rec
+            .build_info
+            .as_ref()
+            .and_then(|b| b.get("dockerfileContent"))
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| {
+                ApiError::Unavailable(format!(
+                    "snapshot {} was captured from a sandbox on another runner and is only stored there",
+                    rec.name
+                ))
+            })?
+            .to_string();
+        let mut registries = Vec::new();
+        for reg in self.store.registries_of_org(&rec.organization_id).await? {
+            let Some(host) = registry_host(&reg.url) else {
+                continue;
+            };
+            let password = self
+                .secrets_key
+                .open(&reg.sealed_password, &registry_aad(&reg))
+                .map_err(|e| ApiError::Internal(format!("registry {}: {e}", reg.id)))?;
+            registries.push(atoll_runtime_api::RegistryCredential {
+                registry: host,
+                username: reg.username.clone(),
+                password,
+            });
+        }
+        let build = atoll_runtime_api::ImageBuild {
+            name: rec.image_ref.clone(),
+            dockerfile,
+            build_args: Default::default(),
+            base_image: None,
+            registries,
+            limits: atoll_runtime_api::Limits {
+                cpus: rec.cpu as u32,
+                memory_bytes: (rec.mem as u64) << 30,
+                pids: crate::service::DEFAULT_PIDS,
+            },
+            disk_bytes: (rec.disk.max(DEFAULT_DISK_GIB) as u64) << 30,
+            timeout_secs: BUILD_TIMEOUT_SECS,
+        };
+        let (log, writer) = self.log_writer(log_owner);
+        let result = rt.build_image(&build, &log).await;
+        drop(log);
+        let _ = writer.await;
+        result.map_err(|e| match e {
+            RuntimeError::ImageNotFound(r) => {
+                ApiError::NotFound(format!("image {r} was not found in its registry"))
+            }
+            RuntimeError::Failed(m) => ApiError::BadRequest(m),
+            e => ApiError::from(e),
+        })
+    }
+
+    /// A log sink whose lines go to the store under `owner`, and the task
+    /// writing them (await it after dropping the sink).
+    fn log_writer(
+        &self,
+        owner: &str,
+    ) -> (
+        impl Fn(&str) + Send + Sync + 'static,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let store = self.store.clone();
+        let owner = owner.to_string();
+        let writer = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                if let Err(e) = store.append_log(&owner, &batch).await {
+                    tracing::warn!(owner = %owner, error = %e, "could not store log lines");
+                }
+            }
+        });
+        let log = move |line: &str| {
+            let _ = tx.send(line.to_string());
+        };
+        (log, writer)
     }
 
     /// Pulls `rec`'s image onto `rt`, logging under `log_owner`.
@@ -334,23 +452,7 @@ impl AppState {
             username: creds.as_ref().map(|c| c.0.clone()),
             password: creds.map(|c| c.1),
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let store = self.store.clone();
-        let owner = log_owner.to_string();
-        let writer = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                }
-                if let Err(e) = store.append_log(&owner, &batch).await {
-                    tracing::warn!(owner = %owner, error = %e, "could not store log lines");
-                }
-            }
-        });
-        let log = move |line: &str| {
-            let _ = tx.send(line.to_string());
-        };
+        let (log, writer) = self.log_writer(log_owner);
         let result = rt.pull_image(&pull, &log).await;
         drop(log);
         let _ = writer.await;
@@ -402,7 +504,7 @@ impl AppState {
             .image_catalog()
             .await?
             .iter()
-            .filter(|i| !i.name.starts_with("atoll/snapshots/"))
+            .filter(|i| !is_internal_image(&i.name))
             .map(|i| self.snapshot_dto(i))
             .collect();
         out.extend(
@@ -422,7 +524,7 @@ impl AppState {
         self.image_catalog()
             .await?
             .iter()
-            .filter(|i| !i.name.starts_with("atoll/snapshots/"))
+            .filter(|i| !is_internal_image(&i.name))
             .find(|i| i.name == id || i.digest == id)
             .map(|i| self.snapshot_dto(i))
             .ok_or_else(|| ApiError::NotFound(format!("Snapshot {id} not found")))
@@ -434,11 +536,12 @@ impl AppState {
         let mut rec = match self.store.snapshot_in_org(&p.organization_id, id).await? {
             Some(r) => r,
             None => {
-                let builtin = self
-                    .image_catalog()
-                    .await?
-                    .iter()
-                    .any(|i| i.name == id || i.digest == id);
+                let builtin = !is_internal_image(id)
+                    && self
+                        .image_catalog()
+                        .await?
+                        .iter()
+                        .any(|i| i.name == id || i.digest == id);
                 return Err(if builtin {
                     ApiError::Forbidden(format!("Snapshot {id} is built in and cannot be deleted"))
                 } else {
@@ -521,7 +624,7 @@ impl AppState {
             }
         }
         let stale = now_millis() - 3_600_000;
-        for state in [PULLING, SNAPSHOTTING] {
+        for state in [PULLING, BUILDING, SNAPSHOTTING] {
             let Ok(list) = self.store.snapshots_in_state(state).await else {
                 continue;
             };
@@ -569,8 +672,10 @@ impl AppState {
         b: &dto::CreateBuildInfo,
     ) -> Result<SnapshotRecord, ApiError> {
         use sha2::Digest as _;
-        let base = self.base_of_build(b)?;
-        let reference = Reference::parse(&base).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        let reference = self
+            .base_of_build(b)?
+            .map(|base| Reference::parse(&base).map_err(|e| ApiError::BadRequest(e.to_string())))
+            .transpose()?;
         let mut h = sha2::Sha256::new();
         h.update(b.dockerfile_content.as_bytes());
         for c in b.context_hashes.iter().flatten() {
@@ -596,7 +701,7 @@ impl AppState {
             id,
             organization_id: p.organization_id.clone(),
             name: name.clone(),
-            image_name: Some(reference.to_string()),
+            image_name: reference.map(|r| r.to_string()),
             state: PENDING.into(),
             error_reason: None,
             size_bytes: None,

@@ -93,7 +93,7 @@ impl AppState {
             .image_catalog()
             .await?
             .into_iter()
-            .find(|i| i.name == req.snapshot)
+            .find(|i| i.name == req.snapshot && !crate::snapshots::is_internal_image(&i.name))
             .ok_or_else(|| ApiError::NotFound(format!("Snapshot {} not found", req.snapshot)))?;
         let now = now_millis();
         let pool = WarmPoolRecord {

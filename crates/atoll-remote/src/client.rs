@@ -455,6 +455,15 @@ impl Runtime for RemoteRuntime {
             .await
     }
 
+    async fn build_image(
+        &self,
+        build: &atoll_runtime_api::ImageBuild,
+        log: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        self.streamed_call(&self.root("/v1/images/build"), json(build), log)
+            .await
+    }
+
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
         self.call(
             Method::POST,

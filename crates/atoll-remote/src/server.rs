@@ -100,6 +100,7 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/images", get(images))
         .route("/v1/images/remove", post(remove_image))
         .route("/v1/images/pull", post(pull_image))
+        .route("/v1/images/build", post(build_image))
         .route("/v1/sandboxes/{id}/commit", post(commit))
         .route("/v1/sandboxes/{id}", get(observe_one))
         .route("/v1/sandboxes/{id}/start", post(start))
@@ -202,6 +203,13 @@ async fn pull_image(
     Json(pull): Json<atoll_runtime_api::ImagePull>,
 ) -> Response {
     streamed(move |log| Box::pin(async move { s.runtime.pull_image(&pull, log).await }))
+}
+
+async fn build_image(
+    State(s): State<Served>,
+    Json(build): Json<atoll_runtime_api::ImageBuild>,
+) -> Response {
+    streamed(move |log| Box::pin(async move { s.runtime.build_image(&build, log).await }))
 }
 
 #[derive(serde::Deserialize)]

@@ -13,6 +13,7 @@
 //! no host path or namespace leaves this crate).
 
 pub mod archive;
+pub mod build;
 pub mod caps;
 pub mod cgroup;
 pub mod commit;

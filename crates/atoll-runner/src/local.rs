@@ -200,15 +200,41 @@ impl Runtime for LocalRuntime {
         .await
     }
 
+    /// Build sandboxes are the builder's own: a crash's leftovers are
+    /// destroyed here, and no observer ever sees one.
     async fn recover(&self) -> Result<Vec<Observed>, RuntimeError> {
-        self.blocking(|rt| rt.recover()).await
+        self.blocking(|rt| {
+            let all = rt.recover()?;
+            let mut out = Vec::new();
+            for o in all {
+                if crate::build::is_build_id(o.id()) {
+                    if let Err(e) = rt.destroy(o.id()) {
+                        tracing::warn!(sandbox = %o.id(), error = %e, "could not destroy a leftover build sandbox");
+                    }
+                } else {
+                    out.push(o);
+                }
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn observe(&self) -> Result<Vec<Observed>, RuntimeError> {
-        self.blocking(|rt| Ok(rt.observe())).await
+        self.blocking(|rt| {
+            Ok(rt
+                .observe()
+                .into_iter()
+                .filter(|o| !crate::build::is_build_id(o.id()))
+                .collect())
+        })
+        .await
     }
 
     async fn observe_one(&self, id: &str) -> Result<Option<Observed>, RuntimeError> {
+        if crate::build::is_build_id(id) {
+            return Ok(None);
+        }
         let id = id.to_string();
         self.blocking(move |rt| Ok(rt.observe_one(&id))).await
     }
@@ -314,6 +340,20 @@ impl Runtime for LocalRuntime {
         .await
         .map(image_info)
         .map_err(|e| pull_error(&pull.reference, e))
+    }
+
+    async fn build_image(
+        &self,
+        build: &atoll_runtime_api::ImageBuild,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let builder = crate::build::Builder {
+            sandboxes: self.sandboxes.clone(),
+            images: self.images.clone(),
+            registry: self.registry.clone(),
+            limits: self.limits,
+        };
+        builder.build(build, log).await.map(image_info)
     }
 
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {

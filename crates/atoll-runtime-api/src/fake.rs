@@ -438,6 +438,32 @@ impl Runtime for FakeRuntime {
         Ok(info)
     }
 
+    async fn build_image(
+        &self,
+        build: &crate::ImageBuild,
+        log: crate::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        let mut st = self.enter("build_image", None)?;
+        for line in build.dockerfile.lines() {
+            log(line);
+            if line.contains("exit 1") {
+                return Err(RuntimeError::Failed(format!("step {line:?} failed")));
+            }
+        }
+        let info = ImageInfo {
+            name: build.name.clone(),
+            digest: format!("sha256:{:064x}", build.dockerfile.len()),
+            size_bytes: 4 << 20,
+            created_at_ms: 0,
+            entrypoint: vec![],
+            source: Some("Dockerfile".into()),
+            layers: 3,
+        };
+        st.images.retain(|i| i.name != build.name);
+        st.images.push(info.clone());
+        Ok(info)
+    }
+
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
         let mut st = self.enter("remove_image", None)?;
         let before = st.images.len();

@@ -17,7 +17,8 @@ pub mod net;
 
 pub use error::RuntimeError;
 pub use model::{
-    Capacity, DiskState, ImageInfo, ImagePull, Limits, Observed, SandboxSpec, SandboxUsage,
+    Capacity, DiskState, ImageBuild, ImageInfo, ImagePull, Limits, Observed, RegistryCredential,
+    SandboxSpec, SandboxUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -92,6 +93,13 @@ pub trait Runtime: Send + Sync {
     async fn pull_image(
         &self,
         pull: &ImagePull,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError>;
+    /// Builds an image from a Dockerfile (each `RUN` in a build sandbox),
+    /// its output line by line to `log`.
+    async fn build_image(
+        &self,
+        build: &ImageBuild,
         log: LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError>;
     /// Forgets the image `name`; its layers are collected once no image

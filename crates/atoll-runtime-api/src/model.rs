@@ -157,6 +157,48 @@ pub struct ImagePull {
     pub password: Option<String>,
 }
 
+/// Credentials for one registry (a build's `FROM`).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryCredential {
+    /// The registry as references name it (`docker.io`, `host:5000`).
+    pub registry: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An image to build from a Dockerfile into a runtime's store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageBuild {
+    /// The name to store it under.
+    pub name: String,
+    pub dockerfile: String,
+    /// `ARG` values.
+    #[serde(default)]
+    pub build_args: BTreeMap<String, String>,
+    /// When set, `FROM` is this image of the runtime's store (another
+    /// snapshot) rather than a registry reference.
+    #[serde(default)]
+    pub base_image: Option<String>,
+    #[serde(default)]
+    pub registries: Vec<RegistryCredential>,
+    /// Limits of each build sandbox.
+    pub limits: Limits,
+    pub disk_bytes: u64,
+    /// The whole build's time bound.
+    pub timeout_secs: u64,
+}
+
 impl std::fmt::Debug for ImagePull {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ImagePull")

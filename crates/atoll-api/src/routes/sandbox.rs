@@ -647,15 +647,23 @@ pub async fn build_logs(
     use crate::lifecycle::state;
     let r = s.find(&p, &id).await?;
     let follow = crate::routes::snapshots::follow_flag(&uri)?;
-    // A sandbox waiting for a build streams the build's log.
-    let owner = match (r.state, r.image_ref.as_deref()) {
-        (state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::BUILD_FAILED, Some(image)) => {
-            crate::snapshots::snapshot_id_of(image)
-                .unwrap_or(&r.id)
-                .to_string()
-        }
-        _ => r.id.clone(),
+    // A sandbox made from `buildInfo` streams its build's log (the SDK
+    // asks once the sandbox has left `pending_build`); others their own
+    // (a pull onto their runner).
+    let built = match r
+        .image_ref
+        .as_deref()
+        .and_then(crate::snapshots::snapshot_id_of)
+    {
+        Some(snapshot) => s
+            .store
+            .snapshot(snapshot)
+            .await?
+            .filter(|snap| snap.build_info.is_some())
+            .map(|snap| snap.id),
+        None => None,
     };
+    let owner = built.unwrap_or_else(|| r.id.clone());
     let store = s.store.clone();
     let sandbox_id = r.id.clone();
     Ok(crate::routes::snapshots::log_response(
