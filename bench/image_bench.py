@@ -7,8 +7,9 @@
 2. Create (POST /api/sandbox until started) from the pulled image against
    create from the default image, interleaved, on one `atoll serve`.
 
-A Dockerfile rebuild (warm vs cold cache) is not measured: this server has
-no Dockerfile builder yet.
+3. A Dockerfile of five RUN steps over that image built cold (a new first
+   step each time), against a rebuild with only the last step changed (the
+   first four from the layer cache), interleaved.
 
 Prints medians, p95 and ratios; asserts nothing.
 Usage: bench/image_bench.py [--atoll BIN] [--images-dir DIR] [-n 5] [--creates 20]
@@ -105,6 +106,34 @@ def main():
             print(f"create  default image          {fmt_ms(default)}")
             print(f"create  pulled {len(layers)}-layer image  {fmt_ms(pulled)}")
             print(f"ratio of medians pulled/default: {pct(pulled, 50) / pct(default, 50):.2f}x")
+
+            def build(dockerfile):
+                t = time.perf_counter()
+                s = api.call("POST", "/api/snapshots", {"name": f"bench-build-{os.urandom(4).hex()}",
+                                                       "buildInfo": {"dockerfileContent": dockerfile}})
+                while s["state"] not in ("active", "error", "build_failed"):
+                    time.sleep(0.05)
+                    s = api.call("GET", f"/api/snapshots/{s['id']}")
+                elapsed = time.perf_counter() - t
+                if s["state"] != "active":
+                    raise SystemExit(f"build failed: {s['errorReason']}")
+                return elapsed, s["id"]
+
+            cold, warm = [], []
+            for i in range(args.n):
+                salt = os.urandom(6).hex()
+                steps = [f"RUN echo {salt} > /salt"] + [
+                    f"RUN mkdir -p /opt/s{k} && seq 1 2000 > /opt/s{k}/numbers" for k in range(3)]
+                base_df = f"FROM {ref}\n" + "\n".join(steps) + "\n"
+                elapsed, sid = build(base_df + "RUN echo first > /last\n")
+                cold.append(elapsed)
+                elapsed, sid2 = build(base_df + "RUN echo second > /last\n")
+                warm.append(elapsed)
+                for x in (sid, sid2):
+                    api.call("DELETE", f"/api/snapshots/{x}")
+            print(f"build 5 RUN steps, cold cache         {fmt_ms(cold)}")
+            print(f"rebuild, last step changed (warm)     {fmt_ms(warm)}")
+            print(f"ratio of medians warm/cold: {pct(warm, 50) / pct(cold, 50):.2f}x")
             api.call("DELETE", f"/api/snapshots/{snap['id']}")
     finally:
         reg.stop()
