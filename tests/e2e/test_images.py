@@ -195,14 +195,19 @@ def test_hostile_layers_are_refused_or_neutralised(daytona, server, registry, ba
     push_bomb = unique("hostile/bomb")
     snap = _pull_blob(server, registry, push_bomb, base_layer, bomb)
     assert snap["state"] == "error" and "bomb" in snap["errorReason"], snap
-    # /proc as a symlink: a sandbox of that image is refused, nothing mounted.
-    proc_link = Layer().symlink("proc", "/").raw()
-    snap = _pull(server, registry, unique("hostile/proc"), [base_layer, proc_link])
-    assert snap["state"] == "active"
-    status, body = api(server, "POST", "/sandbox", {"snapshot": snap["name"]})
-    assert status >= 400 or body.get("state") == "error", body
-    if status < 400:
-        api(server, "DELETE", f"/sandbox/{body['id']}")
+    # /proc, /dev or /tmp as a symlink (mount targets): a sandbox of that
+    # image is refused, and nothing is mounted over the host's directories.
+    before = open("/proc/self/mountinfo").read().count("\n")
+    for target, to in [("proc", "/"), ("dev", "/dev"), ("tmp", str(outside))]:
+        link = Layer().symlink(target, to).raw()
+        snap = _pull(server, registry, unique(f"hostile/{target}"), [base_layer, link])
+        assert snap["state"] == "active"
+        status, body = api(server, "POST", "/sandbox", {"snapshot": snap["name"]})
+        assert status >= 400 or body.get("state") == "error", (target, body)
+        if status < 400:
+            api(server, "DELETE", f"/sandbox/{body['id']}")
+    assert list(outside.iterdir()) == []
+    assert open("/proc/self/mountinfo").read().count("\n") <= before
 
 
 def _pull_blob(server, registry, repo, base_layer, gz_layer) -> dict:
