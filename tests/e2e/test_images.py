@@ -363,6 +363,16 @@ def test_dockerfile_builds_run_each_step_in_a_build_sandbox_and_cache_layers(day
     status, text = api(server, "GET", f"/snapshots/{again.id}/build-logs")
     assert text.count("Using cache") >= 3 and "Step 8/8" in text, text
 
+    # FROM another snapshot of the organization.
+    child = daytona.snapshot.create(CreateSnapshotParams(
+        name=unique("child"), image=Image.base(name).run_commands("echo child > /child")))
+    assert child.state == "active"
+    sb = daytona.create(CreateSandboxFromSnapshotParams(snapshot=child.name))
+    try:
+        assert sb.process.exec("cat /built /child").result.split() == [f"built-{salt}", "child"]
+    finally:
+        sb.delete()
+
     # A failing step: build_failed, the step and its output named.
     with pytest.raises(DaytonaError, match="exit code 3"):
         daytona.snapshot.create(CreateSnapshotParams(

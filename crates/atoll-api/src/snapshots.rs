@@ -98,6 +98,17 @@ pub fn from_only(dockerfile: &str) -> Option<String> {
     }
 }
 
+/// The image a Dockerfile's first `FROM` names.
+pub fn first_from(dockerfile: &str) -> Option<String> {
+    dockerfile.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        if !words.next()?.eq_ignore_ascii_case("FROM") {
+            return None;
+        }
+        words.find(|w| !w.starts_with("--")).map(str::to_string)
+    })
+}
+
 /// A registry's host as a reference names it (`https://ghcr.io/` →
 /// `ghcr.io`, Docker Hub's many names → `docker.io`).
 pub fn registry_host(url: &str) -> Option<String> {
@@ -196,7 +207,11 @@ impl AppState {
                 ))
             }
             (Some(i), None) => (Some(i.trim().to_string()), None),
-            (None, Some(b)) => (self.base_of_build(b)?, Some(build_info_json(b))),
+            (None, Some(b)) => (
+                self.pulled_base(&p.organization_id, self.base_of_build(b)?)
+                    .await?,
+                Some(build_info_json(b)),
+            ),
         };
         // A registry reference to pull; none: a Dockerfile to build.
         let reference = image_name
@@ -283,6 +298,18 @@ impl AppState {
             return Err(ApiError::BadRequest("dockerfileContent has no FROM".into()));
         }
         Ok(from_only(&b.dockerfile_content))
+    }
+
+    /// A one-`FROM` Dockerfile's image, unless it names one of the
+    /// organization's snapshots (then it is built over that one: `None`).
+    async fn pulled_base(
+        &self,
+        org: &str,
+        base: Option<String>,
+    ) -> Result<Option<String>, ApiError> {
+        let Some(base) = base else { return Ok(None) };
+        let own = self.store.snapshot_in_org(org, &base).await?;
+        Ok(if own.is_some() { None } else { Some(base) })
     }
 
     /// Pulls (or builds) a pending snapshot's image on a runner of its
@@ -376,11 +403,27 @@ impl AppState {
                 password,
             });
         }
+        // `FROM` one of the organization's snapshots: that image, made on
+        // this runner first if it lacks it.
+        let mut base_image = None;
+        if let Some(from) = first_from(&dockerfile) {
+            if let Some(base) = self
+                .store
+                .snapshot_in_org(&rec.organization_id, &from)
+                .await?
+                .filter(|b| b.state == ACTIVE && b.id != rec.id)
+            {
+                if rt.image(&base.image_ref).await?.is_none() {
+                    Box::pin(self.make_on(rt, &base, log_owner)).await?;
+                }
+                base_image = Some(base.image_ref);
+            }
+        }
         let build = atoll_runtime_api::ImageBuild {
             name: rec.image_ref.clone(),
             dockerfile,
             build_args: Default::default(),
-            base_image: None,
+            base_image,
             registries,
             limits: atoll_runtime_api::Limits {
                 cpus: rec.cpu as u32,
@@ -673,7 +716,8 @@ impl AppState {
     ) -> Result<SnapshotRecord, ApiError> {
         use sha2::Digest as _;
         let reference = self
-            .base_of_build(b)?
+            .pulled_base(&p.organization_id, self.base_of_build(b)?)
+            .await?
             .map(|base| Reference::parse(&base).map_err(|e| ApiError::BadRequest(e.to_string())))
             .transpose()?;
         let mut h = sha2::Sha256::new();
