@@ -405,3 +405,62 @@ def test_create_from_a_declarative_image_waits_in_pending_build(daytona, server,
         body = api(server, "GET", f"/sandbox/{body['id']}")[1]
     assert body["state"] == "build_failed" and "exit code 7" in body["errorReason"], body
     assert api(server, "DELETE", f"/sandbox/{body['id']}")[0] == 200
+
+
+@store_independent
+def test_a_server_killed_mid_pull_or_mid_capture_leaves_nothing_stuck(atoll_bin, images_dir, registry, base_layer):
+    """A pull taken up by a server that dies is started over by the next;
+    a capture killed with the sandbox frozen leaves it started and running
+    (thawed), the snapshot in `error`."""
+    import json as jsonlib
+    from conftest import AtollServer
+    fp_bin = os.environ.get("ATOLL_FAILPOINT_BIN") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "target/x86_64-unknown-linux-gnu/failpoints/atoll")
+    assert os.path.exists(fp_bin), "run `make build-failpoints`"
+    repo = unique("test/crash")
+    push_image(registry, repo, "1", [base_layer, Layer().file("crash-marker", "pulled\n").raw()])
+    fast = {"ATOLL_SNAPSHOT_STALE_SECS": "1", "ATOLL_SNAPSHOT_KEEPER_SECS": "0.3"}
+    srv = AtollServer(atoll_bin, images_dir)
+
+    def restart(binary, env):
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+        srv.proc = None
+        srv.bin_path = type(srv.bin_path)(os.path.realpath(binary))
+        srv.extra_env = env
+        srv.start()
+
+    def die_on(method, path, body):
+        try:
+            srv.http(method, path, json=body, timeout=30)
+        except OSError:
+            pass
+        deadline = time.time() + 15
+        while srv.proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.proc.poll() is not None, "the failpoint was not hit"
+
+    try:
+        restart(fp_bin, {"ATOLL_FAILPOINT": "snapshot.pull.after_transition"})
+        die_on("POST", "/api/snapshots", {"name": "crashed-pull", "imageName": f"{registry.host}/{repo}:1"})
+        restart(atoll_bin, fast)
+        snap = wait_snapshot(srv, "crashed-pull", timeout=60)
+        assert snap["state"] == "active", snap
+        status, text = api(srv, "GET", f"/snapshots/{snap['id']}/build-logs")
+        assert "starting the pulling over" in text, text
+
+        status, _, body = srv.http("POST", "/api/sandbox", json={"autoStopInterval": 0})
+        sid = jsonlib.loads(body)["id"]
+        restart(fp_bin, {"ATOLL_FAILPOINT": "runtime.commit.frozen"})
+        die_on("POST", f"/api/sandbox/{sid}/snapshot", {"name": "crashed-capture"})
+        restart(atoll_bin, fast)
+        status, sb = api(srv, "GET", f"/sandbox/{sid}")
+        assert sb["state"] == "started", sb
+        status, _, body = srv.http("POST", f"/toolbox/{sid}/process/execute",
+                                   json={"command": "echo thawed", "timeout": 10}, timeout=20)
+        assert status == 200 and jsonlib.loads(body)["result"].strip() == "thawed", body
+        snap = wait_snapshot(srv, "crashed-capture", timeout=30)
+        assert snap["state"] == "error" and "capturing" in snap["errorReason"], snap
+    finally:
+        restart(atoll_bin, {})
+        srv.cleanup()

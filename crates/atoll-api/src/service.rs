@@ -1200,11 +1200,28 @@ impl AppState {
                     r.desired_state = state::STOPPED;
                     self.save(&mut r, state::STOPPED, None).await?;
                 }
-                // The image work behind these was in this server's memory.
-                (state::PENDING_BUILD | state::BUILDING_SNAPSHOT | state::PULLING_SNAPSHOT, _) => {
-                    let reason = "the server stopped while this sandbox's image was being prepared; create it again";
-                    self.save(&mut r, state::BUILD_FAILED, Some(reason.into()))
-                        .await?;
+                // Waiting for its snapshot (which the snapshot keeper takes
+                // up again): wait again.
+                (state::PENDING_BUILD, _) => {
+                    match r
+                        .image_ref
+                        .as_deref()
+                        .and_then(crate::snapshots::snapshot_id_of)
+                    {
+                        Some(snapshot) => self.wait_for_build(r.id.clone(), snapshot.to_string()),
+                        None => {
+                            let reason = "the sandbox names no snapshot to wait for";
+                            self.save(&mut r, state::BUILD_FAILED, Some(reason.into()))
+                                .await?;
+                        }
+                    }
+                }
+                // A start that was pulling its image when the server
+                // stopped: nothing of it ran.
+                (state::BUILDING_SNAPSHOT | state::PULLING_SNAPSHOT, _) => {
+                    let reason = "the server stopped while this sandbox's image was being prepared; start it again";
+                    r.desired_state = state::STOPPED;
+                    self.save(&mut r, state::ERROR, Some(reason.into())).await?;
                 }
                 (state::DESTROYING, _) => {
                     let _ = self.destroy(&mut r).await;

@@ -25,6 +25,43 @@ pub const ERROR: &str = "error";
 pub const BUILD_FAILED: &str = "build_failed";
 pub const REMOVING: &str = "removing";
 pub const BUILDING: &str = "building";
+/// How often a server working on a snapshot says so.
+const HEARTBEAT_MS: u64 = 10_000;
+/// A pull, build or capture not heard of for this long was abandoned (its
+/// server stopped): pulls and builds start over, captures fail.
+pub const STALE_MS: i64 = 60_000;
+
+/// `ATOLL_SNAPSHOT_STALE_SECS` (default [`STALE_MS`]): how long work on a
+/// snapshot may go unheard of before it counts as abandoned.
+fn stale_ms() -> i64 {
+    std::env::var("ATOLL_SNAPSHOT_STALE_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .map_or(STALE_MS, |v| (v * 1000.0) as i64)
+}
+
+/// `ATOLL_SNAPSHOT_KEEPER_SECS` (default 20): how often the keeper looks.
+fn keeper_interval() -> std::time::Duration {
+    std::env::var("ATOLL_SNAPSHOT_KEEPER_SECS")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| *v > 0.0)
+        .map_or(
+            std::time::Duration::from_secs(20),
+            std::time::Duration::from_secs_f64,
+        )
+}
+
+/// Stops a heartbeat when dropped.
+pub(crate) struct HeartbeatGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for HeartbeatGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How long a Dockerfile build may take.
 pub const BUILD_TIMEOUT_SECS: u64 = 1800;
 /// A sandbox's filesystem is being captured (the SDKs know this state).
@@ -326,6 +363,8 @@ impl AppState {
                 return;
             }
         }
+        atoll_types::failpoint::hit("snapshot.pull.after_transition");
+        let beat = self.heartbeat(&rec.id, &rec.state);
         let pulled = async {
             let runner = self.pick_runner(rec.region_id.as_deref()).await?;
             let rt = self.runtime_of_runner(&runner)?;
@@ -333,6 +372,7 @@ impl AppState {
             Ok::<_, ApiError>((rt, info))
         }
         .await;
+        drop(beat);
         let from = rec.state.clone();
         let rt = match pulled {
             Ok((rt, info)) => {
@@ -655,10 +695,10 @@ impl AppState {
         Ok(self.snapshot_record_dto(&rec))
     }
 
-    /// Pending snapshots nobody took are pulled; pulls and captures whose
-    /// server stopped (nothing heard for an hour) end in `error`. Run at
-    /// boot and every minute: taking a pending snapshot is a conditional
-    /// update, so several servers never pull one twice.
+    /// Pending snapshots nobody took are pulled; pulls and builds whose
+    /// server stopped (no heartbeat for [`STALE_MS`]) start over, captures
+    /// end in `error`. Run at boot and every 20 s: taking a snapshot is a
+    /// conditional update, so several servers never work on one twice.
     pub async fn resume_snapshot_work(&self) {
         if let Ok(list) = self.store.snapshots_in_state(PENDING).await {
             for rec in list {
@@ -666,37 +706,72 @@ impl AppState {
                 tokio::spawn(async move { s.pull_snapshot(rec).await });
             }
         }
-        let stale = now_millis() - 3_600_000;
+        // Work nobody has heard of for a while: its server stopped. A pull
+        // or build starts over (both are idempotent); a capture cannot (its
+        // sandbox moved on).
+        let stale = now_millis() - stale_ms();
         for state in [PULLING, BUILDING, SNAPSHOTTING] {
             let Ok(list) = self.store.snapshots_in_state(state).await else {
                 continue;
             };
             for mut rec in list.into_iter().filter(|r| r.updated_at < stale) {
-                rec.state = ERROR.into();
-                rec.error_reason = Some(format!(
-                    "{} did not finish within an hour (its server stopped?)",
-                    if state == PULLING {
-                        "the pull"
-                    } else {
-                        "the capture"
-                    }
-                ));
                 rec.updated_at = now_millis();
-                let _ = self.store.set_snapshot_state(&rec, state).await;
+                if state == SNAPSHOTTING {
+                    rec.state = ERROR.into();
+                    rec.error_reason =
+                        Some("the server capturing the sandbox stopped; capture it again".into());
+                    let _ = self.store.set_snapshot_state(&rec, state).await;
+                    continue;
+                }
+                rec.state = PENDING.into();
+                if matches!(self.store.set_snapshot_state(&rec, state).await, Ok(true)) {
+                    tracing::info!(snapshot = %rec.id, "resuming an abandoned {state}");
+                    let _ = self
+                        .store
+                        .append_log(
+                            &rec.id,
+                            &[format!(
+                                "The server working on this stopped; starting the {state} over"
+                            )],
+                        )
+                        .await;
+                    let s = self.clone();
+                    tokio::spawn(async move { s.pull_snapshot(rec).await });
+                }
             }
         }
     }
 
-    /// Runs [`AppState::resume_snapshot_work`] now and every minute.
+    /// Runs [`AppState::resume_snapshot_work`] now and every 20 s.
     pub fn spawn_snapshot_keeper(&self) {
         let s = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            let mut tick = tokio::time::interval(keeper_interval());
             loop {
                 tick.tick().await;
                 s.resume_snapshot_work().await;
             }
         });
+    }
+
+    /// Keeps `updated_at` of a snapshot in `state` fresh while work on it
+    /// runs here; the keeper takes a snapshot nobody refreshes for
+    /// [`STALE_MS`] as abandoned. Stops when the returned guard drops.
+    fn heartbeat(&self, id: &str, state: &str) -> HeartbeatGuard {
+        let store = self.store.clone();
+        let (id, state) = (id.to_string(), state.to_string());
+        HeartbeatGuard(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(HEARTBEAT_MS));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match store.touch_snapshot_in(&id, &state, now_millis()).await {
+                    Ok(true) => {}
+                    Ok(false) => return,
+                    Err(e) => tracing::warn!(snapshot = %id, error = %e, "snapshot heartbeat"),
+                }
+            }
+        }))
     }
 
     /// Records that a snapshot was used now.
@@ -789,9 +864,15 @@ impl AppState {
         row.state = state::PENDING_BUILD;
         self.insert_within_quota(&row).await?;
         let dto = self.to_dto(&row);
-        let s = self.clone();
-        tokio::spawn(async move { s.start_after_build(row.id, snapshot.id).await });
+        self.wait_for_build(row.id, snapshot.id);
         Ok(dto)
+    }
+
+    /// Starts the `pending_build` sandbox once its snapshot is active (in
+    /// the background).
+    pub(crate) fn wait_for_build(&self, sandbox_id: String, snapshot_id: String) {
+        let s = self.clone();
+        tokio::spawn(async move { s.start_after_build(sandbox_id, snapshot_id).await });
     }
 
     async fn start_after_build(&self, sandbox_id: String, snapshot_id: String) {
@@ -900,6 +981,7 @@ impl AppState {
 
     async fn finish_capture(&self, mut r: atoll_store::SandboxRecord, mut rec: SnapshotRecord) {
         use crate::lifecycle::state;
+        let beat = self.heartbeat(&rec.id, SNAPSHOTTING);
         let captured = async {
             let rt = self.rt(&r).await?;
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -919,6 +1001,7 @@ impl AppState {
             done.map_err(ApiError::from)
         }
         .await;
+        drop(beat);
         match captured {
             Ok(info) => {
                 rec.state = ACTIVE.into();

@@ -680,6 +680,7 @@ impl ImageStore {
             source: image.source,
         };
         let path = self.ref_path(&image.name)?;
+        atoll_types::failpoint::hit("image.put.before_ref");
         let _lock = self.lock(&mut |_| {})?;
         write_ref(&path, &record)?;
         self.image_of(&path, record)

@@ -977,6 +977,7 @@ impl NamespaceRuntime {
         if freeze {
             self.cgroups.freeze(id, FREEZE_TIMEOUT)?;
         }
+        atoll_types::failpoint::hit("runtime.commit.frozen");
         let written = (|| {
             let _mount = crate::commit::ReadOnlyMount::new(&device, mount_dir)?;
             let upper = crate::safe_fs::open_dir(&mount_dir.join("upper")).map_err(|source| {

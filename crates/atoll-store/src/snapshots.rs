@@ -216,6 +216,23 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Refreshes `updated_at` of a snapshot still in `state` (the
+    /// heartbeat of the server working on it); false once it is not.
+    pub async fn touch_snapshot_in(
+        &self,
+        id: &str,
+        state: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE snapshots SET updated_at = $3 WHERE id = $1 AND state = $2")
+            .bind(id)
+            .bind(state)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Deletes a snapshot and its log lines.
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
