@@ -49,6 +49,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 pub struct QueryPairs(pub Vec<(String, String)>);
 
 impl QueryPairs {
+    /// `sort` (one of `fields`, default `createdAt`) and whether `order`
+    /// (default `desc`) is descending; 400 for anything else.
+    pub fn sort_order<'a>(&'a self, fields: &[&str]) -> Result<(&'a str, bool), ApiError> {
+        let sort = self.get("sort").unwrap_or("createdAt");
+        if !fields.contains(&sort) {
+            return Err(ApiError::BadRequest(format!(
+                "sort must be one of {fields:?}"
+            )));
+        }
+        let desc = match self.get("order").unwrap_or("desc") {
+            "asc" => false,
+            "desc" => true,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "order must be asc or desc, got {other:?}"
+                )))
+            }
+        };
+        Ok((sort, desc))
+    }
+
     pub fn parse(query: Option<&str>) -> QueryPairs {
         let decode = |s: &str| {
             let s = s.replace('+', " ");

@@ -188,6 +188,27 @@ impl RemoteRuntime {
         format!("{}{route}", self.prefix)
     }
 
+    /// Sends `req` on a connection of its own (not the pool's: its answer
+    /// is long or becomes a stream); the answer's head within
+    /// [`CALL_TIMEOUT`].
+    async fn send_alone(
+        &self,
+        req: Request<PoolBody>,
+        what: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, RuntimeError> {
+        let opened = tokio::time::timeout(CALL_TIMEOUT, async {
+            let tcp = self.connect().await?;
+            let mut sender = pool::handshake_io(tcp).await?;
+            Ok::<_, PoolError>(sender.send_request(req).await?)
+        })
+        .await;
+        match opened {
+            Err(_) => Err(self.unreachable(format!("no answer to {what}"))),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
     /// A call answered with a stream of [`StreamEvent`] lines: progress
     /// goes to `log`, the last line is the outcome. A runner silent for
     /// [`STREAM_IDLE`] (it sends keep-alives) is unreachable.
@@ -198,17 +219,7 @@ impl RemoteRuntime {
         log: atoll_runtime_api::LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let req = self.request(Method::POST, path, body)?;
-        let opened = tokio::time::timeout(CALL_TIMEOUT, async {
-            let tcp = self.connect().await?;
-            let mut sender = pool::handshake_io(tcp).await?;
-            Ok::<_, PoolError>(sender.send_request(req).await?)
-        })
-        .await;
-        let resp = match opened {
-            Err(_) => return Err(self.unreachable("no answer to a streamed call")),
-            Ok(Err(e)) => return Err(self.unreachable(e)),
-            Ok(Ok(r)) => r,
-        };
+        let resp = self.send_alone(req, "a streamed call").await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -268,17 +279,7 @@ impl RemoteRuntime {
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         req.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static(STREAM_UPGRADE));
-        let opened = tokio::time::timeout(CALL_TIMEOUT, async {
-            let tcp = self.connect().await?;
-            let mut sender = pool::handshake_io(tcp).await?;
-            Ok::<_, PoolError>(sender.send_request(req).await?)
-        })
-        .await;
-        let resp = match opened {
-            Err(_) => return Err(self.unreachable("no answer to a stream request")),
-            Ok(Err(e)) => return Err(self.unreachable(e)),
-            Ok(Ok(r)) => r,
-        };
+        let resp = self.send_alone(req, "a stream request").await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             let status = resp.status();
             let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)

@@ -405,21 +405,7 @@ async fn filtered(
     let is_recoverable = flag(q, "isRecoverable")?;
     let include_errored_deleted = flag(q, "includeErroredDeleted")?.unwrap_or(false);
     let include_warm = flag(q, "includeWarm")?.unwrap_or(false);
-    let sort = q.get("sort").unwrap_or("createdAt");
-    if !sort_fields.contains(&sort) {
-        return Err(ApiError::BadRequest(format!(
-            "sort must be one of {sort_fields:?}"
-        )));
-    }
-    let desc = match q.get("order").unwrap_or("desc") {
-        "asc" => false,
-        "desc" => true,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "order must be asc or desc, got {other:?}"
-            )))
-        }
-    };
+    let (sort, desc) = q.sort_order(sort_fields)?;
     let within = |v: i64, (lo, hi): (f64, f64)| lo <= v as f64 && v as f64 <= hi;
     let in_times = |v: Option<i64>, (after, before): (Option<i64>, Option<i64>)| {
         (after.is_none() && before.is_none())

@@ -58,21 +58,7 @@ pub async fn paginated(
             .parse()
             .map_err(|_| ApiError::BadRequest(format!("invalid cursor {c:?}")))?,
     };
-    let sort = q.get("sort").unwrap_or("createdAt");
-    if !SORT_FIELDS.contains(&sort) {
-        return Err(ApiError::BadRequest(format!(
-            "sort must be one of {SORT_FIELDS:?}"
-        )));
-    }
-    let desc = match q.get("order").unwrap_or("desc") {
-        "asc" => false,
-        "desc" => true,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "order must be asc or desc, got {other:?}"
-            )))
-        }
-    };
+    let (sort, desc) = q.sort_order(SORT_FIELDS)?;
     let mut all = s.list_secrets(&p).await?;
     if let Some(n) = q.get("name") {
         let n = n.to_lowercase();

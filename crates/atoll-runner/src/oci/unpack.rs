@@ -567,14 +567,7 @@ fn apply_entry<R: Read>(
             }
             nix::unistd::symlinkat(OsStr::from_bytes(&target), &parent, name)
                 .map_err(sys_err("creating symlink", &shown))?;
-            nix::unistd::fchownat(
-                &parent,
-                name,
-                Some(nix::unistd::Uid::from_raw(uid)),
-                Some(nix::unistd::Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(sys_err("chown", &shown))?;
+            lchown_at(&parent, name, uid, gid, &shown)?;
             let t = TimeSpec::new(mtime, 0);
             let _ =
                 nix::sys::stat::utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink);
@@ -611,14 +604,7 @@ fn apply_entry<R: Read>(
                 0,
             )
             .map_err(sys_err("creating fifo", &shown))?;
-            nix::unistd::fchownat(
-                &parent,
-                name,
-                Some(nix::unistd::Uid::from_raw(uid)),
-                Some(nix::unistd::Gid::from_raw(gid)),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(sys_err("chown", &shown))?;
+            lchown_at(&parent, name, uid, gid, &shown)?;
             nix::sys::stat::fchmodat(
                 &parent,
                 name,
@@ -665,6 +651,24 @@ fn collect_xattrs<R: Read>(
         }
     }
     Ok(out)
+}
+
+/// Sets the owner of `name` in `dir`, not following a symlink.
+fn lchown_at(
+    dir: &OwnedFd,
+    name: &OsStr,
+    uid: u32,
+    gid: u32,
+    shown: &str,
+) -> Result<(), UnpackError> {
+    nix::unistd::fchownat(
+        dir,
+        name,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(sys_err("chown", shown))
 }
 
 /// Owner, mode (after chown, which clears set-id bits), xattrs and mtime
