@@ -204,7 +204,7 @@ impl Builder {
                     if let Some(digest) = self.workdir_layer(&layers, &dir).await? {
                         layers.push(digest);
                     }
-                    self.remember(&cache, &layers, &config)?;
+                    self.remember(&cache, &layers, &config).await?;
                 }
                 Instruction::Run(c) => {
                     let cache = format!("atoll/build-cache/{}", &key[..40]);
@@ -223,7 +223,7 @@ impl Builder {
                         .await?;
                     layers.push(digest);
                     size += bytes;
-                    self.remember(&cache, &layers, &config)?;
+                    self.remember(&cache, &layers, &config).await?;
                 }
             }
         }
@@ -255,22 +255,26 @@ impl Builder {
         self.images.get(name).ok().flatten()
     }
 
-    fn remember(
+    /// Stores a step's result as `name` (the cache), off the runtime.
+    async fn remember(
         &self,
         name: &str,
         layers: &[String],
         config: &ImageConfig,
     ) -> Result<(), RuntimeError> {
-        self.images
-            .put_layered(LayeredImage {
-                name: name.to_string(),
-                digest: format!("sha256:{}", key_of(name, &layers.join(","))),
-                layers: layers.to_vec(),
-                size_bytes: 0,
-                config: config.clone(),
-                entrypoint: Vec::new(),
-                source: Some("build step".into()),
-            })
+        let image = LayeredImage {
+            name: name.to_string(),
+            digest: format!("sha256:{}", key_of(name, &layers.join(","))),
+            layers: layers.to_vec(),
+            size_bytes: 0,
+            config: config.clone(),
+            entrypoint: Vec::new(),
+            source: Some("build step".into()),
+        };
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.put_layered(image))
+            .await
+            .map_err(|e| failed(format!("store task: {e}")))?
             .map(|_| ())
             .map_err(|e| failed(e.to_string()))
     }

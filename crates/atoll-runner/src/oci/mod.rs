@@ -310,7 +310,7 @@ pub async fn pull(
         .map(|total| size_bytes = total)?;
     }
     let run = config.config.unwrap_or_default();
-    let image = store.put_layered(LayeredImage {
+    let layered = LayeredImage {
         name: name.to_string(),
         digest: fetched.digest.clone(),
         layers: layer_digests,
@@ -324,7 +324,12 @@ pub async fn pull(
         },
         entrypoint: Vec::new(),
         source: Some(r.to_string()),
-    })?;
+    };
+    // The ref is written under the store's lock, fsynced: off the runtime.
+    let store2 = store.clone();
+    let image = tokio::task::spawn_blocking(move || store2.put_layered(layered))
+        .await
+        .map_err(|e| PullError::manifest(&r, format!("store task: {e}")))??;
     log(&format!("Digest: {}", fetched.digest));
     Ok(image)
 }
