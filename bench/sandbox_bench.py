@@ -62,7 +62,7 @@ def main():
     with Server(args.atoll, args.images_dir) as srv:
         data_dir = srv.data_dir
         api = Api(srv.port, srv.key)
-        snap = api.call("GET", "/api/snapshots")["items"][0]
+        snap = next(s for s in api.call("GET", "/api/snapshots")["items"] if s["general"])
         rootfs = os.path.join(args.images_dir, "layers", snap["id"].replace(":", "-"))
 
         # warm-up

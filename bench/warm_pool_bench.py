@@ -49,7 +49,7 @@ def main():
             s, sid = timed_create(api, body)
             cold.append(s)
             api.call("DELETE", f"/api/sandbox/{sid}")
-        snapshot = api.call("GET", "/api/snapshots")["items"][0]["name"]
+        snapshot = next(s["name"] for s in api.call("GET", "/api/snapshots")["items"] if s["general"])
         pool = api.call("POST", "/api/warm-pools", {"snapshot": snapshot, "pool": 2})
         warm = []
         for _ in range(args.n):

@@ -90,7 +90,7 @@ test('TTL and list filters', { timeout: TEST_TIMEOUT_MS }, async () => {
 
 test('a warm pool serves a matching create', { timeout: TEST_TIMEOUT_MS }, async () => {
   const d = daytona()
-  const snapshot = (await d.snapshot.list()).items[0].name
+  const snapshot = (await d.snapshot.list()).items.find((s) => s.general).name
   const pool = await d.warmPool.create({ snapshot, pool: 1 })
   try {
     await waitFor(

@@ -37,7 +37,7 @@ def wait_ready(d, pool_id, size, timeout=60):
 
 def test_create_takes_a_warm_sandbox_and_the_pool_refills(srv):
     d = srv.client()
-    snapshot = d.snapshot.list().items[0].name
+    snapshot = next(s.name for s in d.snapshot.list().items if s.general)
     pool = d.warm_pool.create(snapshot, 2)
     assert pool.pool == 2 and pool.target == "local"
     wait_ready(d, pool.id, 2)
@@ -95,7 +95,7 @@ def test_bad_pools_are_refused(srv):
     assert status == 400, body
     status, _, _ = srv.http("PATCH", "/api/warm-pools/nope", json={"pool": 1})
     assert status == 404
-    snapshot = d.snapshot.list().items[0].name
+    snapshot = next(s.name for s in d.snapshot.list().items if s.general)
     pool = d.warm_pool.create(snapshot, 1)
     with pytest.raises((DaytonaError, ApiException)):
         d.warm_pool.create(snapshot, 1)  # one pool per snapshot and region

@@ -89,6 +89,17 @@ impl AppState {
                 crate::routes::account::REGION
             )));
         }
+        if self
+            .store
+            .snapshot_in_org(&p.organization_id, &req.snapshot)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::BadRequest(format!(
+                "warm pools serve built-in snapshots; {} is one of the organization's own (not supported yet)",
+                req.snapshot
+            )));
+        }
         let image = self
             .image_catalog()
             .await?
