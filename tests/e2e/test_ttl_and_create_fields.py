@@ -77,7 +77,8 @@ def test_bad_ttl_is_refused(server, sandbox):
         ("queueTimeout", 0, "queueTimeout"),
         ("outboundProxyUrl", "ftp://proxy:21", "outboundProxyUrl"),
         ("volumes", [{"volumeId": "v", "mountPath": "/m"}], "volumes"),
-        ("buildInfo", {"dockerfileContent": "FROM x"}, "buildInfo"),
+        # buildInfo is supported (test_images.py); a build context is not yet.
+        ("buildInfo", {"dockerfileContent": "FROM x\nCOPY a /a\n", "contextHashes": ["0a1b"]}, "context"),
         ("domainAllowList", "example.com", "domain"),
     ],
 )
