@@ -698,19 +698,48 @@ impl ImageStore {
         }
     }
 
-    /// Removes layers no ref names and `in_use` does not hold, once they
+    /// Removes refs of the builder's cache and bases (names under
+    /// `atoll/build-`) not used for `cache_ttl` (a cache hit refreshes its
+    /// ref), then layers no ref names and `in_use` does not hold, once they
     /// are older than `grace` (a pull in progress refreshes what it
     /// reuses). Returns what was removed and its size.
     pub fn collect(
         &self,
         grace: std::time::Duration,
+        cache_ttl: std::time::Duration,
         in_use: &std::collections::HashSet<PathBuf>,
     ) -> Result<CollectReport, ImageError> {
         let _lock = self.lock(&mut |_| {})?;
         let mut keep: std::collections::HashSet<PathBuf> = in_use.clone();
         let mut refs = Vec::new();
         collect_refs(&self.root.join("refs"), &mut refs)?;
+        let build_refs = self.root.join("refs/atoll");
+        let now = SystemTime::now();
+        let mut live = Vec::new();
         for path in refs {
+            let is_build = path.strip_prefix(&build_refs).is_ok_and(|rel| {
+                rel.components()
+                    .next()
+                    .and_then(|c| c.as_os_str().to_str())
+                    .is_some_and(|c| c.starts_with("build-"))
+            });
+            let unused = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age >= cache_ttl);
+            if is_build && unused {
+                match fs::remove_file(&path) {
+                    Ok(()) => report_ref(&path),
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), %err, "could not remove a build cache ref")
+                    }
+                }
+                continue;
+            }
+            live.push(path);
+        }
+        for path in live {
             match read_ref(&path) {
                 Ok(Some(record)) => match self.image_of(&path, record) {
                     Ok(image) => keep.extend(image.layers),
@@ -726,7 +755,6 @@ impl ImageStore {
         }
         let layers = self.root.join("layers");
         let mut report = CollectReport::default();
-        let now = SystemTime::now();
         for entry in fs::read_dir(&layers).map_err(ImageError::io("listing", &layers))? {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
@@ -755,6 +783,13 @@ impl ImageStore {
             }
         }
         Ok(report)
+    }
+
+    /// Marks the ref `name` as used now (the build cache's clock).
+    pub fn touch_ref(&self, name: &str) {
+        if let Ok(path) = self.ref_path(name) {
+            touch(&path);
+        }
     }
 
     /// Bytes of every stored layer.
@@ -826,6 +861,16 @@ pub fn layer_digest_of(path: &Path) -> Option<String> {
     let name = path.file_name()?.to_str()?;
     let digest = format!("sha256:{}", name.strip_prefix("sha256-")?);
     layer_hex(&digest).is_ok().then_some(digest)
+}
+
+fn report_ref(path: &Path) {
+    tracing::info!(path = %path.display(), "removed an unused build cache ref");
+}
+
+/// Refreshes a file's or directory's modification time (collection's
+/// clocks).
+pub fn touch(path: &Path) {
+    touch_dir(path)
 }
 
 /// Refreshes a directory's modification time (collection's grace clock).
@@ -2416,22 +2461,44 @@ mod tests {
         // Within the grace nothing goes; after it, only the orphan.
         let in_use: std::collections::HashSet<PathBuf> =
             [store.layer_path(layer_hex(&pinned).unwrap())].into();
-        let none = store
-            .collect(std::time::Duration::from_secs(3600), &in_use)
-            .unwrap();
+        let hour = std::time::Duration::from_secs(3600);
+        let none = store.collect(hour, hour, &in_use).unwrap();
         assert_eq!(none, CollectReport::default());
-        let r = store.collect(std::time::Duration::ZERO, &in_use).unwrap();
+        let r = store
+            .collect(std::time::Duration::ZERO, hour, &in_use)
+            .unwrap();
         assert_eq!((r.layers, r.bytes), (1, 5));
         assert!(!store.layer_path(layer_hex(&orphan).unwrap()).exists());
         // Removing x:b frees its own layer but not the shared base.
         assert!(store.remove("x:b").unwrap());
         assert!(!store.remove("x:b").unwrap());
-        let r = store.collect(std::time::Duration::ZERO, &in_use).unwrap();
+        let r = store
+            .collect(std::time::Duration::ZERO, hour, &in_use)
+            .unwrap();
         assert_eq!(r.layers, 1);
         assert!(!store.layer_path(layer_hex(&b).unwrap()).exists());
         assert!(store.get("x:a").unwrap().unwrap().is_complete());
         assert!(store.layer_path(layer_hex(&pinned).unwrap()).exists());
         assert_eq!(layer_digest_of(&img.layers[1]).as_deref(), Some(a.as_str()));
+
+        // A build cache ref unused for its time goes, and its layer after
+        // it; ordinary refs never do.
+        put("atoll/build-cache/0123", vec![base.clone(), pinned.clone()]);
+        let r = store
+            .collect(std::time::Duration::ZERO, hour, &[].into())
+            .unwrap();
+        assert_eq!(r.layers, 0);
+        let r = store
+            .collect(
+                std::time::Duration::ZERO,
+                std::time::Duration::ZERO,
+                &[].into(),
+            )
+            .unwrap();
+        assert_eq!(r.layers, 1);
+        assert!(store.get("atoll/build-cache/0123").unwrap().is_none());
+        assert!(!store.layer_path(layer_hex(&pinned).unwrap()).exists());
+        assert!(store.get("x:a").unwrap().unwrap().is_complete());
     }
 
     #[test]

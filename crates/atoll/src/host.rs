@@ -64,6 +64,10 @@ pub struct HostArgs {
     /// How long an image layer nothing uses is kept before it is deleted.
     #[arg(long, env = "ATOLL_IMAGE_GC_GRACE_SECS", default_value_t = 3600)]
     pub image_gc_grace_secs: u64,
+    /// How long a cached build step (and a build's base image) nothing
+    /// used is kept.
+    #[arg(long, env = "ATOLL_BUILD_CACHE_DAYS", default_value_t = 7)]
+    pub build_cache_days: u64,
 }
 
 impl HostArgs {
@@ -99,7 +103,7 @@ pub fn local_runtime(host: &Host, args: &HostArgs) -> Result<atoll_runner::local
 
 /// Deletes image layers nothing uses (no image, no sandbox of this host)
 /// once they are older than the grace, every ten minutes.
-pub fn spawn_image_collector(host: &Host, grace: Duration) {
+pub fn spawn_image_collector(host: &Host, grace: Duration, cache_ttl: Duration) {
     let runtime = host.runtime.clone();
     let images = host.images.clone();
     tokio::spawn(async move {
@@ -108,7 +112,7 @@ pub fn spawn_image_collector(host: &Host, grace: Duration) {
             tick.tick().await;
             let (runtime, images) = (runtime.clone(), images.clone());
             let done = tokio::task::spawn_blocking(move || {
-                images.collect(grace, &runtime.layers_in_use())
+                images.collect(grace, cache_ttl, &runtime.layers_in_use())
             })
             .await;
             match done {
@@ -208,6 +212,7 @@ pub fn pull_image(a: PullArgs) -> Result<()> {
         registry_mirrors: a.registry_mirrors,
         insecure_registries: a.insecure_registries,
         image_gc_grace_secs: 0,
+        build_cache_days: 0,
     }
     .registry_config()?;
     let creds = match a.auth.as_deref() {

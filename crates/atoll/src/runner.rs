@@ -164,6 +164,7 @@ pub fn run(args: RunnerArgs) -> Result<()> {
         crate::host::spawn_image_collector(
             &host,
             std::time::Duration::from_secs(args.host.image_gc_grace_secs),
+            std::time::Duration::from_secs(args.host.build_cache_days * 86_400),
         );
         let runtime: Arc<dyn Runtime> = Arc::new(crate::host::local_runtime(&host, &args.host)?);
         let recovered = runtime

@@ -198,6 +198,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
                 crate::host::spawn_image_collector(
                     &h,
                     Duration::from_secs(args.host.image_gc_grace_secs),
+                    Duration::from_secs(args.host.build_cache_days * 86_400),
                 );
                 Arc::new(crate::host::local_runtime(&h, &args.host)?)
             }

@@ -251,8 +251,11 @@ impl Builder {
         Ok(stored)
     }
 
+    /// A step's cached result; a hit keeps the cache entry alive.
     fn cached(&self, name: &str) -> Option<Image> {
-        self.images.get(name).ok().flatten()
+        let hit = self.images.get(name).ok().flatten()?;
+        self.images.touch_ref(name);
+        Some(hit)
     }
 
     /// Stores a step's result as `name` (the cache), off the runtime.
