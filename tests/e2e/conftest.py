@@ -357,6 +357,8 @@ class AtollRunner:
         self.proc: subprocess.Popen | None = None
         self.extra_env: dict[str, str] = {"ATOLL_RUNNER_HEALTH_SECS": "0.5"}
         self.extra_args: list[str] = []
+        # The server's image store unless a test gives the runner its own.
+        self.images_dir = server.images_dir
 
     def start(self, timeout: float = START_TIMEOUT_S) -> "AtollRunner":
         """Starts the runner and waits until the control plane lists it ready."""
@@ -369,7 +371,7 @@ class AtollRunner:
             "--api-url", self.server.api_url,
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}",
-            "--images-dir", self.server.images_dir,
+            "--images-dir", self.images_dir,
         ] + self.extra_args
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== {' '.join(cmd)}\n".encode())

@@ -249,3 +249,50 @@ def test_a_runner_serving_tls_is_driven_over_https(atoll_bin, images_dir):
         finally:
             srv.delete_all_sandboxes()
             edge.cleanup()
+
+
+def test_a_runner_without_a_snapshot_pulls_it_when_a_sandbox_lands_there(deployment, tmp_path):
+    """Runners with image stores of their own: a snapshot pulled on one is
+    pulled by the other when placement puts a sandbox there
+    (`pulling_snapshot`), its log streamed through the runner protocol."""
+    import shutil
+    from daytona import CreateSnapshotParams
+    from oci_images import Layer, Registry, busybox_base, push_image
+
+    srv, add = deployment
+    # A private store for runner B holding only the default image, hard
+    # linked from the shared one (building it would take minutes).
+    store = tmp_path / "images"
+    (store / "layers").mkdir(parents=True)
+    (store / "refs" / "atoll").mkdir(parents=True)
+    ref = json.loads(open(os.path.join(srv.images_dir, "refs/atoll/default:bookworm.json")).read())
+    layer = "sha256-" + ref["digest"].split(":", 1)[1]
+    subprocess.run(["cp", "-al", os.path.join(srv.images_dir, "layers", layer), str(store / "layers")], check=True)
+    shutil.copy(os.path.join(srv.images_dir, "refs/atoll/default:bookworm.json"), store / "refs" / "atoll")
+
+    registry = Registry()
+    try:
+        push_image(registry, "multi/app", "1", [busybox_base().raw(), Layer().file("marker", "on-b\n").raw()])
+        a = add("shared-store")
+        b = AtollRunner(srv, "own-store")
+        b.images_dir = str(store)
+        b.start()
+        try:
+            d = srv.client()
+            # Only A takes sandboxes while the snapshot is pulled: it lands in the shared store.
+            assert srv.http("PATCH", f"/api/runners/{b.id}/draining", json={"draining": True})[0] == 200
+            d.snapshot.create(CreateSnapshotParams(name="multi-app", image=f"{registry.host}/multi/app:1"))
+            assert srv.http("PATCH", f"/api/runners/{b.id}/draining", json={"draining": False})[0] == 200
+            assert srv.http("PATCH", f"/api/runners/{a.id}/draining", json={"draining": True})[0] == 200
+            sb = d.create(CreateSandboxFromSnapshotParams(snapshot="multi-app"), timeout=120)
+            try:
+                assert runner_of(srv, sb.id) == b.id
+                assert sb.process.exec("cat /marker").result.strip() == "on-b"
+                status, _, text = srv.http("GET", f"/api/sandbox/{sb.id}/build-logs")
+                assert status == 200 and b"Pulling" in text, text
+            finally:
+                sb.delete()
+        finally:
+            b.cleanup()
+    finally:
+        registry.stop()
