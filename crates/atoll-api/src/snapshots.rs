@@ -472,6 +472,7 @@ impl AppState {
             },
             disk_bytes: (rec.disk.max(DEFAULT_DISK_GIB) as u64) << 30,
             timeout_secs: BUILD_TIMEOUT_SECS,
+            cache_scope: rec.organization_id.clone(),
         };
         let (log, writer) = self.log_writer(log_owner);
         let result = rt.build_image(&build, &log).await;

@@ -151,7 +151,7 @@ pub fn upper_to_tar(upper: &OwnedFd, out: impl Write) -> Result<TarStats, Commit
     builder.mode(tar::HeaderMode::Complete);
     let mut stats = TarStats::default();
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    walk(upper, b"", &mut builder, &mut stats, &mut links)?;
+    walk(upper, b"", &mut builder, &mut stats, &mut links, 0)?;
     builder
         .into_inner()
         .map_err(io_err("finishing the layer", ""))?
@@ -171,14 +171,26 @@ fn header_for(st: &FileStat, entry: tar::EntryType, size: u64) -> tar::Header {
     h
 }
 
+/// Directories nested deeper than this are refused: the walk recurses
+/// (one frame and one descriptor a level) over a tree the sandbox made.
+pub const MAX_DEPTH: usize = 256;
+
 fn walk<W: Write>(
     dir: &OwnedFd,
     prefix: &[u8],
     b: &mut tar::Builder<W>,
     stats: &mut TarStats,
     links: &mut HashMap<(u64, u64), Vec<u8>>,
+    depth: usize,
 ) -> Result<(), CommitError> {
     let shown = String::from_utf8_lossy(prefix).into_owned();
+    if depth > MAX_DEPTH {
+        return Err(CommitError::Io {
+            action: "walking",
+            path: shown,
+            source: io::Error::other(format!("directories nest deeper than {MAX_DEPTH} levels")),
+        });
+    }
     let mut names: Vec<Vec<u8>> = {
         let fd = nix::unistd::dup(dir).map_err(sys_err("listing", &shown))?;
         let mut listing = nix::dir::Dir::from_fd(fd).map_err(sys_err("listing", &shown))?;
@@ -228,7 +240,7 @@ fn walk<W: Write>(
                         .map_err(io_err("writing", &shown))?;
                     stats.entries += 1;
                 }
-                walk(&sub, &path, b, stats, links)?;
+                walk(&sub, &path, b, stats, links, depth + 1)?;
             }
             SFlag::S_IFREG => {
                 if st.st_nlink > 1 {

@@ -197,6 +197,10 @@ pub struct ImageBuild {
     pub disk_bytes: u64,
     /// The whole build's time bound.
     pub timeout_secs: u64,
+    /// Whose build this is (an organization): cached steps are reused
+    /// only within one scope.
+    #[serde(default)]
+    pub cache_scope: String,
 }
 
 impl std::fmt::Debug for ImagePull {

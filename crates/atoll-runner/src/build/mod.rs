@@ -151,7 +151,8 @@ impl Builder {
                 })?
             }
         };
-        let mut key = key_of("from", &base.digest);
+        // Cached steps are reused within one organization only.
+        let mut key = key_of(&key_of("scope", &b.cache_scope), &base.digest);
         let mut layers = digests_of(&base)?;
         let mut config = config_of(&base);
         let mut entrypoint: Vec<String> = Vec::new();
@@ -161,6 +162,15 @@ impl Builder {
         for (n, step) in steps.iter().enumerate().skip(1) {
             log(&format!("Step {}/{total} : {}", n + 1, step.text));
             key = key_of(&key, &step.text);
+            // An ARG's value (a build arg or its default) is part of what
+            // the steps after it do.
+            if let Instruction::Arg {
+                name,
+                default: Some(v),
+            } = &step.instruction
+            {
+                key = key_of(&key, &format!("{name}={v}"));
+            }
             match &step.instruction {
                 Instruction::Env(pairs) => {
                     for (k, v) in pairs {

@@ -81,8 +81,10 @@ pub struct RegistryClient {
     http: reqwest::Client,
     insecure_http: reqwest::Client,
     config: RegistryConfig,
-    /// `(api host, repository)` → bearer token.
-    tokens: Mutex<HashMap<(String, String), String>>,
+    /// `(api host, repository, credentials' fingerprint)` → the
+    /// `Authorization` value that worked: a token or basic header earned
+    /// with one caller's credentials is never sent for another's.
+    tokens: Mutex<HashMap<(String, String, String), String>>,
     /// `api host` → base URL that answered (`https://h` or `http://h`).
     bases: Mutex<HashMap<String, String>>,
 }
@@ -177,7 +179,7 @@ impl RegistryClient {
         let host = self.api_host(r);
         let base = self.base(&host).await?;
         let url = format!("{base}/v2/{}/{path}", r.repository);
-        let key = (host.clone(), r.repository.clone());
+        let key = (host.clone(), r.repository.clone(), fingerprint(creds));
         let http_err = |e: reqwest::Error| RegistryError::Http {
             registry: host.clone(),
             message: without_url(e),
@@ -441,6 +443,21 @@ impl BlobStream {
     }
 }
 
+/// Who is asking, for the token cache: a hash of the credentials, or
+/// anonymous.
+fn fingerprint(creds: Option<&Credentials>) -> String {
+    match creds {
+        None => "anonymous".into(),
+        Some(c) => {
+            let mut h = Sha256::new();
+            h.update(c.username.as_bytes());
+            h.update([0]);
+            h.update(c.password.as_bytes());
+            hex::encode(h.finalize())
+        }
+    }
+}
+
 fn check_blob(
     host: &str,
     digest: &str,
@@ -552,6 +569,21 @@ mod tests {
         assert!(!c.is_insecure("reg.internal:5001"));
         assert!(!c.is_insecure("docker.io"));
         assert!(!c.is_insecure("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn tokens_are_cached_per_caller() {
+        let a = Credentials {
+            username: "a".into(),
+            password: "pw".into(),
+        };
+        let b = Credentials {
+            username: "a".into(),
+            password: "other".into(),
+        };
+        assert_ne!(fingerprint(Some(&a)), fingerprint(Some(&b)));
+        assert_ne!(fingerprint(Some(&a)), fingerprint(None));
+        assert_eq!(fingerprint(Some(&a)), fingerprint(Some(&a.clone())));
     }
 
     #[test]

@@ -258,9 +258,13 @@ fn apply_entries(
     progress: &mut dyn FnMut(u64),
 ) -> Result<(), UnpackError> {
     let mut archive = tar::Archive::new(stream);
+    // Raw: long names, long links and PAX records are read here, bounded
+    // (the tar crate would read any size into memory).
     let entries = archive
         .entries()
-        .map_err(|e| UnpackError::Format(e.to_string()))?;
+        .map_err(|e| UnpackError::Format(e.to_string()))?
+        .raw(true);
+    let mut meta = Meta::default();
     for entry in entries {
         let mut entry = entry.map_err(|e| UnpackError::Format(e.to_string()))?;
         stats.entries += 1;
@@ -269,13 +273,82 @@ fn apply_entries(
                 limit: limits.max_entries,
             });
         }
-        apply_entry(&mut entry, root, stats)?;
+        match entry.header().entry_type() {
+            tar::EntryType::GNULongName => {
+                meta.name = Some(read_meta(&mut entry, MAX_NAME)?);
+                continue;
+            }
+            tar::EntryType::GNULongLink => {
+                meta.link = Some(read_meta(&mut entry, MAX_NAME)?);
+                continue;
+            }
+            tar::EntryType::XHeader => {
+                meta.pax = Some(read_meta(&mut entry, MAX_PAX)?);
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => {
+                // Defaults for later entries; Docker's layers carry none.
+                read_meta(&mut entry, MAX_PAX)?;
+                continue;
+            }
+            _ => {}
+        }
+        apply_entry(&mut entry, root, stats, &std::mem::take(&mut meta))?;
         if stats.entries.is_multiple_of(256) {
             progress(stats.file_bytes);
         }
     }
     progress(stats.file_bytes);
     Ok(())
+}
+
+/// Longest GNU long name or link accepted (a path is at most 4096 bytes).
+const MAX_NAME: u64 = 4097;
+/// Largest PAX record block accepted (xattrs included).
+const MAX_PAX: u64 = 1 << 20;
+
+/// What the metadata entries before an entry said of it.
+#[derive(Default)]
+struct Meta {
+    name: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+impl Meta {
+    /// The PAX record `key`, if present.
+    fn pax(&self, key: &str) -> Option<Vec<u8>> {
+        let pax = self.pax.as_deref()?;
+        tar::PaxExtensions::new(pax)
+            .flatten()
+            .find(|e| e.key() == Ok(key))
+            .map(|e| e.value_bytes().to_vec())
+    }
+}
+
+/// A metadata entry's body, refused past `limit` bytes; GNU names lose
+/// their trailing NULs.
+fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, limit: u64) -> Result<Vec<u8>, UnpackError> {
+    let size = entry
+        .header()
+        .size()
+        .map_err(|e| UnpackError::Format(e.to_string()))?;
+    if size > limit {
+        let shown = String::from_utf8_lossy(&entry.header().path_bytes()).into_owned();
+        return Err(UnpackError::hostile(
+            &shown,
+            format!("a {size}-byte metadata record (at most {limit})"),
+        ));
+    }
+    let mut body = Vec::with_capacity(size as usize);
+    entry
+        .take(limit)
+        .read_to_end(&mut body)
+        .map_err(|e| UnpackError::Format(e.to_string()))?;
+    while body.last() == Some(&0) {
+        body.pop();
+    }
+    Ok(body)
 }
 
 /// Splits a tar path into its components: a leading `/` and `.` parts are
@@ -398,6 +471,17 @@ fn is_dir(st: &nix::sys::stat::FileStat) -> bool {
 /// Removes `name` in `dir` and, for a directory, everything below it,
 /// never following a symlink.
 fn remove_at(dir: &OwnedFd, name: &OsStr, shown: &str) -> Result<(), UnpackError> {
+    remove_below(dir, name, shown, 0)
+}
+
+/// Directories the layer itself nests deeper than this are refused (the
+/// removal recurses, a frame and a descriptor a level).
+const MAX_DEPTH: usize = 256;
+
+fn remove_below(dir: &OwnedFd, name: &OsStr, shown: &str, depth: usize) -> Result<(), UnpackError> {
+    if depth > MAX_DEPTH {
+        return Err(UnpackError::hostile(shown, "directories nest too deep"));
+    }
     let Some(st) = lstat_at(dir, name) else {
         return Ok(());
     };
@@ -422,7 +506,7 @@ fn remove_at(dir: &OwnedFd, name: &OsStr, shown: &str) -> Result<(), UnpackError
             names
         };
         for child in children {
-            remove_at(&sub, OsStr::from_bytes(&child), shown)?;
+            remove_below(&sub, OsStr::from_bytes(&child), shown, depth + 1)?;
         }
         nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)
             .map_err(sys_err("removing", shown))
@@ -466,8 +550,16 @@ fn apply_entry<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     root: &OwnedFd,
     stats: &mut UnpackStats,
+    meta: &Meta,
 ) -> Result<(), UnpackError> {
-    let raw_path = entry.path_bytes().into_owned();
+    let raw_path = meta
+        .pax("path")
+        .or_else(|| meta.name.clone())
+        .unwrap_or_else(|| entry.header().path_bytes().into_owned());
+    let link_name = meta
+        .pax("linkpath")
+        .or_else(|| meta.link.clone())
+        .or_else(|| entry.header().link_name_bytes().map(|l| l.into_owned()));
     let shown = String::from_utf8_lossy(&raw_path).into_owned();
     let parts = components(&raw_path)?;
     let Some((last, parents)) = parts.split_last() else {
@@ -479,8 +571,13 @@ fn apply_entry<R: Read>(
         .mode()
         .map_err(|e| UnpackError::Format(e.to_string()))?
         & 0o7777;
-    let uid = owner(header.uid().unwrap_or(0));
-    let gid = owner(header.gid().unwrap_or(0));
+    let pax_id = |k: &str| {
+        meta.pax(k)
+            .and_then(|v| String::from_utf8(v).ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let uid = owner(pax_id("uid").unwrap_or_else(|| header.uid().unwrap_or(0)));
+    let gid = owner(pax_id("gid").unwrap_or_else(|| header.gid().unwrap_or(0)));
     let mtime = header.mtime().unwrap_or(0).min(i64::MAX as u64) as i64;
 
     // Whiteouts (OCI image spec, "Representing Changes").
@@ -514,7 +611,7 @@ fn apply_entry<R: Read>(
             remove_at(&parent, name, &shown)?;
         }
     }
-    let xattrs = collect_xattrs(entry, stats)?;
+    let xattrs = collect_xattrs(meta, stats);
     match kind {
         tar::EntryType::Directory => {
             match nix::sys::stat::mkdirat(&parent, name, Mode::from_bits_truncate(0o700)) {
@@ -558,10 +655,9 @@ fn apply_entry<R: Read>(
             finish_fd(&file, uid, gid, mode, Some(mtime), &xattrs, &shown)?;
         }
         tar::EntryType::Symlink => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| UnpackError::hostile(&shown, "symlink without a target"))?
-                .into_owned();
+            let target = link_name
+                .clone()
+                .ok_or_else(|| UnpackError::hostile(&shown, "symlink without a target"))?;
             if target.is_empty() || target.len() > 4096 || target.contains(&0) {
                 return Err(UnpackError::hostile(&shown, "bad symlink target"));
             }
@@ -573,10 +669,9 @@ fn apply_entry<R: Read>(
                 nix::sys::stat::utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink);
         }
         tar::EntryType::Link => {
-            let target = entry
-                .link_name_bytes()
-                .ok_or_else(|| UnpackError::hostile(&shown, "hard link without a target"))?
-                .into_owned();
+            let target = link_name
+                .clone()
+                .ok_or_else(|| UnpackError::hostile(&shown, "hard link without a target"))?;
             let tparts = components(&target)?;
             let Some((tlast, tparents)) = tparts.split_last() else {
                 return Err(UnpackError::hostile(&shown, "hard link to the root"));
@@ -627,19 +722,12 @@ fn apply_entry<R: Read>(
 
 /// The entry's `user.*` xattrs from its PAX header (`SCHILY.xattr.*`),
 /// others counted as dropped.
-fn collect_xattrs<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    stats: &mut UnpackStats,
-) -> Result<Vec<(String, Vec<u8>)>, UnpackError> {
+fn collect_xattrs(meta: &Meta, stats: &mut UnpackStats) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
-    let Some(exts) = entry
-        .pax_extensions()
-        .map_err(|e| UnpackError::Format(e.to_string()))?
-    else {
-        return Ok(out);
+    let Some(pax) = meta.pax.as_deref() else {
+        return out;
     };
-    for ext in exts {
-        let ext = ext.map_err(|e| UnpackError::Format(e.to_string()))?;
+    for ext in tar::PaxExtensions::new(pax).flatten() {
         let Ok(key) = ext.key() else { continue };
         let Some(name) = key.strip_prefix("SCHILY.xattr.") else {
             continue;
@@ -650,7 +738,7 @@ fn collect_xattrs<R: Read>(
             stats.xattrs_skipped += 1;
         }
     }
-    Ok(out)
+    out
 }
 
 /// Sets the owner of `name` in `dir`, not following a symlink.
@@ -1115,6 +1203,46 @@ mod tests {
                 b"hello world\n"
             );
         }
+    }
+
+    #[test]
+    fn long_names_work_and_huge_metadata_records_are_refused() {
+        if !is_root() {
+            return;
+        }
+        let s = Scratch::new("long");
+        let long = format!("{}/file", "d".repeat(150));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(2);
+        b.append_data(&mut h, &long, &b"ok"[..]).unwrap();
+        let mut l = tar::Header::new_gnu();
+        l.set_entry_type(tar::EntryType::Symlink);
+        l.set_size(0);
+        l.set_mode(0o777);
+        let target = format!("/{}", "t".repeat(200));
+        b.append_link(&mut l, "link", &target).unwrap();
+        let tar = b.into_inner().unwrap();
+        unpack(&s, &tar).unwrap();
+        assert_eq!(fs::read(s.layer().join(&long)).unwrap(), b"ok");
+        assert_eq!(
+            fs::read_link(s.layer().join("link")).unwrap(),
+            PathBuf::from(&target)
+        );
+        // A GNU long-name record that claims a gigabyte: refused before
+        // anything is read into memory.
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"././@LongLink");
+        h.set_entry_type(tar::EntryType::GNULongName);
+        h.set_size(1 << 30);
+        h.set_cksum();
+        let mut bomb = h.as_bytes().to_vec();
+        bomb.extend_from_slice(&[b'a'; 8192]);
+        let s2 = Scratch::new("longbomb");
+        let err = unpack(&s2, &bomb).unwrap_err();
+        assert!(matches!(err, UnpackError::Hostile { .. }), "{err}");
     }
 
     #[test]
