@@ -264,6 +264,18 @@ def test_snapshot_of_a_running_sandbox_starts_new_sandboxes_with_its_files(dayto
     try:
         sb.fs.upload_file(b"captured state\n", "/home/daytona/state.txt")
         sb.process.exec("sudo rm -f /etc/motd; mkdir -p /home/daytona/dir && echo 1 > /home/daytona/dir/f")
+        # Hostile content for the host-side walk: a symlink to a host file
+        # (captured as a link, never followed), a FIFO (never opened: the
+        # capture must not hang), a socket (left out), deep nesting.
+        r = sb.process.exec("ln -s /etc/shadow /home/daytona/host-link && mkfifo /home/daytona/fifo && "
+                            "python3 -c \"import socket; s=socket.socket(socket.AF_UNIX); s.bind('/home/daytona/sock')\" && "
+                            "mkdir -p /home/daytona/deep/$(printf 'd/%.0s' $(seq 1 100))")
+        assert r.exit_code == 0, r.result
+        # Bad names get a 400 and leave the sandbox as it was.
+        status, body = api(server, "POST", f"/sandbox/{sb.id}/snapshot", {"name": "bad name"})
+        assert status == 400, body
+        assert api(server, "GET", f"/sandbox/{sb.id}")[1]["state"] == "started"
+        assert api(server, "POST", f"/sandbox/{sb.id}/snapshot", {"nome": "x"})[0] == 400
         name = unique("capture")
         sb.create_snapshot(name)
         sb.refresh_data()
@@ -278,6 +290,9 @@ def test_snapshot_of_a_running_sandbox_starts_new_sandboxes_with_its_files(dayto
     try:
         r = child.process.exec("cat /home/daytona/state.txt /home/daytona/dir/f; test -e /etc/motd || echo nomotd; python3 -c 'print(6*7)'")
         assert r.result.split() == ["captured", "state", "1", "nomotd", "42"], r.result
+        r = child.process.exec("readlink /home/daytona/host-link; test -p /home/daytona/fifo && echo fifo; "
+                               "test -e /home/daytona/sock || echo nosock; test -d /home/daytona/deep/d/d/d && echo deep")
+        assert r.result.split() == ["/etc/shadow", "fifo", "nosock", "deep"], r.result
     finally:
         child.delete()
 
@@ -300,6 +315,11 @@ def test_bad_snapshot_requests_get_clear_4xx(server, registry):
     assert api(server, "GET", f"/snapshots/{uuid.uuid4()}")[0] == 404
     assert api(server, "DELETE", f"/snapshots/{uuid.uuid4()}")[0] == 404
     assert api(server, "GET", "/snapshots?sort=bogus")[0] == 400
+    assert api(server, "GET", "/snapshots/atoll%2Fdefault:bookworm/build-logs?follow=maybe")[0] in (400, 404)
+    status, any_snap = api(server, "POST", "/snapshots", {"name": unique("logs"), "imageName": f"{registry.host}/no/such:2"})
+    assert api(server, "GET", f"/snapshots/{any_snap['id']}/build-logs?follow=maybe")[0] == 400
+    assert api(server, "GET", f"/sandbox/{uuid.uuid4()}/build-logs")[0] == 404
+    assert api(server, "POST", f"/sandbox/{uuid.uuid4()}/snapshot", {"name": "x"})[0] == 404
     assert api(server, "POST", "/docker-registry", {"name": "r", "url": "not a url", "username": "u", "password": "p"})[0] == 400
     # A reference the registry does not have: the snapshot says so.
     status, snap = api(server, "POST", "/snapshots", {"name": unique("missing"), "imageName": f"{registry.host}/no/such:1"})

@@ -428,21 +428,7 @@ impl AppState {
                 ))
             })?
             .to_string();
-        let mut registries = Vec::new();
-        for reg in self.store.registries_of_org(&rec.organization_id).await? {
-            let Some(host) = registry_host(&reg.url) else {
-                continue;
-            };
-            let password = self
-                .secrets_key
-                .open(&reg.sealed_password, &registry_aad(&reg))
-                .map_err(|e| ApiError::Internal(format!("registry {}: {e}", reg.id)))?;
-            registries.push(atoll_runtime_api::RegistryCredential {
-                registry: host,
-                username: reg.username.clone(),
-                password,
-            });
-        }
+        let registries = self.org_registries(&rec.organization_id).await?;
         // `FROM` one of the organization's snapshots: that image, made on
         // this runner first if it lacks it.
         let mut base_image = None;
@@ -548,6 +534,30 @@ impl AppState {
         })
     }
 
+    /// The organization's registry credentials, passwords opened, by the
+    /// registry host references name.
+    async fn org_registries(
+        &self,
+        org: &str,
+    ) -> Result<Vec<atoll_runtime_api::RegistryCredential>, ApiError> {
+        let mut out = Vec::new();
+        for reg in self.store.registries_of_org(org).await? {
+            let Some(host) = registry_host(&reg.url) else {
+                continue;
+            };
+            let password = self
+                .secrets_key
+                .open(&reg.sealed_password, &registry_aad(&reg))
+                .map_err(|e| ApiError::Internal(format!("registry {}: {e}", reg.id)))?;
+            out.push(atoll_runtime_api::RegistryCredential {
+                registry: host,
+                username: reg.username,
+                password,
+            });
+        }
+        Ok(out)
+    }
+
     /// The organization's credentials for the registry `reference` is in.
     async fn registry_credentials(
         &self,
@@ -557,16 +567,12 @@ impl AppState {
         let Ok(r) = Reference::parse(reference) else {
             return Ok(None);
         };
-        for reg in self.store.registries_of_org(org).await? {
-            if registry_host(&reg.url).as_deref() == Some(r.registry.as_str()) {
-                let password = self
-                    .secrets_key
-                    .open(&reg.sealed_password, &registry_aad(&reg))
-                    .map_err(|e| ApiError::Internal(format!("registry {}: {e}", reg.id)))?;
-                return Ok(Some((reg.username, password)));
-            }
-        }
-        Ok(None)
+        Ok(self
+            .org_registries(org)
+            .await?
+            .into_iter()
+            .find(|c| c.registry == r.registry)
+            .map(|c| (c.username, c.password)))
     }
 
     /// The organization's snapshot by id or name (404 otherwise).
@@ -985,17 +991,7 @@ impl AppState {
         let beat = self.heartbeat(&rec.id, SNAPSHOTTING);
         let captured = async {
             let rt = self.rt(&r).await?;
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let store = self.store.clone();
-            let owner = rec.id.clone();
-            let writer = tokio::spawn(async move {
-                while let Some(line) = rx.recv().await {
-                    let _ = store.append_log(&owner, &[line]).await;
-                }
-            });
-            let log = move |line: &str| {
-                let _ = tx.send(line.to_string());
-            };
+            let (log, writer) = self.log_writer(&rec.id);
             let done = rt.commit(&r.id, &rec.image_ref, &log).await;
             drop(log);
             let _ = writer.await;

@@ -395,23 +395,15 @@ impl Runtime for LocalRuntime {
     }
 }
 
-/// See [`Runtime::commit`]: the sandbox's changes as a tar through a pipe
-/// into the unpacker, stored as a layer over the sandbox's own layers.
-fn commit_blocking(
+/// What a running sandbox changed, as a stored layer: its upper dir packed
+/// (processes frozen) through a pipe into the unpacker, then stored by
+/// diff id. Captures and the builder's `RUN` steps both use it.
+pub(crate) fn capture_layer(
     rt: &NamespaceRuntime,
     images: &ImageStore,
     limits: UnpackLimits,
     id: &str,
-    name: &str,
-) -> Result<ImageInfo, RuntimeError> {
-    let pinned = rt.sandbox_image(id).map_err(to_boundary)?;
-    let mut layers = Vec::new();
-    for l in &pinned.layers {
-        layers.push(crate::image::layer_digest_of(l).ok_or_else(|| {
-            RuntimeError::Failed("the sandbox's image layers are not in the image store".into())
-        })?);
-    }
-    let base = images.get(&pinned.image).ok().flatten();
+) -> Result<crate::oci::unpack::UnpackStats, RuntimeError> {
     let mount_dir = images.scratch().map_err(store_error)?;
     let layer_dir = images.scratch().map_err(store_error)?;
     let (reader, writer) =
@@ -440,6 +432,27 @@ fn commit_blocking(
     images
         .commit_layer(layer_dir, &stats.diff_id)
         .map_err(store_error)?;
+    Ok(stats)
+}
+
+/// See [`Runtime::commit`]: the sandbox's changes as a layer over the
+/// sandbox's own layers.
+fn commit_blocking(
+    rt: &NamespaceRuntime,
+    images: &ImageStore,
+    limits: UnpackLimits,
+    id: &str,
+    name: &str,
+) -> Result<ImageInfo, RuntimeError> {
+    let pinned = rt.sandbox_image(id).map_err(to_boundary)?;
+    let mut layers = Vec::new();
+    for l in &pinned.layers {
+        layers.push(crate::image::layer_digest_of(l).ok_or_else(|| {
+            RuntimeError::Failed("the sandbox's image layers are not in the image store".into())
+        })?);
+    }
+    let base = images.get(&pinned.image).ok().flatten();
+    let stats = capture_layer(rt, images, limits, id)?;
     layers.push(stats.diff_id.clone());
     let digest = {
         use sha2::Digest as _;

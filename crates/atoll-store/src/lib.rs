@@ -131,6 +131,15 @@ impl RecentSandboxes {
     }
 }
 
+/// A write's error: `Conflict(message)` when it broke a unique constraint.
+pub(crate) fn conflict_on_unique(e: sqlx::Error, message: impl FnOnce() -> String) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(message())
+    } else {
+        e.into()
+    }
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(d) => {

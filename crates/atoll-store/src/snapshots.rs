@@ -1,7 +1,7 @@
 //! Snapshots an organization made (the images its sandboxes start from),
 //! the log lines of pulls and builds, and registry credentials.
 
-use crate::{is_unique_violation, Store, StoreError};
+use crate::{conflict_on_unique, Store, StoreError};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -134,11 +134,9 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("a snapshot named {:?} already exists", s.name))
-            } else {
-                e.into()
-            }
+            conflict_on_unique(e, || {
+                format!("a snapshot named {:?} already exists", s.name)
+            })
         })?;
         Ok(())
     }
@@ -329,11 +327,9 @@ impl Store {
         .execute(&self.pool)
         .await
         .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("a registry named {:?} already exists", r.name))
-            } else {
-                e.into()
-            }
+            conflict_on_unique(e, || {
+                format!("a registry named {:?} already exists", r.name)
+            })
         })?;
         Ok(())
     }
@@ -353,13 +349,7 @@ impl Store {
         .bind(r.updated_at)
         .execute(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("a registry named {:?} already exists", r.name))
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(|e| conflict_on_unique(e, || format!("a registry named {:?} already exists", r.name)))?;
         Ok(())
     }
 

@@ -442,35 +442,12 @@ impl Builder {
         let rt = self.sandboxes.clone();
         let images = self.images.clone();
         let limits = self.limits;
-        let captured =
-            tokio::task::spawn_blocking(move || -> Result<(String, u64), RuntimeError> {
-                let mount_dir = images.scratch().map_err(|e| failed(e.to_string()))?;
-                let layer_dir = images.scratch().map_err(|e| failed(e.to_string()))?;
-                let (reader, writer) = std::io::pipe().map_err(|e| failed(format!("pipe: {e}")))?;
-                let dest = layer_dir.path.clone();
-                let unpacker = std::thread::spawn(move || {
-                    crate::oci::unpack::unpack_layer(
-                        reader,
-                        Compression::None,
-                        &dest,
-                        limits,
-                        &mut |_| {},
-                    )
-                });
-                let written = rt.commit_tar(&id, &mount_dir.path, writer);
-                let unpacked = unpacker
-                    .join()
-                    .map_err(|_| failed("the unpacker panicked"))?;
-                drop(mount_dir);
-                written.map_err(crate::local::to_boundary)?;
-                let stats = unpacked.map_err(|e| failed(e.to_string()))?;
-                images
-                    .commit_layer(layer_dir, &stats.diff_id)
-                    .map_err(|e| failed(e.to_string()))?;
-                Ok((stats.diff_id, stats.file_bytes))
-            })
-            .await
-            .map_err(|e| failed(format!("capture task: {e}")))??;
+        let captured = tokio::task::spawn_blocking(move || {
+            crate::local::capture_layer(&rt, &images, limits, &id)
+                .map(|stats| (stats.diff_id, stats.file_bytes))
+        })
+        .await
+        .map_err(|e| failed(format!("capture task: {e}")))??;
         drop(guard);
         Ok(captured)
     }
