@@ -306,6 +306,7 @@ def test_bad_snapshot_requests_get_clear_4xx(server, registry):
         ({"name": unique("x"), "buildInfo": {"dockerfileContent": "FROM alpine\nCOPY a /a\n",
                                              "contextHashes": ["0123abcd"]}}, 400),
         ({"name": unique("x"), "buildInfo": {"dockerfileContent": "RUN echo no from\n"}}, 400),
+        ({"name": unique("x"), "buildInfo": {"dockerfileContent": "FROM a\nHEALTHCHECK CMD x\n"}}, 400),
         ({"name": unique("x"), "imageName": "alpine", "cpu": "two"}, 400),
         ({"name": "atoll/default:bookworm", "imageName": "alpine"}, 409),
     ]:
@@ -382,6 +383,12 @@ def test_dockerfile_builds_run_each_step_in_a_build_sandbox_and_cache_layers(day
     assert again.state == "active"
     status, text = api(server, "GET", f"/snapshots/{again.id}/build-logs")
     assert text.count("Using cache") >= 3 and "Step 8/8" in text, text
+
+    # ARG before FROM picks the base.
+    status, argsnap = api(server, "POST", "/snapshots", {"name": unique("argfrom"), "buildInfo": {
+        "dockerfileContent": f"ARG TAG=1\nFROM {registry.host}/{repo}:$TAG\nRUN echo from-arg > /a\n"}})
+    assert status == 200, argsnap
+    assert wait_snapshot(server, argsnap["id"])["state"] == "active"
 
     # FROM another snapshot of the organization.
     child = daytona.snapshot.create(CreateSnapshotParams(

@@ -100,50 +100,30 @@ fn valid_snapshot_name(n: &str) -> bool {
 
 /// The image a Dockerfile that only names a base image (`FROM x`, as the
 /// SDKs send for `image="python:3.12-slim"`) runs; `None` for one that
-/// builds something (it needs the builder).
+/// builds something (or does not parse).
 pub fn from_only(dockerfile: &str) -> Option<String> {
-    let mut instructions = Vec::new();
-    let mut current = String::new();
-    for line in dockerfile.lines() {
-        let t = line.trim();
-        if current.is_empty() && (t.is_empty() || t.starts_with('#')) {
-            continue;
-        }
-        if let Some(cont) = t.strip_suffix('\\') {
-            current.push_str(cont);
-            current.push(' ');
-            continue;
-        }
-        current.push_str(t);
-        instructions.push(std::mem::take(&mut current));
-    }
-    if !current.trim().is_empty() {
-        instructions.push(current);
-    }
-    let [only] = instructions.as_slice() else {
-        return None;
-    };
-    let mut words = only.split_whitespace();
-    if !words.next()?.eq_ignore_ascii_case("FROM") {
-        return None;
-    }
-    let image = words.find(|w| !w.starts_with("--"))?;
-    match (words.next(), words.next(), words.next()) {
-        (None, _, _) => Some(image.to_string()),
-        (Some(as_kw), Some(_), None) if as_kw.eq_ignore_ascii_case("AS") => Some(image.to_string()),
+    match atoll_types::dockerfile::parse(dockerfile, &Default::default())
+        .ok()?
+        .as_slice()
+    {
+        [only] => first_image(only),
         _ => None,
     }
 }
 
-/// The image a Dockerfile's first `FROM` names.
+/// The image a Dockerfile's `FROM` names.
 pub fn first_from(dockerfile: &str) -> Option<String> {
-    dockerfile.lines().find_map(|l| {
-        let mut words = l.split_whitespace();
-        if !words.next()?.eq_ignore_ascii_case("FROM") {
-            return None;
-        }
-        words.find(|w| !w.starts_with("--")).map(str::to_string)
-    })
+    atoll_types::dockerfile::parse(dockerfile, &Default::default())
+        .ok()?
+        .iter()
+        .find_map(first_image)
+}
+
+fn first_image(step: &atoll_types::dockerfile::Step) -> Option<String> {
+    match &step.instruction {
+        atoll_types::dockerfile::Instruction::From { image } => Some(image.clone()),
+        _ => None,
+    }
 }
 
 /// A registry's host as a reference names it (`https://ghcr.io/` →
@@ -327,13 +307,10 @@ impl AppState {
                     .into(),
             ));
         }
-        if !b
-            .dockerfile_content
-            .lines()
-            .any(|l| l.trim_start().to_ascii_uppercase().starts_with("FROM"))
-        {
-            return Err(ApiError::BadRequest("dockerfileContent has no FROM".into()));
-        }
+        // The runner's builder parses it the same way: a Dockerfile it
+        // would refuse is refused here, with its line.
+        atoll_types::dockerfile::parse(&b.dockerfile_content, &Default::default())
+            .map_err(|e| ApiError::BadRequest(format!("dockerfileContent: {e}")))?;
         Ok(from_only(&b.dockerfile_content))
     }
 
@@ -1172,6 +1149,10 @@ mod tests {
         assert_eq!(from_only("RUN x"), None);
         assert_eq!(from_only(""), None);
         assert_eq!(from_only("FROM a b"), None);
+        assert_eq!(
+            first_from("ARG V=1\nFROM x:$V\nRUN y").as_deref(),
+            Some("x:1")
+        );
     }
 
     #[test]

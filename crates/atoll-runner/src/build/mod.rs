@@ -15,7 +15,7 @@
 //! crash left. A failed step ends the build with the step and the tail of
 //! its output; nothing of a failed build is named.
 
-pub mod dockerfile;
+pub use atoll_types::dockerfile;
 
 use crate::image::{Image, ImageConfig, ImageStore, LayeredImage};
 use crate::oci::registry::{Credentials, RegistryClient};
@@ -110,10 +110,16 @@ impl Builder {
         let steps =
             dockerfile::parse(&b.dockerfile, &b.build_args).map_err(|e| failed(e.to_string()))?;
         let total = steps.len();
-        let Instruction::From { image: base_ref } = &steps[0].instruction else {
-            return Err(failed("the Dockerfile does not start with FROM"));
+        // `ARG`s may come before `FROM` (they only serve `FROM` itself,
+        // already expanded by the parser).
+        let from = steps
+            .iter()
+            .position(|s| matches!(s.instruction, Instruction::From { .. }))
+            .ok_or_else(|| failed("the Dockerfile has no FROM"))?;
+        let Instruction::From { image: base_ref } = &steps[from].instruction else {
+            unreachable!("found above");
         };
-        log(&format!("Step 1/{total} : {}", steps[0].text));
+        log(&format!("Step {}/{total} : {}", from + 1, steps[from].text));
         let base = match &b.base_image {
             // Another snapshot of this runner.
             Some(name) => self
@@ -159,7 +165,7 @@ impl Builder {
         let mut cmd: Vec<String> = base.entrypoint.clone();
         let mut args: BTreeMap<String, String> = BTreeMap::new();
         let mut size = base.size_bytes;
-        for (n, step) in steps.iter().enumerate().skip(1) {
+        for (n, step) in steps.iter().enumerate().skip(from + 1) {
             log(&format!("Step {}/{total} : {}", n + 1, step.text));
             key = key_of(&key, &step.text);
             // An ARG's value (a build arg or its default) is part of what
