@@ -60,3 +60,39 @@ test('createSnapshot captures a running sandbox', { timeout: TEST_TIMEOUT_MS }, 
     await bestEffort('delete child', () => child.delete())
   }
 })
+
+// Local files: the SDK uploads each as a tar through push-access to the
+// server's S3-compatible endpoint (HTTPS with the server's local CA, which
+// the harness trusts through NODE_EXTRA_CA_CERTS), and the builder copies
+// them into the image.
+test('Image.addLocalFile/addLocalDir upload a build context and COPY it', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const { mkdtempSync, mkdirSync, writeFileSync, rmSync } = await import('node:fs')
+  const { join } = await import('node:path')
+  const { tmpdir } = await import('node:os')
+  const { Image } = await import('@daytona/sdk')
+  const dir = mkdtempSync(join(tmpdir(), 'atoll-ts-ctx-'))
+  try {
+    const token = randomBytes(6).toString('hex')
+    writeFileSync(join(dir, 'one.txt'), `one-${token}\n`)
+    mkdirSync(join(dir, 'tree', 'sub'), { recursive: true })
+    writeFileSync(join(dir, 'tree', 'sub', 'two.txt'), 'two\n')
+    // Larger than one 5 MiB part: a multipart upload.
+    writeFileSync(join(dir, 'tree', 'big.bin'), Buffer.alloc(6 << 20, 7))
+    const image = Image.base(IMAGE)
+      .addLocalFile(join(dir, 'one.txt'), '/app/one.txt')
+      .addLocalDir(join(dir, 'tree'), '/app/tree')
+      .runCommands('cat /app/one.txt /app/tree/sub/two.txt > /app/both')
+    const name = unique('ts-ctx')
+    const snap = await daytona().snapshot.create({ name, image }, { onLogs: () => {} })
+    assert.equal(snap.state, 'active')
+    const sandbox = await daytona().create({ snapshot: name })
+    try {
+      const r = await sandbox.process.executeCommand('cat /app/both; wc -c < /app/tree/big.bin')
+      assert.deepEqual(r.result.trim().split('\n').map((l) => l.trim()), [`one-${token}`, 'two', String(6 << 20)])
+    } finally {
+      await bestEffort('delete sandbox', () => sandbox.delete())
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+})

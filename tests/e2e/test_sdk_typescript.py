@@ -77,6 +77,9 @@ def test_image():
 def test_sdk_typescript(node, server, test_image, test_file):
     env = dict(os.environ)
     env["ATOLL_TEST_IMAGE"] = test_image
+    # Build-context uploads go over HTTPS with the server's local CA; Node
+    # reads this bundle (on top of its own) at start.
+    env["NODE_EXTRA_CA_CERTS"] = str(Path(server.data_dir) / "tls" / "ca.pem")
     env["DAYTONA_API_URL"] = server.api_url
     env["DAYTONA_API_KEY"] = server.api_key
     env.pop("DAYTONA_TARGET", None)

@@ -237,6 +237,20 @@ pub struct CreateSandboxSnapshot {
     pub include_memory: Option<bool>,
 }
 
+/// Daytona's `StorageAccessDto`: temporary credentials for the
+/// S3-compatible endpoint build contexts are uploaded to.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageAccess {
+    pub access_key: String,
+    pub secret: String,
+    pub session_token: String,
+    pub storage_url: String,
+    pub organization_id: String,
+    pub bucket: String,
+    pub region: String,
+}
+
 /// Daytona's `Url`.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Url {

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod leases;
 pub mod lifecycle;
 pub mod metrics;
+pub mod object_storage;
 pub mod openapi;
 pub mod preview;
 pub mod quota;
@@ -99,6 +100,9 @@ pub struct AppState {
     pub runner_regions: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
     /// This process, as the holder of leases (random per start).
     pub server_id: Arc<String>,
+    /// Where the SDKs upload build contexts (`https://…/s3`, see
+    /// [`object_storage`]); `None`: this server has no HTTPS listener.
+    pub storage_url: Option<Arc<String>>,
     /// The latest-metrics endpoint's last cpu reading per sandbox.
     pub cpu_readings: Arc<std::sync::Mutex<std::collections::HashMap<String, metrics::CpuReading>>>,
 }
@@ -127,6 +131,7 @@ impl AppState {
                 atoll_proxy::DEFAULT_IDLE_TIMEOUT,
             ),
             cpu_readings: Arc::default(),
+            storage_url: None,
             preview_secret: Arc::new(preview_secret),
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
@@ -158,6 +163,12 @@ impl AppState {
     /// The key this server signs requests to remote runners with.
     pub fn with_control_key(mut self, key: atoll_remote::ControlKey) -> AppState {
         self.control_key = Some(Arc::new(key));
+        self
+    }
+
+    /// The S3-compatible endpoint's URL push-access hands out.
+    pub fn with_storage_url(mut self, url: String) -> AppState {
+        self.storage_url = Some(Arc::new(url));
         self
     }
 
@@ -383,6 +394,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(snapshots::update_registry)
                 .delete(snapshots::delete_registry),
         )
+        .route("/object-storage/push-access", get(snapshots::push_access))
         .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
         .route("/sandbox/{id}/build-logs", get(sandbox::build_logs))
         .route("/sandbox/{id}/build-logs-url", get(sandbox::build_logs_url))
@@ -393,6 +405,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .route("/toolbox/{id}/{*path}", any(toolbox::forward))
+        .route(
+            &format!("{}/{{*rest}}", object_storage::PATH),
+            any(object_storage::serve),
+        )
         .route("/preview/{id}/{port}", any(preview::forward))
         .route("/preview/{id}/{port}/", any(preview::forward))
         .route("/preview/{id}/{port}/{*path}", any(preview::forward))

@@ -137,6 +137,16 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
+    async fn has_build_context(&self, _: &str) -> Result<bool, RuntimeError> {
+        Err(none_here())
+    }
+    async fn put_build_context(
+        &self,
+        _: &str,
+        _: atoll_runtime_api::ByteSource,
+    ) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
     async fn remove_image(&self, _: &str) -> Result<bool, RuntimeError> {
         Ok(false)
     }

@@ -224,11 +224,19 @@ impl AppState {
                 ))
             }
             (Some(i), None) => (Some(i.trim().to_string()), None),
-            (None, Some(b)) => (
-                self.pulled_base(&p.organization_id, self.base_of_build(b)?)
-                    .await?,
-                Some(build_info_json(b)),
-            ),
+            (None, Some(b)) => {
+                let base = self.base_of_build(b)?;
+                // Every context must have been uploaded.
+                self.build_contexts(
+                    &p.organization_id,
+                    b.context_hashes.as_deref().unwrap_or_default(),
+                )
+                .await?;
+                (
+                    self.pulled_base(&p.organization_id, base).await?,
+                    Some(build_info_json(b)),
+                )
+            }
         };
         // A registry reference to pull; none: a Dockerfile to build.
         let reference = image_name
@@ -300,11 +308,19 @@ impl AppState {
                 "dockerfileContent is larger than 1 MiB".into(),
             ));
         }
-        if b.context_hashes.as_ref().is_some_and(|c| !c.is_empty()) {
+        if let Some(bad) = b
+            .context_hashes
+            .iter()
+            .flatten()
+            .find(|h| !crate::object_storage::valid_context_hash(h))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "contextHashes: {bad:?} is not a context hash"
+            )));
+        }
+        if b.context_hashes.as_ref().is_some_and(|c| c.len() > 1000) {
             return Err(ApiError::BadRequest(
-                "build contexts (local files added to an Image) cannot be uploaded to this \
-                 server yet (no /api/object-storage/push-access)"
-                    .into(),
+                "contextHashes: at most 1000 contexts".into(),
             ));
         }
         // The runner's builder parses it the same way: a Dockerfile it
@@ -422,7 +438,18 @@ impl AppState {
                 base_image = Some(base.image_ref);
             }
         }
+        // The build context: uploaded by the client through the
+        // S3-compatible endpoint, sent to the runner if it lacks it.
+        let hashes: Vec<String> = rec
+            .build_info
+            .as_ref()
+            .and_then(|b| b.get("contextHashes"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        let contexts = self.build_contexts(&rec.organization_id, &hashes).await?;
+        self.ship_contexts(rt, &contexts).await?;
         let build = atoll_runtime_api::ImageBuild {
+            contexts: contexts.iter().map(|c| c.sha256.clone()).collect(),
             name: rec.image_ref.clone(),
             dockerfile,
             build_args: Default::default(),
@@ -734,6 +761,22 @@ impl AppState {
             loop {
                 tick.tick().await;
                 s.resume_snapshot_work().await;
+                // Build contexts unused for a week, uploads never finished.
+                let now = now_millis();
+                match s
+                    .store
+                    .collect_objects(
+                        now - crate::object_storage::OBJECT_TTL_MS,
+                        now - crate::object_storage::STALE_UPLOAD_MS,
+                    )
+                    .await
+                {
+                    Ok((0, 0)) => {}
+                    Ok((objects, uploads)) => {
+                        tracing::info!(objects, uploads, "collected unused build contexts")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "collecting build contexts"),
+                }
             }
         });
     }
@@ -779,11 +822,19 @@ impl AppState {
             .await?
             .map(|base| Reference::parse(&base).map_err(|e| ApiError::BadRequest(e.to_string())))
             .transpose()?;
+        // Keyed by the contexts' content (what was uploaded under each
+        // hash), not by the client's hashes alone.
+        let contexts = self
+            .build_contexts(
+                &p.organization_id,
+                b.context_hashes.as_deref().unwrap_or_default(),
+            )
+            .await?;
         let mut h = sha2::Sha256::new();
         h.update(b.dockerfile_content.as_bytes());
-        for c in b.context_hashes.iter().flatten() {
+        for c in &contexts {
             h.update(b"\0");
-            h.update(c.as_bytes());
+            h.update(c.sha256.as_bytes());
         }
         let name = format!("build-{}", &hex::encode(h.finalize())[..16]);
         if let Some(existing) = self

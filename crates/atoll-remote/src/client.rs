@@ -26,6 +26,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a streamed call (a pull, a commit) may go without a line; the
 /// runner sends keep-alives every 10 s.
 const STREAM_IDLE: Duration = Duration::from_secs(60);
+/// How long sending a build context to a runner may take.
+const CONTEXT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Most bytes of an answer.
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -463,6 +465,61 @@ impl Runtime for RemoteRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         self.streamed_call(&self.root("/v1/images/build"), json(build), log)
             .await
+    }
+
+    async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {
+        if !atoll_runtime_api::is_sha256_hex(sha256) {
+            return Err(RuntimeError::InvalidId(sha256.into()));
+        }
+        self.call(
+            Method::GET,
+            &self.root(&format!("/v1/build-contexts/{sha256}")),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn put_build_context(
+        &self,
+        sha256: &str,
+        body: atoll_runtime_api::ByteSource,
+    ) -> Result<(), RuntimeError> {
+        use futures_util::StreamExt;
+        if !atoll_runtime_api::is_sha256_hex(sha256) {
+            return Err(RuntimeError::InvalidId(sha256.into()));
+        }
+        let path = self.root(&format!("/v1/build-contexts/{sha256}"));
+        let token = self.key.token(&self.runner_id, "PUT", &path, now_ms());
+        let frames = tokio_util::io::ReaderStream::with_capacity(body, 1 << 16)
+            .map(|chunk| chunk.map(hyper::body::Frame::data));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(&path)
+            .header(header::HOST, &self.authority)
+            .header(header::AUTHORIZATION, format!("{SCHEME} {token}"))
+            .header(header::CONTENT_TYPE, "application/x-tar")
+            .body(pool::boxed(http_body_util::StreamBody::new(frames)))
+            .map_err(|e| RuntimeError::Failed(format!("building a runner request: {e}")))?;
+        // The answer comes once the runner has read (and unpacked) it all.
+        let sent = tokio::time::timeout(CONTEXT_UPLOAD_TIMEOUT, async {
+            let tcp = self.connect().await?;
+            let mut sender = pool::handshake_io(tcp).await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
+                .to_bytes();
+            Ok::<_, PoolError>((status, bytes))
+        })
+        .await;
+        match sent {
+            Err(_) => Err(self.unreachable("a build context upload did not finish in time")),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Ok(Ok((status, bytes))) => answer(status, &bytes),
+        }
     }
 
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {

@@ -101,6 +101,10 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/images/remove", post(remove_image))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/build", post(build_image))
+        .route(
+            "/v1/build-contexts/{sha256}",
+            get(has_build_context).put(put_build_context),
+        )
         .route("/v1/sandboxes/{id}/commit", post(commit))
         .route("/v1/sandboxes/{id}", get(observe_one))
         .route("/v1/sandboxes/{id}/start", post(start))
@@ -210,6 +214,24 @@ async fn build_image(
     Json(build): Json<atoll_runtime_api::ImageBuild>,
 ) -> Response {
     streamed(move |log| Box::pin(async move { s.runtime.build_image(&build, log).await }))
+}
+
+async fn has_build_context(State(s): State<Served>, Path(sha256): Path<String>) -> Answer<bool> {
+    Ok(Json(s.runtime.has_build_context(&sha256).await?))
+}
+
+async fn put_build_context(
+    State(s): State<Served>,
+    Path(sha256): Path<String>,
+    body: axum::body::Body,
+) -> Answer<()> {
+    use futures_util::TryStreamExt;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    s.runtime
+        .put_build_context(&sha256, Box::new(reader))
+        .await?;
+    Ok(Json(()))
 }
 
 #[derive(serde::Deserialize)]

@@ -138,19 +138,106 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig
 /// wait in the kernel's backlog).
 const MAX_HANDSHAKES: usize = 64;
 
-/// A listener whose connections are TLS (for `axum::serve`). Handshakes
-/// run on tasks of their own, each limited to 10 s, so a client that
-/// connects and stalls holds up nobody else.
+/// A connection a [`TlsListener`] accepted: TLS, or plain when the
+/// listener takes both.
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            MaybeTls::Plain(s) => s.is_write_vectored(),
+            MaybeTls::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// A listener whose connections are TLS (for `axum::serve`), or, made
+/// with [`TlsListener::dual`], TLS or plain HTTP on one port (told apart
+/// by the first byte the client sends). Handshakes run on tasks of their
+/// own, each limited to 10 s, so a client that connects and stalls holds
+/// up nobody else.
 pub struct TlsListener {
-    ready: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<TcpStream>,
-        std::net::SocketAddr,
-    )>,
+    ready: tokio::sync::mpsc::Receiver<(MaybeTls, std::net::SocketAddr)>,
     local: std::net::SocketAddr,
 }
 
 impl TlsListener {
+    /// Every connection TLS.
     pub fn new(tcp: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        TlsListener::start(tcp, config, false)
+    }
+
+    /// TLS connections and plain ones on the same port.
+    pub fn dual(tcp: tokio::net::TcpListener, config: Arc<rustls::ServerConfig>) -> TlsListener {
+        TlsListener::start(tcp, config, true)
+    }
+
+    fn start(
+        tcp: tokio::net::TcpListener,
+        config: Arc<rustls::ServerConfig>,
+        plain_too: bool,
+    ) -> TlsListener {
         let local = tcp
             .local_addr()
             .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -176,11 +263,20 @@ impl TlsListener {
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let handshake = acceptor.accept(tcp);
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), handshake).await
-                    {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, addr)).await;
+                    let accept = async {
+                        if plain_too {
+                            let mut first = [0u8; 1];
+                            let n = tcp.peek(&mut first).await?;
+                            if n == 0 || first[0] != TLS_HANDSHAKE {
+                                return Ok(MaybeTls::Plain(tcp));
+                            }
+                        }
+                        let tls = acceptor.accept(tcp).await?;
+                        Ok::<_, std::io::Error>(MaybeTls::Tls(Box::new(tls)))
+                    };
+                    match tokio::time::timeout(std::time::Duration::from_secs(10), accept).await {
+                        Ok(Ok(conn)) => {
+                            let _ = tx.send((conn, addr)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
@@ -194,7 +290,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Io = MaybeTls;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

@@ -374,3 +374,52 @@ async fn pulls_and_captures_stream_their_logs_and_outcome() {
     assert!(remote.remove_image("atoll/snapshots/s1").await.unwrap());
     assert!(!remote.remove_image("atoll/snapshots/s1").await.unwrap());
 }
+
+#[tokio::test]
+async fn build_contexts_stream_to_the_runner_before_a_build() {
+    use atoll_runtime_api::{ImageBuild, Limits};
+    let key = Arc::new(ControlKey::from_seed(&[6u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let (url, _server) = serve(fake.clone(), &key).await;
+    let remote = RemoteRuntime::new(RUNNER, &url, key.clone()).unwrap();
+    let sha = "ab".repeat(32);
+    assert!(!remote.has_build_context(&sha).await.unwrap());
+    // Several MiB, streamed (more than one frame, more than a JSON body).
+    let body: Vec<u8> = (0..(3 << 20)).map(|i| (i % 251) as u8).collect();
+    remote
+        .put_build_context(&sha, Box::new(std::io::Cursor::new(body.clone())))
+        .await
+        .unwrap();
+    assert!(remote.has_build_context(&sha).await.unwrap());
+    assert_eq!(fake.build_context(&sha).as_deref(), Some(&body[..]));
+    // A name that is no sha256 never reaches the runner.
+    assert!(matches!(
+        remote.has_build_context("../../etc").await,
+        Err(RuntimeError::InvalidId(_))
+    ));
+    let build = |contexts: Vec<String>| ImageBuild {
+        name: "atoll/snapshots/b1".into(),
+        dockerfile: "FROM base\nCOPY a /a\n".into(),
+        build_args: Default::default(),
+        base_image: None,
+        registries: vec![],
+        limits: Limits {
+            cpus: 1,
+            memory_bytes: 1 << 30,
+            pids: 100,
+        },
+        disk_bytes: 1 << 30,
+        timeout_secs: 60,
+        cache_scope: "org".into(),
+        contexts,
+    };
+    let log = |_: &str| {};
+    remote
+        .build_image(&build(vec![sha.clone()]), &log)
+        .await
+        .unwrap();
+    assert!(matches!(
+        remote.build_image(&build(vec!["cd".repeat(32)]), &log).await,
+        Err(RuntimeError::Failed(m)) if m.contains("not stored")
+    ));
+}

@@ -144,14 +144,27 @@ pub struct TarStats {
     pub skipped: u64,
 }
 
+/// How a tree becomes tar entries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TreeOptions {
+    /// Overlay's whiteouts and opaque markers become OCI's (a captured
+    /// upper dir); otherwise they are left out (a build context).
+    pub overlay: bool,
+    /// Every entry owned by this uid/gid rather than the file's own.
+    pub owner: Option<(u32, u32)>,
+}
+
 /// Writes the tree under `upper` (a directory descriptor) as an OCI layer
 /// tar to `out`.
 pub fn upper_to_tar(upper: &OwnedFd, out: impl Write) -> Result<TarStats, CommitError> {
     let mut builder = tar::Builder::new(out);
     builder.mode(tar::HeaderMode::Complete);
     let mut stats = TarStats::default();
-    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    walk(upper, b"", &mut builder, &mut stats, &mut links, 0)?;
+    let opts = TreeOptions {
+        overlay: true,
+        owner: None,
+    };
+    append_tree(&mut builder, upper, b"", &opts, &mut stats)?;
     builder
         .into_inner()
         .map_err(io_err("finishing the layer", ""))?
@@ -160,12 +173,62 @@ pub fn upper_to_tar(upper: &OwnedFd, out: impl Write) -> Result<TarStats, Commit
     Ok(stats)
 }
 
-fn header_for(st: &FileStat, entry: tar::EntryType, size: u64) -> tar::Header {
+/// Appends what is under the directory `dir` to `b`, its entries named
+/// below `prefix` (`b""`: at the top).
+pub fn append_tree<W: Write>(
+    b: &mut tar::Builder<W>,
+    dir: &OwnedFd,
+    prefix: &[u8],
+    opts: &TreeOptions,
+    stats: &mut TarStats,
+) -> Result<(), CommitError> {
+    let mut walker = Walker {
+        b,
+        opts,
+        stats,
+        links: HashMap::new(),
+    };
+    walker.walk(dir, prefix, 0)
+}
+
+/// Appends the regular file open as `file` to `b` as `path`.
+pub fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    file: OwnedFd,
+    path: &[u8],
+    opts: &TreeOptions,
+    stats: &mut TarStats,
+) -> Result<(), CommitError> {
+    let shown = String::from_utf8_lossy(path).into_owned();
+    let st = nix::sys::stat::fstat(&file).map_err(sys_err("inspecting", &shown))?;
+    if kind(&st) != SFlag::S_IFREG {
+        return Err(CommitError::Io {
+            action: "copying",
+            path: shown,
+            source: io::Error::other("not a regular file"),
+        });
+    }
+    let size = st.st_size.max(0) as u64;
+    let mut h = header_for(&st, tar::EntryType::Regular, size, opts);
+    let rel = Path::new(OsStr::from_bytes(path));
+    b.append_data(
+        &mut h,
+        rel,
+        Exact(std::fs::File::from(file).take(size), size),
+    )
+    .map_err(io_err("writing", &shown))?;
+    stats.entries += 1;
+    stats.file_bytes += size;
+    Ok(())
+}
+
+fn header_for(st: &FileStat, entry: tar::EntryType, size: u64, opts: &TreeOptions) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(entry);
     h.set_mode(st.st_mode & 0o7777);
-    h.set_uid(u64::from(st.st_uid));
-    h.set_gid(u64::from(st.st_gid));
+    let (uid, gid) = opts.owner.unwrap_or((st.st_uid, st.st_gid));
+    h.set_uid(u64::from(uid));
+    h.set_gid(u64::from(gid));
     h.set_mtime(st.st_mtime.max(0) as u64);
     h.set_size(size);
     h
@@ -175,49 +238,66 @@ fn header_for(st: &FileStat, entry: tar::EntryType, size: u64) -> tar::Header {
 /// (one frame and one descriptor a level) over a tree the sandbox made.
 pub const MAX_DEPTH: usize = 256;
 
-fn walk<W: Write>(
-    dir: &OwnedFd,
-    prefix: &[u8],
-    b: &mut tar::Builder<W>,
-    stats: &mut TarStats,
-    links: &mut HashMap<(u64, u64), Vec<u8>>,
-    depth: usize,
-) -> Result<(), CommitError> {
-    let shown = String::from_utf8_lossy(prefix).into_owned();
-    if depth > MAX_DEPTH {
-        return Err(CommitError::Io {
-            action: "walking",
-            path: shown,
-            source: io::Error::other(format!("directories nest deeper than {MAX_DEPTH} levels")),
-        });
-    }
-    let mut names: Vec<Vec<u8>> = {
-        let fd = nix::unistd::dup(dir).map_err(sys_err("listing", &shown))?;
-        let mut listing = nix::dir::Dir::from_fd(fd).map_err(sys_err("listing", &shown))?;
-        let mut v = Vec::new();
-        for e in listing.iter() {
-            let e = e.map_err(sys_err("listing", &shown))?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                v.push(n.to_vec());
-            }
+struct Walker<'a, W: Write> {
+    b: &'a mut tar::Builder<W>,
+    opts: &'a TreeOptions,
+    stats: &'a mut TarStats,
+    /// Hard-linked files seen, by device and inode: their first name.
+    links: HashMap<(u64, u64), Vec<u8>>,
+}
+
+impl<W: Write> Walker<'_, W> {
+    fn walk(&mut self, dir: &OwnedFd, prefix: &[u8], depth: usize) -> Result<(), CommitError> {
+        let shown = String::from_utf8_lossy(prefix).into_owned();
+        if depth > MAX_DEPTH {
+            return Err(CommitError::Io {
+                action: "walking",
+                path: shown,
+                source: io::Error::other(format!(
+                    "directories nest deeper than {MAX_DEPTH} levels"
+                )),
+            });
         }
-        v
-    };
-    names.sort();
-    for name in names {
+        let mut names: Vec<Vec<u8>> = {
+            let fd = nix::unistd::dup(dir).map_err(sys_err("listing", &shown))?;
+            let mut listing = nix::dir::Dir::from_fd(fd).map_err(sys_err("listing", &shown))?;
+            let mut v = Vec::new();
+            for e in listing.iter() {
+                let e = e.map_err(sys_err("listing", &shown))?;
+                let n = e.file_name().to_bytes();
+                if n != b"." && n != b".." {
+                    v.push(n.to_vec());
+                }
+            }
+            v
+        };
+        names.sort();
+        for name in names {
+            self.entry(dir, prefix, &name, depth)?;
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &mut self,
+        dir: &OwnedFd,
+        prefix: &[u8],
+        name: &[u8],
+        depth: usize,
+    ) -> Result<(), CommitError> {
+        let (opts, b) = (self.opts, &mut *self.b);
         let mut path = prefix.to_vec();
         if !path.is_empty() {
             path.push(b'/');
         }
-        path.extend_from_slice(&name);
+        path.extend_from_slice(name);
         let shown = String::from_utf8_lossy(&path).into_owned();
-        let os_name = OsStr::from_bytes(&name);
+        let os_name = OsStr::from_bytes(name);
         let Ok(st) =
             nix::sys::stat::fstatat(dir, os_name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
         else {
-            stats.skipped += 1;
-            continue;
+            self.stats.skipped += 1;
+            return Ok(());
         };
         let rel = Path::new(OsStr::from_bytes(&path));
         match kind(&st) {
@@ -229,30 +309,30 @@ fn walk<W: Write>(
                     .resolve(beneath());
                 let sub = nix::fcntl::openat2(dir, os_name, how)
                     .map_err(sys_err("opening directory", &shown))?;
-                let mut h = header_for(&st, tar::EntryType::Directory, 0);
+                let mut h = header_for(&st, tar::EntryType::Directory, 0, opts);
                 b.append_data(&mut h, rel, io::empty())
                     .map_err(io_err("writing", &shown))?;
-                stats.entries += 1;
-                if is_opaque(&sub) {
-                    let mut h = header_for(&st, tar::EntryType::Regular, 0);
+                self.stats.entries += 1;
+                if opts.overlay && is_opaque(&sub) {
+                    let mut h = header_for(&st, tar::EntryType::Regular, 0, opts);
                     h.set_mode(0o644);
                     b.append_data(&mut h, rel.join(".wh..wh..opq"), io::empty())
                         .map_err(io_err("writing", &shown))?;
-                    stats.entries += 1;
+                    self.stats.entries += 1;
                 }
-                walk(&sub, &path, b, stats, links, depth + 1)?;
+                self.walk(&sub, &path, depth + 1)?;
             }
             SFlag::S_IFREG => {
                 if st.st_nlink > 1 {
                     let key = (st.st_dev, st.st_ino);
-                    if let Some(first) = links.get(&key) {
-                        let mut h = header_for(&st, tar::EntryType::Link, 0);
+                    if let Some(first) = self.links.get(&key) {
+                        let mut h = header_for(&st, tar::EntryType::Link, 0, opts);
                         b.append_link(&mut h, rel, Path::new(OsStr::from_bytes(first)))
                             .map_err(io_err("writing", &shown))?;
-                        stats.entries += 1;
-                        continue;
+                        self.stats.entries += 1;
+                        return Ok(());
                     }
-                    links.insert(key, path.clone());
+                    self.links.insert(key, path.clone());
                 }
                 let how = OpenHow::new()
                     .flags(
@@ -264,51 +344,51 @@ fn walk<W: Write>(
                     nix::fcntl::openat2(dir, os_name, how).map_err(sys_err("opening", &shown))?;
                 let opened = nix::sys::stat::fstat(&fd).map_err(sys_err("inspecting", &shown))?;
                 if kind(&opened) != SFlag::S_IFREG || opened.st_ino != st.st_ino {
-                    stats.skipped += 1;
-                    continue;
+                    self.stats.skipped += 1;
+                    return Ok(());
                 }
                 let size = opened.st_size.max(0) as u64;
-                let mut h = header_for(&opened, tar::EntryType::Regular, size);
+                let mut h = header_for(&opened, tar::EntryType::Regular, size, opts);
                 let file = std::fs::File::from(fd);
                 // Exactly `size` bytes: a frozen sandbox cannot change it,
                 // and a short read is an error rather than a bad layer.
                 b.append_data(&mut h, rel, Exact(file.take(size), size))
                     .map_err(io_err("writing", &shown))?;
-                stats.entries += 1;
-                stats.file_bytes += size;
+                self.stats.entries += 1;
+                self.stats.file_bytes += size;
             }
             SFlag::S_IFLNK => {
                 let target = nix::fcntl::readlinkat(dir, os_name)
                     .map_err(sys_err("reading symlink", &shown))?;
-                let mut h = header_for(&st, tar::EntryType::Symlink, 0);
+                let mut h = header_for(&st, tar::EntryType::Symlink, 0, opts);
                 b.append_link(&mut h, rel, Path::new(&target))
                     .map_err(io_err("writing", &shown))?;
-                stats.entries += 1;
+                self.stats.entries += 1;
             }
-            SFlag::S_IFCHR if st.st_rdev == 0 => {
+            SFlag::S_IFCHR if st.st_rdev == 0 && opts.overlay => {
                 // An overlay whiteout: the file is deleted in this layer.
                 let mut wh = prefix.to_vec();
                 if !wh.is_empty() {
                     wh.push(b'/');
                 }
                 wh.extend_from_slice(b".wh.");
-                wh.extend_from_slice(&name);
-                let mut h = header_for(&st, tar::EntryType::Regular, 0);
+                wh.extend_from_slice(name);
+                let mut h = header_for(&st, tar::EntryType::Regular, 0, opts);
                 h.set_mode(0o644);
                 b.append_data(&mut h, Path::new(OsStr::from_bytes(&wh)), io::empty())
                     .map_err(io_err("writing", &shown))?;
-                stats.entries += 1;
+                self.stats.entries += 1;
             }
             SFlag::S_IFIFO => {
-                let mut h = header_for(&st, tar::EntryType::Fifo, 0);
+                let mut h = header_for(&st, tar::EntryType::Fifo, 0, opts);
                 b.append_data(&mut h, rel, io::empty())
                     .map_err(io_err("writing", &shown))?;
-                stats.entries += 1;
+                self.stats.entries += 1;
             }
-            _ => stats.skipped += 1,
+            _ => self.stats.skipped += 1,
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// A reader that yields exactly `n` bytes or fails.

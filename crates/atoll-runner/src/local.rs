@@ -356,6 +356,65 @@ impl Runtime for LocalRuntime {
         builder.build(build, log).await.map(image_info)
     }
 
+    async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {
+        if !atoll_runtime_api::is_sha256_hex(sha256) {
+            return Err(RuntimeError::InvalidId(sha256.into()));
+        }
+        Ok(self
+            .images
+            .layer(&format!("sha256:{sha256}"))
+            .map_err(store_error)?
+            .is_some())
+    }
+
+    /// A build context is stored as a layer (its tar unpacked by the
+    /// hostile-layer unpacker, its diff id the tar's sha256): `COPY` reads
+    /// it by descriptors, and the collector removes it once unused.
+    async fn put_build_context(
+        &self,
+        sha256: &str,
+        body: atoll_runtime_api::ByteSource,
+    ) -> Result<(), RuntimeError> {
+        if self.has_build_context(sha256).await? {
+            return Ok(());
+        }
+        let images = self.images.clone();
+        let limits = self.limits;
+        let expected = format!("sha256:{sha256}");
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let reader = tokio_util::io::SyncIoBridge::new_with_handle(body, handle);
+            let scratch = images.scratch().map_err(store_error)?;
+            let stats = crate::oci::unpack::unpack_layer(
+                reader,
+                Compression::None,
+                &scratch.path,
+                limits,
+                &mut |_| {},
+            )
+            .map_err(|e| {
+                let message = crate::safe_fs::scrub_host_paths(&format!("build context: {e}"));
+                if e.is_no_space() {
+                    RuntimeError::NoSpace(message)
+                } else {
+                    RuntimeError::Failed(message)
+                }
+            })?;
+            if stats.diff_id != expected {
+                return Err(RuntimeError::Failed(format!(
+                    "the build context read has {}, not {expected}",
+                    stats.diff_id
+                )));
+            }
+            images
+                .commit_layer(scratch, &stats.diff_id)
+                .map(|_| ())
+                .map_err(store_error)
+        })
+        .await
+        .map_err(|e| RuntimeError::Failed(format!("context task: {e}")))?
+    }
+
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {
         let images = self.images.clone();
         let name = name.to_string();

@@ -111,14 +111,35 @@ pub fn sealed_memfd(name: &str, src: &mut impl std::io::Read) -> std::io::Result
     let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
         .map_err(std::io::Error::from)?;
     let mut f = File::from(fd);
-    std::io::copy(src, &mut f)?;
+    // A plain read/write loop, not `io::copy`: its file-to-file fast path
+    // (splice/sendfile) can leave the memfd's pages referenced for a moment,
+    // and F_SEAL_WRITE answers EBUSY while they are.
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => std::io::Write::write_all(&mut f, &buf[..n])?,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     std::io::Seek::rewind(&mut f)?;
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
-    // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
-    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    // Pages still referenced by the kernel make the seal fail with EBUSY
+    // for a moment: retry briefly before giving up.
+    let mut attempts = 0;
+    loop {
+        // SAFETY: fcntl(F_ADD_SEALS) on a memfd we own; no pointers.
+        if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } == 0 {
+            return Ok(f);
+        }
+        let e = std::io::Error::last_os_error();
+        attempts += 1;
+        if e.raw_os_error() != Some(libc::EBUSY) || attempts >= 50 {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(f)
 }
 
 /// Host directories whose paths must never reach a client (error reasons,

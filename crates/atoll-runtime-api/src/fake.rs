@@ -43,6 +43,8 @@ struct State {
     one: HashMap<String, Option<Observed>>,
     /// Where a sandbox's toolbox (port `None`) or port is served.
     routes: HashMap<(String, Option<u16>), std::net::SocketAddr>,
+    /// Build contexts stored, by name.
+    contexts: HashMap<String, Vec<u8>>,
     /// References a pull finds.
     registry: Vec<String>,
 }
@@ -54,6 +56,11 @@ pub struct FakeRuntime {
 }
 
 impl FakeRuntime {
+    /// The bytes of a build context stored with `put_build_context`.
+    pub fn build_context(&self, sha256: &str) -> Option<Vec<u8>> {
+        self.lock().contexts.get(sha256).cloned()
+    }
+
     /// A fake that can start sandboxes of the images named.
     pub fn with_images(names: &[&str]) -> FakeRuntime {
         let fake = FakeRuntime::default();
@@ -444,6 +451,15 @@ impl Runtime for FakeRuntime {
         log: crate::LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError> {
         let mut st = self.enter("build_image", None)?;
+        if let Some(missing) = build
+            .contexts
+            .iter()
+            .find(|c| !st.contexts.contains_key(*c))
+        {
+            return Err(RuntimeError::Failed(format!(
+                "build context {missing} is not stored"
+            )));
+        }
         for line in build.dockerfile.lines() {
             log(line);
             if line.contains("exit 1") {
@@ -462,6 +478,26 @@ impl Runtime for FakeRuntime {
         st.images.retain(|i| i.name != build.name);
         st.images.push(info.clone());
         Ok(info)
+    }
+
+    async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {
+        let st = self.enter("has_build_context", None)?;
+        Ok(st.contexts.contains_key(sha256))
+    }
+
+    async fn put_build_context(
+        &self,
+        sha256: &str,
+        mut body: crate::ByteSource,
+    ) -> Result<(), RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        drop(self.enter("put_build_context", None)?);
+        let mut bytes = Vec::new();
+        body.read_to_end(&mut bytes)
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("reading the context: {e}")))?;
+        self.lock().contexts.insert(sha256.to_string(), bytes);
+        Ok(())
     }
 
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {

@@ -35,6 +35,14 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> SandboxStream for T {}
 /// A boxed [`SandboxStream`].
 pub type BoxedStream = Box<dyn SandboxStream>;
 
+/// Bytes read once, front to back (a build context sent to a runtime).
+pub type ByteSource = Box<dyn AsyncRead + Send + Unpin>;
+
+/// True for a lowercase hex sha256 (how build contexts are named).
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// What the control plane asks of a compute backend. Every call names a
 /// sandbox by its server-generated id; the runtime validates it.
 #[async_trait::async_trait]
@@ -102,6 +110,12 @@ pub trait Runtime: Send + Sync {
         build: &ImageBuild,
         log: LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError>;
+    /// Whether the build context `sha256` is stored (ready for a build).
+    async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError>;
+    /// Stores a build context (a tar, read from `body`) under `sha256`,
+    /// which the runtime checks against what it read; a tar with hostile
+    /// names is refused as a hostile layer would be.
+    async fn put_build_context(&self, sha256: &str, body: ByteSource) -> Result<(), RuntimeError>;
     /// Forgets the image `name`; its layers are collected once no image
     /// or sandbox uses them. True if it was stored.
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError>;

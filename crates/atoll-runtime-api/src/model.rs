@@ -201,6 +201,11 @@ pub struct ImageBuild {
     /// only within one scope.
     #[serde(default)]
     pub cache_scope: String,
+    /// The build context: tars stored with
+    /// [`crate::Runtime::put_build_context`], by sha256, in order (a later
+    /// one's files win). `COPY`/`ADD` read from their union.
+    #[serde(default)]
+    pub contexts: Vec<String>,
 }
 
 impl std::fmt::Debug for ImagePull {

@@ -4,12 +4,14 @@
 //! so PostgreSQL is a second connection URL, not a rewrite.
 
 mod leases;
+mod objects;
 mod records;
 mod runners;
 mod secrets;
 mod snapshots;
 mod warm_pools;
 
+pub use objects::{ObjectRecord, PartInfo, UploadRecord};
 pub use records::{
     ApiKeyRecord, MetricSample, OrgQuotaRecord, OrgRecord, SandboxHolding, SandboxRecord,
     VolumeMount,

@@ -655,3 +655,114 @@ async fn a_lease_has_one_holder_until_it_expires_or_is_released() {
     store.close().await;
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn objects_are_assembled_from_listed_parts_replaced_and_collected() {
+    let (store, dir) = fresh().await;
+    let upload = |id: &str, key: &str, at: i64| UploadRecord {
+        id: id.into(),
+        organization_id: "org-a".into(),
+        object_key: key.into(),
+        created_at: at,
+    };
+    store
+        .create_upload(&upload("u1", "org-a/h/context.tar", 10))
+        .await
+        .unwrap();
+    store.put_part("u1", 2, "\"e2\"", b"world").await.unwrap();
+    store.put_part("u1", 1, "\"old\"", b"stale").await.unwrap();
+    store.put_part("u1", 1, "\"e1\"", b"hello ").await.unwrap();
+    store
+        .put_part("u1", 3, "\"e3\"", b"not listed")
+        .await
+        .unwrap();
+    let parts = store.parts("u1").await.unwrap();
+    assert_eq!(
+        parts.iter().map(|p| p.part_number).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(
+        parts[0].etag, "\"e1\"",
+        "a part uploaded again replaces the first"
+    );
+    let object = ObjectRecord {
+        organization_id: "org-a".into(),
+        object_key: "org-a/h/context.tar".into(),
+        upload_id: "u1".into(),
+        parts: vec![1, 2],
+        size_bytes: 11,
+        etag: "\"x-2\"".into(),
+        sha256: "00".repeat(32),
+        created_at: 10,
+        last_used_at: 10,
+    };
+    store.complete_upload(&object).await.unwrap();
+    assert_eq!(
+        store.object("org-a", "org-a/h/context.tar").await.unwrap(),
+        Some(object.clone())
+    );
+    assert!(
+        store.upload("u1").await.unwrap().is_none(),
+        "a completed upload is no longer open"
+    );
+    assert_eq!(
+        store.part_data("u1", 3).await.unwrap(),
+        None,
+        "unlisted parts are dropped"
+    );
+    assert_eq!(
+        store.part_data("u1", 2).await.unwrap().as_deref(),
+        Some(&b"world"[..])
+    );
+    assert_eq!(store.object_bytes("org-a").await.unwrap(), 11);
+    assert_eq!(store.object_bytes("org-b").await.unwrap(), 0);
+    assert!(store
+        .object("org-b", "org-a/h/context.tar")
+        .await
+        .unwrap()
+        .is_none());
+    let listed = store.list_objects("org-a", "org-a/h/", 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(store
+        .list_objects("org-a", "org-a/x", 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The same key again: the old bytes go.
+    store
+        .create_upload(&upload("u2", "org-a/h/context.tar", 20))
+        .await
+        .unwrap();
+    store.put_part("u2", 1, "\"n\"", b"new").await.unwrap();
+    store
+        .complete_upload(&ObjectRecord {
+            upload_id: "u2".into(),
+            parts: vec![1],
+            size_bytes: 3,
+            ..object.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.part_data("u1", 1).await.unwrap(), None);
+    assert_eq!(store.object_bytes("org-a").await.unwrap(), 3);
+
+    // Collection: unused objects, and uploads never completed.
+    store
+        .create_upload(&upload("u3", "org-a/k/context.tar", 5))
+        .await
+        .unwrap();
+    store
+        .put_part("u3", 1, "\"p\"", b"abandoned")
+        .await
+        .unwrap();
+    store
+        .touch_object("org-a", "org-a/h/context.tar", 100)
+        .await
+        .unwrap();
+    assert_eq!(store.collect_objects(50, 6).await.unwrap(), (0, 1));
+    assert!(store.upload("u3").await.unwrap().is_none());
+    assert_eq!(store.collect_objects(101, 6).await.unwrap(), (1, 0));
+    assert_eq!(store.object_bytes("org-a").await.unwrap(), 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -7,6 +7,7 @@ mod progress;
 mod runner;
 mod serve;
 mod tenancy;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

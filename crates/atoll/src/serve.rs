@@ -21,6 +21,15 @@ pub struct ServeArgs {
     /// URL clients reach this server at (default: http://<listen>).
     #[arg(long, env = "ATOLL_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Certificate chain (PEM) for HTTPS on --listen (which then takes
+    /// both HTTPS and plain HTTP). Default: one signed by a local CA made
+    /// at <data-dir>/tls/ca.pem. The SDKs upload build contexts over HTTPS
+    /// only.
+    #[arg(long, env = "ATOLL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "ATOLL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Database: `postgres://user@host/db` for PostgreSQL (default: SQLite
     /// at <data-dir>/atoll.db). Never logged: it may carry a password.
     #[arg(long, env = "ATOLL_DATABASE_URL", hide_env_values = true)]
@@ -222,6 +231,18 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .with_secrets_key(secrets_key)
         .with_local_runner_id(runner_id.clone())
         .with_control_key(control_key);
+        // HTTPS on the same port as HTTP: the operator's certificate or
+        // the local CA's.
+        let (tls_cert, tls_key, local_ca) = match (&args.tls_cert, &args.tls_key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), None),
+            _ => {
+                let ca = crate::tls::local_ca(&data_dir.join("tls"), &public_url, &args.listen)?;
+                (ca.cert_pem, ca.key_pem, Some(ca.ca_pem))
+            }
+        };
+        let tls_config = atoll_remote::tls::server_config(&tls_cert, &tls_key)
+            .map_err(|e| anyhow::anyhow!("HTTPS: {e}"))?;
+        let state = state.with_storage_url(storage_url(&public_url));
         let state = if args.no_local_runner {
             state.without_embedded_runner()
         } else {
@@ -267,13 +288,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
             preview_domain = preview_domain.as_deref().unwrap_or("-"),
             "atoll is serving"
         );
-        print_welcome(&public_url, key.as_deref());
-        // Proxied responses (toolbox, previews) often reach hyper as head
-        // and body in separate writes; with Nagle on, the second waits for
-        // the client's delayed ACK (40 ms) on a keep-alive connection.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        print_welcome(&public_url, key.as_deref(), local_ca.as_deref());
+        // HTTP and HTTPS on one port. Connections have Nagle off: proxied
+        // responses (toolbox, previews) often reach hyper as head and body
+        // in separate writes, and the second would wait for the client's
+        // delayed ACK (40 ms) on a keep-alive connection.
+        let listener = atoll_remote::tls::TlsListener::dual(listener, tls_config);
         // The embedded runner's API, for the other API servers of a
         // deployment (requests signed with the shared control-plane key).
         let verifier = atoll_remote::ControlVerifier::new(&public_key, &runner_id)
@@ -397,7 +417,21 @@ fn uuid_v4() -> String {
 /// Prints where the server is, the key (first start only) and a first
 /// example. Written with `write!`, not `println!`: stdout may be a full
 /// disk or a closed pipe, and that must not stop the server.
-fn print_welcome(url: &str, key: Option<&str>) {
+/// The S3-compatible endpoint's URL: the public URL's host over HTTPS
+/// (the same port takes both).
+fn storage_url(public_url: &str) -> String {
+    let rest = public_url
+        .strip_prefix("https://")
+        .or_else(|| public_url.strip_prefix("http://"))
+        .unwrap_or(public_url);
+    format!(
+        "https://{}{}",
+        rest.trim_end_matches('/'),
+        atoll_api::object_storage::PATH
+    )
+}
+
+fn print_welcome(url: &str, key: Option<&str>, local_ca: Option<&Path>) {
     use std::io::Write;
     let key_line = match key {
         Some(k) => format!("  Admin API key (shown once, stored hashed): {k}"),
@@ -410,6 +444,17 @@ fn print_welcome(url: &str, key: Option<&str>) {
          print(sb.process.code_run(\"print(6*7)\").result)'\n\n",
         key.unwrap_or("<your key>")
     );
+    let text = match local_ca {
+        Some(ca) => format!(
+            "{text}  Images with local files (Image.add_local_file/dir, COPY) upload them over HTTPS with a\n  \
+             certificate from Atoll's local CA. Trust it once on the machine running the SDK:\n    \
+             sudo cp {} /usr/local/share/ca-certificates/atoll.crt && sudo update-ca-certificates\n  \
+             (Node: export NODE_EXTRA_CA_CERTS={}; or start atoll with --tls-cert/--tls-key)\n\n",
+            ca.display(),
+            ca.display()
+        ),
+        None => text,
+    };
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();

@@ -4,7 +4,7 @@
 use crate::auth::Principal;
 use crate::dto::{
     CreateDockerRegistry, CreateSnapshot, DockerRegistry, PaginatedSnapshots, SnapshotDto,
-    UpdateDockerRegistry, Url,
+    StorageAccess, UpdateDockerRegistry, Url,
 };
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryPairs};
@@ -328,4 +328,33 @@ pub async fn delete_registry(
     } else {
         Err(ApiError::NotFound(format!("Registry {id} not found")))
     }
+}
+
+#[utoipa::path(get, path = "/api/object-storage/push-access",
+    responses((status = 200, body = StorageAccess), (status = 503)))]
+pub async fn push_access(
+    State(s): State<AppState>,
+    p: Principal,
+) -> Result<Json<StorageAccess>, ApiError> {
+    let url = s.storage_url.clone().ok_or_else(|| {
+        ApiError::Unavailable(
+            "this server has no HTTPS listener for build-context uploads (start it with \
+             --tls-cert/--tls-key, or let it make its local CA)"
+                .into(),
+        )
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let c = crate::object_storage::issue(&s, &p.organization_id, now);
+    Ok(Json(StorageAccess {
+        access_key: c.access_key,
+        secret: c.secret,
+        session_token: c.session_token,
+        storage_url: url.to_string(),
+        organization_id: c.organization_id,
+        bucket: crate::object_storage::BUCKET.into(),
+        region: crate::object_storage::REGION.into(),
+    }))
 }

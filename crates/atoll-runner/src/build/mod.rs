@@ -5,17 +5,21 @@
 //! what it changed is captured as the next layer (the sandbox frozen, its
 //! upper dir packed and unpacked as in a snapshot capture); `WORKDIR` adds
 //! a layer with the directory if no layer has it; `ENV`, `USER`,
-//! `ENTRYPOINT`, `CMD`, `LABEL`, `EXPOSE`, `ARG` change the config only.
+//! `ENTRYPOINT`, `CMD`, `LABEL`, `EXPOSE`, `ARG` change the config only;
+//! `COPY`/`ADD` make a layer of files from the build context ([`copy`]).
 //!
 //! Every step's result is stored as an image `atoll/build-cache/<key>`,
 //! the key a hash of the parent's key and the step's text (the base's by
-//! its manifest digest), so a rebuild with one changed line redoes only
+//! its manifest digest; a `COPY`'s with the sha256 of the contexts it
+//! reads), so a rebuild with one changed line redoes only
 //! what follows it. Build sandboxes have ids `atoll-build-<hex>`: the
 //! runtime's observers never report them, and recovery destroys those a
 //! crash left. A failed step ends the build with the step and the tail of
 //! its output; nothing of a failed build is named.
 
 pub use atoll_types::dockerfile;
+
+mod copy;
 
 use crate::image::{Image, ImageConfig, ImageStore, LayeredImage};
 use crate::oci::registry::{Credentials, RegistryClient};
@@ -195,13 +199,43 @@ impl Builder {
                 }
                 Instruction::Cmd(c) => cmd = c.argv(),
                 Instruction::Label(_) | Instruction::Expose(_) => {}
-                Instruction::Copy { .. } => {
-                    return Err(failed(format!(
-                        "step {} ({}): COPY and ADD need a build context, which this server \
-                         cannot receive yet",
-                        n + 1,
-                        step.text
-                    )))
+                Instruction::Copy {
+                    sources,
+                    dest,
+                    chown,
+                } => {
+                    let in_step = |e: RuntimeError| match e {
+                        RuntimeError::Failed(m) => {
+                            failed(format!("step {} ({}): {m}", n + 1, step.text))
+                        }
+                        e => e,
+                    };
+                    let contexts = self.contexts(b).map_err(in_step)?;
+                    // The step's result depends on the contexts' content
+                    // as well as its text.
+                    for sha in copy::used_contexts(&contexts, sources).map_err(in_step)? {
+                        key = key_of(&key, &sha);
+                    }
+                    let cache = format!("atoll/build-cache/{}", &key[..40]);
+                    if let Some(hit) = self.cached(&cache) {
+                        log(" ---> Using cache");
+                        size = hit.size_bytes;
+                        layers = digests_of(&hit)?;
+                        continue;
+                    }
+                    let dest = match (dest.starts_with('/'), &config.workdir) {
+                        (true, _) => dest.clone(),
+                        (false, Some(w)) => format!("{}/{dest}", w.trim_end_matches('/')),
+                        (false, None) => format!("/{dest}"),
+                    };
+                    let (digest, bytes) = self
+                        .copy_step(&layers, &contexts, sources, dest, chown.clone())
+                        .await
+                        .map_err(in_step)?;
+                    log(&format!(" ---> {} copied", crate::oci::human_bytes(bytes)));
+                    layers.push(digest);
+                    size += bytes;
+                    self.remember(&cache, &layers, &config).await?;
                 }
                 Instruction::From { .. } => unreachable!("parse refuses a second FROM"),
                 Instruction::Workdir(dir) => {
@@ -265,6 +299,73 @@ impl Builder {
             .map_err(|e| failed(e.to_string()))?;
         log(&format!("Successfully built {}", b.name));
         Ok(stored)
+    }
+
+    /// The build's contexts, as stored.
+    fn contexts(&self, b: &ImageBuild) -> Result<Vec<copy::Context>, RuntimeError> {
+        b.contexts
+            .iter()
+            .map(|sha| {
+                if !atoll_runtime_api::is_sha256_hex(sha) {
+                    return Err(RuntimeError::InvalidId(sha.clone()));
+                }
+                let root = self
+                    .images
+                    .layer(&format!("sha256:{sha}"))
+                    .map_err(|e| failed(e.to_string()))?
+                    .ok_or_else(|| failed(format!("build context {sha} is not stored here")))?;
+                Ok(copy::Context {
+                    sha256: sha.clone(),
+                    root,
+                })
+            })
+            .collect()
+    }
+
+    /// A `COPY`'s layer (off the runtime).
+    async fn copy_step(
+        &self,
+        layers: &[String],
+        contexts: &[copy::Context],
+        sources: &[String],
+        dest: String,
+        chown: Option<String>,
+    ) -> Result<(String, u64), RuntimeError> {
+        let layer_paths = self.layer_paths(layers)?;
+        let images = self.images.clone();
+        let limits = self.limits;
+        let contexts: Vec<copy::Context> = contexts
+            .iter()
+            .map(|c| copy::Context {
+                sha256: c.sha256.clone(),
+                root: c.root.clone(),
+            })
+            .collect();
+        let sources = sources.to_vec();
+        tokio::task::spawn_blocking(move || {
+            let owner = copy::resolve_owner(&layer_paths, chown.as_deref())?;
+            let step = copy::CopyStep {
+                sources: &sources,
+                dest,
+                owner,
+            };
+            copy::copy_layer(&images, limits, &contexts, &layer_paths, &step)
+        })
+        .await
+        .map_err(|e| failed(format!("copy task: {e}")))?
+    }
+
+    /// The stored directories of `layers`, bottom first.
+    fn layer_paths(&self, layers: &[String]) -> Result<Vec<std::path::PathBuf>, RuntimeError> {
+        layers
+            .iter()
+            .map(|d| {
+                self.images
+                    .layer(d)
+                    .map_err(|e| failed(e.to_string()))?
+                    .ok_or_else(|| failed(format!("layer {d} vanished from the store")))
+            })
+            .collect()
     }
 
     /// A step's cached result; a hit keeps the cache entry alive.
@@ -388,15 +489,7 @@ impl Builder {
         text: &str,
         log: LogSink<'_>,
     ) -> Result<(String, u64), RuntimeError> {
-        let mut layer_paths = Vec::new();
-        for d in layers {
-            layer_paths.push(
-                self.images
-                    .layer(d)
-                    .map_err(|e| failed(e.to_string()))?
-                    .ok_or_else(|| failed(format!("layer {d} vanished from the store")))?,
-            );
-        }
+        let layer_paths = self.layer_paths(layers)?;
         let mut rnd = [0u8; 8];
         getrandom_fill(&mut rnd);
         let id = format!("{BUILD_ID_PREFIX}{}", hex::encode(rnd));
