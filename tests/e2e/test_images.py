@@ -95,6 +95,17 @@ def test_an_image_shared_base_is_stored_once_and_a_second_pull_reuses_it(daytona
     status, text = api(server, "GET", f"/snapshots/{done['id']}/build-logs")
     # The index picked linux/amd64, and the base layer was already present.
     assert "linux/amd64" in text and "already present" in text, text
+    # The runner reports what its images take on disk (at least the busybox
+    # base layer), on its next health check.
+    deadline = time.time() + 30
+    while True:
+        status, runners = api(server, "GET", "/runners")
+        assert status == 200, runners
+        used = max(r.get("currentImageDiskBytes", 0) for r in runners)
+        if used >= len(base_layer) // 2 or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert used >= len(base_layer) // 2, runners
 
 
 @store_independent

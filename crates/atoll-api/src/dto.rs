@@ -658,6 +658,9 @@ pub struct Runner {
     pub current_allocated_disk_gi_b: f64,
     pub current_snapshot_count: f64,
     pub current_started_sandboxes: f64,
+    /// Bytes the runner's stored images (their layers, shared between
+    /// images) take on disk.
+    pub current_image_disk_bytes: f64,
     /// 0-100: how much room it has left (the scheduler prefers the highest).
     pub availability_score: f64,
     pub last_checked: Option<String>,
@@ -703,6 +706,9 @@ pub struct RunnerHealthMetrics {
     pub current_allocated_disk_gi_b: f64,
     pub current_snapshot_count: f64,
     pub current_started_sandboxes: f64,
+    /// Bytes the runner's stored images take on disk (Atoll's own).
+    #[serde(default)]
+    pub current_image_disk_bytes: Option<f64>,
     pub cpu: f64,
     pub memory_gi_b: f64,
     pub disk_gi_b: f64,

@@ -155,6 +155,10 @@ impl AppState {
             current_allocated_disk_gi_b: a.disk_gib as f64,
             current_snapshot_count: pct(|m| m.current_snapshot_count),
             current_started_sandboxes: a.started as f64,
+            current_image_disk_bytes: metrics
+                .as_ref()
+                .and_then(|m| m.current_image_disk_bytes)
+                .unwrap_or(0.0),
             availability_score: availability_score(r, a),
             last_checked: r.last_checked.map(rfc3339_millis),
             created_at: rfc3339_millis(r.created_at),
@@ -261,6 +265,7 @@ impl AppState {
             current_allocated_disk_gi_b: held.disk_gib as f64,
             current_snapshot_count: self.runtime.images().await.map_or(0, |i| i.len()) as f64,
             current_started_sandboxes: f64::from(cap.running),
+            current_image_disk_bytes: Some(cap.images_bytes as f64),
             cpu: f64::from(cap.cpu),
             memory_gi_b: cap.memory_gib as f64,
             disk_gi_b: cap.disk_gib as f64,

@@ -288,6 +288,9 @@ pub struct ImageConfig {
 #[derive(Debug)]
 pub struct ImageStore {
     root: PathBuf,
+    /// Bytes each stored layer takes on disk, by its directory name
+    /// (layers never change once stored, so each is measured once).
+    layer_bytes: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl ImageStore {
@@ -307,9 +310,35 @@ impl ImageStore {
         }
         let store = ImageStore {
             root: root.to_path_buf(),
+            layer_bytes: Default::default(),
         };
         store.remove_dead_pulls();
         Ok(store)
+    }
+
+    /// Bytes the stored layers take on disk (allocated blocks; a file
+    /// hard-linked within a layer counted once).
+    pub fn disk_bytes(&self) -> u64 {
+        let dir = self.root.join("layers");
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return 0;
+        };
+        let mut known = self.layer_bytes.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !name.starts_with("sha256-") {
+                continue;
+            }
+            let bytes = *known
+                .entry(name.clone())
+                .or_insert_with(|| tree_bytes(&e.path()));
+            total += bytes;
+            seen.insert(name);
+        }
+        known.retain(|k, _| seen.contains(k));
+        total
     }
 
     /// The image named `name`, if it is stored.
@@ -2147,6 +2176,33 @@ fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Allocated bytes of the tree at `root` (symlinks not followed; hard
+/// links counted once), walked with an explicit stack.
+fn tree_bytes(root: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut inodes = std::collections::HashSet::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.nlink() > 1 && !m.is_dir() && !inodes.insert((m.dev(), m.ino())) {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
 }
 
 #[cfg(test)]

@@ -292,7 +292,14 @@ impl Runtime for LocalRuntime {
     }
 
     async fn capacity(&self) -> Result<Capacity, RuntimeError> {
-        self.blocking(|rt| Ok(rt.capacity())).await
+        let images = self.images.clone();
+        self.blocking(move |rt| {
+            Ok(atoll_runtime_api::Capacity {
+                images_bytes: images.disk_bytes(),
+                ..rt.capacity()
+            })
+        })
+        .await
     }
 
     async fn images(&self) -> Result<Vec<ImageInfo>, RuntimeError> {

@@ -885,6 +885,7 @@ impl NamespaceRuntime {
             disk_free_gib: free / GIB,
             network_slots: self.network.as_ref().map_or(0, |n| n.slots()),
             running,
+            images_bytes: 0,
         }
     }
 }

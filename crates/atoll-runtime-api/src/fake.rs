@@ -413,6 +413,7 @@ impl Runtime for FakeRuntime {
             disk_free_gib: 150,
             network_slots: 100,
             running: st.sandboxes.values().filter(|s| s.running).count() as u32,
+            images_bytes: st.images.iter().map(|i| i.size_bytes).sum(),
         })
     }
 

@@ -120,6 +120,9 @@ pub struct Capacity {
     pub network_slots: u32,
     /// Sandboxes the runtime runs now.
     pub running: u32,
+    /// Bytes the runtime's stored images (their layers) take on disk.
+    #[serde(default)]
+    pub images_bytes: u64,
 }
 
 /// An image a runtime can start sandboxes from ("snapshot" in Daytona's

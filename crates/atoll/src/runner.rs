@@ -229,6 +229,7 @@ async fn report_health(control: ControlPlane, runtime: Arc<dyn Runtime>, adverti
                     "currentAllocatedDiskGiB": 0,
                     "currentSnapshotCount": images,
                     "currentStartedSandboxes": c.running,
+                    "currentImageDiskBytes": c.images_bytes,
                     "cpu": c.cpu,
                     "memoryGiB": c.memory_gib,
                     "diskGiB": c.disk_gib,
