@@ -76,8 +76,10 @@ def test_bad_ttl_is_refused(server, sandbox):
         ("target", "eu", "target"),
         ("queueTimeout", 0, "queueTimeout"),
         ("outboundProxyUrl", "ftp://proxy:21", "outboundProxyUrl"),
-        ("volumes", [{"volumeId": "v", "mountPath": "/m"}], "volumes"),
-        # buildInfo is supported (test_images.py); a build context is not yet.
+        ("volumes", [{"volumeId": "v", "mountPath": "relative/path"}], "mountPath"),
+        ("volumes", [{"volumeId": "v", "mountPath": "/proc/x"}], "reserved"),
+        ("volumes", [{"volumeId": "v", "mountPath": "/m", "subpath": "../up"}], "subpath"),
+        # buildInfo is supported (test_images.py); contexts must be uploaded.
         ("buildInfo", {"dockerfileContent": "FROM x\nCOPY a /a\n", "contextHashes": ["0a1b"]}, "context"),
         ("domainAllowList", "example.com", "domain"),
     ],

@@ -51,6 +51,9 @@ pub struct SandboxVolume {
     pub mount_path: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subpath: Option<String>,
+    /// Atoll's extension: mount it read-only (writes fail with EROFS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 }
 
 impl From<SandboxVolume> for VolumeMount {
@@ -59,6 +62,7 @@ impl From<SandboxVolume> for VolumeMount {
             volume_id: v.volume_id,
             mount_path: v.mount_path,
             subpath: v.subpath,
+            read_only: v.read_only.unwrap_or(false),
         }
     }
 }
@@ -69,6 +73,7 @@ impl From<VolumeMount> for SandboxVolume {
             volume_id: v.volume_id,
             mount_path: v.mount_path,
             subpath: v.subpath,
+            read_only: v.read_only.then_some(true),
         }
     }
 }
@@ -235,6 +240,33 @@ pub struct CreateSandboxSnapshot {
     pub name: String,
     #[serde(default)]
     pub include_memory: Option<bool>,
+}
+
+/// Daytona's `VolumeDto` (plus Atoll's `size` quota and `usedBytes`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDto {
+    pub id: String,
+    pub name: String,
+    pub organization_id: String,
+    /// `pending_create`, `ready`, `deleting`, `error`.
+    pub state: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+    pub error_reason: Option<String>,
+    /// The quota, GiB.
+    pub size: i64,
+    /// Bytes in use, as last measured.
+    pub used_bytes: Option<i64>,
+}
+
+/// Daytona's `CreateVolume` (plus Atoll's `size`, GiB).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateVolume {
+    pub name: Option<String>,
+    pub size: Option<i64>,
 }
 
 /// Daytona's `StorageAccessDto`: temporary credentials for the

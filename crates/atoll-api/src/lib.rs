@@ -23,6 +23,7 @@ pub mod secrets;
 pub mod service;
 pub mod signing;
 pub mod snapshots;
+pub mod volumes;
 pub mod warm_pool;
 
 use atoll_proxy::pool::{ConnPool, PoolError};
@@ -275,7 +276,8 @@ async fn not_found(req: Request) -> ApiError {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        account, preview, runners, sandbox, secrets, snapshots, system, toolbox, warm_pools,
+        account, preview, runners, sandbox, secrets, snapshots, system, toolbox, volumes,
+        warm_pools,
     };
     let api = Router::new()
         .route("/health", get(system::health))
@@ -395,6 +397,9 @@ pub fn router(state: AppState) -> Router {
                 .delete(snapshots::delete_registry),
         )
         .route("/object-storage/push-access", get(snapshots::push_access))
+        .route("/volumes", get(volumes::list).post(volumes::create))
+        .route("/volumes/by-name/{name}", get(volumes::by_name))
+        .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
         .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
         .route("/sandbox/{id}/build-logs", get(sandbox::build_logs))
         .route("/sandbox/{id}/build-logs-url", get(sandbox::build_logs_url))

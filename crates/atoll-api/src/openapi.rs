@@ -2,7 +2,7 @@
 //! served at `/api/openapi.json`; a snapshot test keeps it reviewed.
 
 use crate::dto;
-use crate::routes::{sandbox, snapshots, system};
+use crate::routes::{sandbox, snapshots, system, volumes};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]
@@ -29,13 +29,13 @@ use utoipa::OpenApi;
         crate::routes::runners::scheduling, crate::routes::runners::draining,
         crate::routes::runners::delete, crate::routes::runners::me, crate::routes::runners::healthcheck,
         snapshots::create, snapshots::delete, snapshots::activate, snapshots::deactivate,
-        snapshots::build_logs, snapshots::build_logs_url, snapshots::push_access, snapshots::create_registry,
+        snapshots::build_logs, snapshots::build_logs_url, snapshots::push_access, volumes::list, volumes::create, volumes::get, volumes::by_name, volumes::delete, snapshots::create_registry,
         snapshots::list_registries, snapshots::get_registry, snapshots::update_registry,
         snapshots::delete_registry, sandbox::snapshot, sandbox::build_logs, sandbox::build_logs_url,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
-        dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots, dto::StorageAccess,
+        dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots, dto::StorageAccess, dto::VolumeDto, dto::CreateVolume,
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
         dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
         dto::User, dto::Region, dto::PaginatedSandboxes,

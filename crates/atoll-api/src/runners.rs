@@ -492,6 +492,21 @@ impl AppState {
     /// The runner a new sandbox goes to: among those that take new
     /// sandboxes, in `region` when given, and that this server can drive,
     /// the one with the most room. None left is a 503 that says why.
+    /// The runner a sandbox mounting its volumes must run on, if it takes
+    /// new sandboxes.
+    pub async fn volume_runner(&self, id: &str) -> Result<RunnerRecord, ApiError> {
+        let r = self.store.runner(id).await?.ok_or_else(|| {
+            ApiError::Unavailable("the runner holding the volumes is gone".into())
+        })?;
+        if !schedulable(&r) {
+            return Err(ApiError::Unavailable(format!(
+                "the runner holding the volumes ({}) takes no new sandboxes now",
+                r.name
+            )));
+        }
+        Ok(r)
+    }
+
     pub async fn pick_runner(&self, region: Option<&str>) -> Result<RunnerRecord, ApiError> {
         let runners = self.store.runners().await?;
         self.note_regions(&runners);

@@ -137,6 +137,15 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
+    async fn create_volume(&self, _: &str, _: u64) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn delete_volume(&self, _: &str) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
+    async fn volume_usage(&self, _: &str) -> Result<atoll_runtime_api::VolumeUsage, RuntimeError> {
+        Err(none_here())
+    }
     async fn has_build_context(&self, _: &str) -> Result<bool, RuntimeError> {
         Err(none_here())
     }

@@ -166,6 +166,16 @@ impl AppState {
             env: r.env.clone(),
             disk_bytes: (r.disk as u64) << 30,
             network: policy_of(r)?,
+            volumes: r
+                .volumes
+                .iter()
+                .map(|v| atoll_runtime_api::VolumeAttachment {
+                    volume_id: v.volume_id.clone(),
+                    mount_path: v.mount_path.clone(),
+                    subpath: v.subpath.clone(),
+                    read_only: v.read_only,
+                })
+                .collect(),
             limits: Limits {
                 cpus: r.cpu as u32,
                 memory_bytes: (r.memory as u64) << 30,
@@ -366,7 +376,14 @@ impl AppState {
             Some(t) => Some(self.known_region(t).await?),
             None => None,
         };
-        let runner = self.pick_runner(target.as_deref()).await?;
+        // Volumes pin the sandbox to the runner that has them.
+        let (mounts, volume_runner) = self
+            .resolve_mounts(p, req.volumes.as_deref().unwrap_or_default())
+            .await?;
+        let runner = match volume_runner {
+            Some(r) => self.volume_runner(&r).await?,
+            None => self.pick_runner(target.as_deref()).await?,
+        };
         // An organization's snapshot is pulled onto the runner if it lacks
         // it; a built-in one must be there.
         if own.is_none() {
@@ -381,11 +398,6 @@ impl AppState {
             }
         }
         refuse_domain_allow_list(req.domain_allow_list.as_deref())?;
-        if req.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-            return Err(ApiError::BadRequest(
-                "volumes are not supported by this server yet".into(),
-            ));
-        }
         let ttl_minutes = in_range(
             "ttlMinutes",
             req.ttl_minutes.unwrap_or(0),
@@ -480,7 +492,7 @@ impl AppState {
                 -1,
                 i64::from(i32::MAX),
             )?,
-            volumes: vec![],
+            volumes: mounts,
             created_at: now,
             updated_at: now,
             last_activity_at: now,
@@ -497,7 +509,8 @@ impl AppState {
             }
             return self.launch(row).await;
         }
-        let warm_eligible = req.cpu.is_none()
+        let warm_eligible = row.volumes.is_empty()
+            && req.cpu.is_none()
             && req.memory.is_none()
             && req.disk.is_none()
             && req.gpu.is_none_or(|g| g == 0)

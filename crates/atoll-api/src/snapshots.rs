@@ -761,6 +761,7 @@ impl AppState {
             loop {
                 tick.tick().await;
                 s.resume_snapshot_work().await;
+                s.resume_volume_work().await;
                 // Build contexts unused for a week, uploads never finished.
                 let now = now_millis();
                 match s

@@ -172,17 +172,12 @@ impl RemoteRuntime {
     fn path(&self, id: &str, tail: &str) -> String {
         // Ids are validated by the runtime at the other end; they must not
         // change the path here either.
-        let id: String = id
-            .bytes()
-            .map(|b| {
-                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
-                    (b as char).to_string()
-                } else {
-                    format!("%{b:02X}")
-                }
-            })
-            .collect();
-        format!("{}{}/sandboxes/{id}{tail}", self.prefix, wire::PREFIX)
+        format!(
+            "{}{}/sandboxes/{}{tail}",
+            self.prefix,
+            wire::PREFIX,
+            enc(id)
+        )
     }
 
     /// A route outside any sandbox, under the mount prefix.
@@ -337,6 +332,19 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// An id as one path segment: anything but `[A-Za-z0-9_-]` escaped.
+fn enc(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn json<T: serde::Serialize>(v: &T) -> Option<Vec<u8>> {
     serde_json::to_vec(v).ok()
 }
@@ -465,6 +473,36 @@ impl Runtime for RemoteRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         self.streamed_call(&self.root("/v1/images/build"), json(build), log)
             .await
+    }
+
+    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+        self.call(
+            Method::PUT,
+            &self.root(&format!("/v1/volumes/{}", enc(id))),
+            json(&serde_json::json!({ "sizeBytes": size_bytes })),
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.call(
+            Method::DELETE,
+            &self.root(&format!("/v1/volumes/{}", enc(id))),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn volume_usage(&self, id: &str) -> Result<atoll_runtime_api::VolumeUsage, RuntimeError> {
+        self.call(
+            Method::GET,
+            &self.root(&format!("/v1/volumes/{}", enc(id))),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {

@@ -102,6 +102,10 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/build", post(build_image))
         .route(
+            "/v1/volumes/{id}",
+            get(volume_usage).put(create_volume).delete(delete_volume),
+        )
+        .route(
             "/v1/build-contexts/{sha256}",
             get(has_build_context).put(put_build_context),
         )
@@ -214,6 +218,31 @@ async fn build_image(
     Json(build): Json<atoll_runtime_api::ImageBuild>,
 ) -> Response {
     streamed(move |log| Box::pin(async move { s.runtime.build_image(&build, log).await }))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateVolumeBody {
+    size_bytes: u64,
+}
+
+async fn create_volume(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(body): Json<CreateVolumeBody>,
+) -> Answer<()> {
+    Ok(Json(s.runtime.create_volume(&id, body.size_bytes).await?))
+}
+
+async fn delete_volume(State(s): State<Served>, Path(id): Path<String>) -> Answer<()> {
+    Ok(Json(s.runtime.delete_volume(&id).await?))
+}
+
+async fn volume_usage(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+) -> Answer<atoll_runtime_api::VolumeUsage> {
+    Ok(Json(s.runtime.volume_usage(&id).await?))
 }
 
 async fn has_build_context(State(s): State<Served>, Path(sha256): Path<String>) -> Answer<bool> {

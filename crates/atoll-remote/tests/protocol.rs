@@ -38,6 +38,12 @@ fn spec(id: &str) -> SandboxSpec {
         },
         disk_bytes: 3 << 30,
         network: NetworkPolicy::default(),
+        volumes: vec![atoll_runtime_api::VolumeAttachment {
+            volume_id: "vol-1".into(),
+            mount_path: "/data".into(),
+            subpath: Some("a/b".into()),
+            read_only: true,
+        }],
     }
 }
 
@@ -422,4 +428,26 @@ async fn build_contexts_stream_to_the_runner_before_a_build() {
         remote.build_image(&build(vec!["cd".repeat(32)]), &log).await,
         Err(RuntimeError::Failed(m)) if m.contains("not stored")
     ));
+}
+
+#[tokio::test]
+async fn volumes_are_made_measured_and_deleted_over_the_protocol() {
+    let key = Arc::new(ControlKey::from_seed(&[7u8; 32]).unwrap());
+    let fake = Arc::new(FakeRuntime::with_images(&["base"]));
+    let (url, _server) = serve(fake.clone(), &key).await;
+    let remote = RemoteRuntime::new(RUNNER, &url, key.clone()).unwrap();
+    remote.create_volume("vol-1", 5 << 30).await.unwrap();
+    let usage = remote.volume_usage("vol-1").await.unwrap();
+    assert_eq!(usage.size_bytes, 5 << 30);
+    // The mounts of a start reach the runner as given.
+    remote.start(&spec("sb-v")).await.unwrap();
+    let started = fake.sandbox("sb-v").unwrap().spec.unwrap();
+    assert_eq!(started.volumes, spec("sb-v").volumes);
+    remote.delete_volume("vol-1").await.unwrap();
+    assert!(matches!(
+        remote.volume_usage("vol-1").await,
+        Err(RuntimeError::Failed(_))
+    ));
+    // An id that would change the path is escaped, never a route of its own.
+    assert!(remote.delete_volume("../v1/capacity").await.is_ok());
 }

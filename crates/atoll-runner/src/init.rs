@@ -134,7 +134,9 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     let root = &req.dirs.root;
     let root_dir = open_dir_nofollow(root)?;
     nix::unistd::fchdir(&root_dir).map_err(sys("entering the sandbox directory"))?;
-    if let Some((major, minor)) = mounts::prepare_host_side(req.spec.image_layers.len())? {
+    if let Some((major, minor)) =
+        mounts::prepare_host_side(req.spec.image_layers.len(), req.spec.volumes.len())?
+    {
         // The runner throttles the disk's I/O off the create path
         // (configuring a block device's throttle waits for RCU).
         let _ = writeln!(report, "disk {major}:{minor}");
@@ -149,6 +151,20 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
     for (i, layer) in req.spec.image_layers.iter().enumerate() {
         let lower = crate::userns::idmap_clone(layer, &userns, true)?;
         crate::userns::attach(&lower, &mounts::lower_layer_dir(i))?;
+    }
+    // Volumes: idmapped (read-only ones read-only, a flag the sandbox's
+    // mount namespace then locks), a subpath resolved beneath the root.
+    for (i, v) in req.spec.volumes.iter().enumerate() {
+        let root = open_dir_nofollow(&v.source)?;
+        let dir = match &v.subpath {
+            Some(sub) => {
+                crate::volumes::subdir(&root, sub).map_err(io("resolving a volume subpath"))?
+            }
+            None => root,
+        };
+        let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        let tree = crate::userns::idmap_clone(&path, &userns, v.read_only)?;
+        crate::userns::attach(&tree, &spec::volume_dir(i))?;
     }
     let exe = std::fs::File::open(&req.daemon_exe).map_err(io("opening the daemon"))?;
     let config = config_memfd(&req.daemon_config)?;
@@ -295,7 +311,13 @@ fn redirect_stdio() -> Result<(), InitError> {
 fn sandbox_pid1(req: &InitRequest, last_cap: u32, fds: Fds) -> Result<Never, InitError> {
     // We are root of the sandbox's user namespace, in a mount namespace it
     // owns, with the cwd at the sandbox's host directory.
-    let ops = mounts::plan(req.spec.image_layers.len());
+    let volumes: Vec<(String, bool)> = req
+        .spec
+        .volumes
+        .iter()
+        .map(|v| (v.mount_path.clone(), v.read_only))
+        .collect();
+    let ops = mounts::plan(req.spec.image_layers.len(), &volumes);
     mounts::execute(&ops)?;
     // A cgroup namespace rooted at the sandbox's own cgroup.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(sys("unshare cgroup namespace"))?;

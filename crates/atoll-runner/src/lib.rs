@@ -32,6 +32,7 @@ pub mod safe_fs;
 pub mod seccomp;
 pub mod spec;
 pub mod userns;
+pub mod volumes;
 
 pub use local::LocalRuntime;
 pub use runtime::{NamespaceRuntime, Observed, RuntimeConfig, RuntimeError};

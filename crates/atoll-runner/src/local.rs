@@ -21,6 +21,7 @@ use std::sync::Arc;
 /// The in-process runtime of `atoll serve`.
 pub struct LocalRuntime {
     sandboxes: Arc<NamespaceRuntime>,
+    volumes: Arc<crate::volumes::Volumes>,
     images: Arc<ImageStore>,
     registry: Arc<RegistryClient>,
     limits: UnpackLimits,
@@ -31,13 +32,15 @@ impl LocalRuntime {
         sandboxes: Arc<NamespaceRuntime>,
         images: Arc<ImageStore>,
         registry: RegistryConfig,
-    ) -> LocalRuntime {
-        LocalRuntime {
+    ) -> Result<LocalRuntime, RuntimeError> {
+        let volumes = Arc::new(crate::volumes::Volumes::open(&sandboxes.volumes_dir())?);
+        Ok(LocalRuntime {
             sandboxes,
+            volumes,
             images,
             registry: Arc::new(RegistryClient::new(registry)),
             limits: UnpackLimits::default(),
-        }
+        })
     }
 
     /// Sets the bounds every pulled layer must stay within.
@@ -134,7 +137,27 @@ impl Runtime for LocalRuntime {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         env.extend(spec.env.clone());
+        let mut volumes = Vec::new();
+        for v in &spec.volumes {
+            atoll_runtime_api::model::check_mount_path(&v.mount_path)
+                .map_err(RuntimeError::Failed)?;
+            if let Some(s) = &v.subpath {
+                atoll_runtime_api::model::check_subpath(s).map_err(RuntimeError::Failed)?;
+            }
+            let vols = self.volumes.clone();
+            let id = v.volume_id.clone();
+            let source = tokio::task::spawn_blocking(move || vols.mount(&id))
+                .await
+                .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))??;
+            volumes.push(crate::spec::VolumeBind {
+                source,
+                subpath: v.subpath.clone(),
+                mount_path: v.mount_path.clone(),
+                read_only: v.read_only,
+            });
+        }
         let host_spec = crate::spec::SandboxSpec {
+            volumes,
             id: spec.id.clone(),
             hostname: spec.hostname.clone(),
             image_layers: image.layers,
@@ -361,6 +384,27 @@ impl Runtime for LocalRuntime {
             limits: self.limits,
         };
         builder.build(build, log).await.map(image_info)
+    }
+
+    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+        let (rt, vols, id) = (self.sandboxes.clone(), self.volumes.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || vols.create(rt.disk_templates(), &id, size_bytes))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let (vols, id) = (self.volumes.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || vols.delete(&id))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+    }
+
+    async fn volume_usage(&self, id: &str) -> Result<atoll_runtime_api::VolumeUsage, RuntimeError> {
+        let (vols, id) = (self.volumes.clone(), id.to_string());
+        tokio::task::spawn_blocking(move || vols.usage(&id))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
     }
 
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {

@@ -129,7 +129,7 @@ pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty
 /// Host-side preparation, as host root with the cwd at the sandbox's
 /// directory: mount points, the disk with `upper` and `work`, and `sysfs`.
 /// Returns the disk's loop device number.
-pub fn prepare_host_side(layers: usize) -> Result<Option<(u64, u64)>, MountError> {
+pub fn prepare_host_side(layers: usize, volumes: usize) -> Result<Option<(u64, u64)>, MountError> {
     use crate::spec::{DISK_DIR, DISK_IMAGE, LOWER_DIR, ROOTFS_DIR, SYSFS_DIR};
     let d = |p: &str| PathBuf::from(p);
     let mut ops = Vec::new();
@@ -142,6 +142,23 @@ pub fn prepare_host_side(layers: usize) -> Result<Option<(u64, u64)>, MountError
     }
     for i in 0..layers {
         let p = lower_layer_dir(i);
+        ops.push(MountOp::Mkdir {
+            path: p.clone(),
+            mode: 0o755,
+        });
+        ops.push(MountOp::RequireDir { path: p });
+    }
+    if volumes > 0 {
+        ops.push(MountOp::Mkdir {
+            path: d(crate::spec::VOLUMES_DIR),
+            mode: 0o755,
+        });
+        ops.push(MountOp::RequireDir {
+            path: d(crate::spec::VOLUMES_DIR),
+        });
+    }
+    for i in 0..volumes {
+        let p = crate::spec::volume_dir(i);
         ops.push(MountOp::Mkdir {
             path: p.clone(),
             mode: 0o755,
@@ -187,7 +204,7 @@ fn lowerdir(layers: usize) -> String {
 
 /// Builds the mount plan PID 1 runs in the sandbox's user namespace for an
 /// image of `layers` layers; every target is under `rootfs`.
-pub fn plan(layers: usize) -> Vec<MountOp> {
+pub fn plan(layers: usize, volumes: &[(String, bool)]) -> Vec<MountOp> {
     use crate::spec::{DISK_DIR, ROOTFS_DIR, SYSFS_DIR};
     let rootfs = Path::new(ROOTFS_DIR);
     let r = |p: &str| rootfs.join(p);
@@ -300,6 +317,27 @@ pub fn plan(layers: usize) -> Vec<MountOp> {
             target,
             readonly: true,
             flags: nosuid_nodev | MsFlags::MS_NOEXEC,
+        });
+    }
+    // Volumes, each at its path (made where missing, each step checked to
+    // be a real directory: the sandbox's own disk may hold symlinks).
+    for (i, (mount_path, read_only)) in volumes.iter().enumerate() {
+        let mut target = rootfs.to_path_buf();
+        for part in mount_path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            target.push(part);
+            ops.push(MountOp::Mkdir {
+                path: target.clone(),
+                mode: 0o755,
+            });
+            ops.push(MountOp::RequireDir {
+                path: target.clone(),
+            });
+        }
+        ops.push(MountOp::Bind {
+            source: crate::spec::volume_dir(i),
+            target,
+            readonly: *read_only,
+            flags: nosuid_nodev,
         });
     }
     ops
@@ -517,9 +555,16 @@ mod tests {
         }
     }
 
+    fn volumes() -> Vec<(String, bool)> {
+        vec![
+            ("/home/daytona/data".to_string(), false),
+            ("/mnt/ro".to_string(), true),
+        ]
+    }
+
     #[test]
     fn every_target_is_relative_and_inside_the_rootfs() {
-        for op in plan(1) {
+        for op in plan(1, &volumes()) {
             let t = target(&op);
             assert!(t.is_relative() && t.starts_with("rootfs"), "{op:?}");
         }
@@ -527,7 +572,7 @@ mod tests {
 
     #[test]
     fn no_mount_option_names_a_host_path() {
-        for op in plan(1) {
+        for op in plan(1, &volumes()) {
             if let MountOp::Mount { data: Some(d), .. } = &op {
                 assert!(!d.contains('/') || !d.contains("=/"), "{op:?}");
             }
@@ -540,8 +585,8 @@ mod tests {
 
     #[test]
     fn mount_targets_are_checked_before_they_are_used() {
-        let ops = plan(1);
-        for d in ["proc", "dev", "sys"] {
+        let ops = plan(1, &volumes());
+        for d in ["proc", "dev", "sys", "home/daytona/data", "mnt/ro"] {
             let p = Path::new("rootfs").join(d);
             let check = ops
                 .iter()
@@ -554,8 +599,37 @@ mod tests {
     }
 
     #[test]
+    fn volumes_are_bound_at_their_paths_read_only_when_asked() {
+        let ops = plan(1, &volumes());
+        // Every directory on the way is checked to be a real one first.
+        let bind = ops
+            .iter()
+            .position(|o| matches!(o, MountOp::Bind { target, .. } if target.ends_with("home/daytona/data")))
+            .unwrap();
+        for d in ["rootfs/home", "rootfs/home/daytona"] {
+            let check = ops
+                .iter()
+                .position(|o| *o == MountOp::RequireDir { path: d.into() })
+                .unwrap();
+            assert!(check < bind, "{d}");
+        }
+        assert!(ops.contains(&MountOp::Bind {
+            source: crate::spec::volume_dir(0),
+            target: Path::new("rootfs/home/daytona/data").into(),
+            readonly: false,
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }));
+        assert!(ops.contains(&MountOp::Bind {
+            source: crate::spec::volume_dir(1),
+            target: Path::new("rootfs/mnt/ro").into(),
+            readonly: true,
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        }));
+    }
+
+    #[test]
     fn masks_cover_host_and_tenant_information() {
-        let ops = plan(1);
+        let ops = plan(1, &[]);
         for f in [
             "kcore",
             "keys",

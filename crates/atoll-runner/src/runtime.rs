@@ -687,6 +687,21 @@ impl NamespaceRuntime {
         self.journal.get(id).map(observed)
     }
 
+    /// Where this runner keeps its volumes.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.cfg
+            .sandboxes_dir
+            .parent()
+            .unwrap_or(&self.cfg.sandboxes_dir)
+            .join("volumes")
+    }
+
+    /// The formatted filesystem templates disks (and volumes) are copied
+    /// from.
+    pub fn disk_templates(&self) -> &crate::disk::DiskTemplates {
+        &self.disks
+    }
+
     pub fn socket(&self, id: &str) -> PathBuf {
         SandboxDirs::new(&self.cfg.sandboxes_dir, id).socket()
     }

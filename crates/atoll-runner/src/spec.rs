@@ -80,6 +80,27 @@ pub struct SandboxSpec {
     /// unless told otherwise; none: the user's home.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub work_dir: Option<PathBuf>,
+    /// Volumes bound into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeBind>,
+}
+
+/// A volume bound into a sandbox: its mounted filesystem on the host (the
+/// runner's), the directory of it to bind, where, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeBind {
+    pub source: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    /// Absolute path inside the sandbox.
+    pub mount_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Where volume `i` is attached, relative to the sandbox's directory.
+pub fn volume_dir(i: usize) -> PathBuf {
+    std::path::Path::new(VOLUMES_DIR).join(i.to_string())
 }
 
 /// Environment variables naming the descriptors PID 1 hands the daemon:
@@ -95,6 +116,7 @@ pub const DISK_DIR: &str = "disk";
 pub const LOWER_DIR: &str = "lower";
 pub const ROOTFS_DIR: &str = "rootfs";
 pub const SYSFS_DIR: &str = "sysfs";
+pub const VOLUMES_DIR: &str = "volumes";
 pub const SOCKET_NAME: &str = "toolbox.sock";
 pub const DISK_IMAGE: &str = "disk.img";
 pub const LOG_NAME: &str = "daemon.log";

@@ -45,6 +45,8 @@ struct State {
     routes: HashMap<(String, Option<u16>), std::net::SocketAddr>,
     /// Build contexts stored, by name.
     contexts: HashMap<String, Vec<u8>>,
+    /// Volumes, by id: their quota.
+    volumes: HashMap<String, u64>,
     /// References a pull finds.
     registry: Vec<String>,
 }
@@ -479,6 +481,30 @@ impl Runtime for FakeRuntime {
         st.images.retain(|i| i.name != build.name);
         st.images.push(info.clone());
         Ok(info)
+    }
+
+    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+        let mut st = self.enter("create_volume", None)?;
+        st.volumes.insert(id.to_string(), size_bytes);
+        Ok(())
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut st = self.enter("delete_volume", None)?;
+        st.volumes.remove(id);
+        Ok(())
+    }
+
+    async fn volume_usage(&self, id: &str) -> Result<crate::VolumeUsage, RuntimeError> {
+        let st = self.enter("volume_usage", None)?;
+        let size = *st
+            .volumes
+            .get(id)
+            .ok_or_else(|| RuntimeError::Failed(format!("no volume {id}")))?;
+        Ok(crate::VolumeUsage {
+            used_bytes: 0,
+            size_bytes: size,
+        })
     }
 
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {

@@ -18,7 +18,7 @@ pub mod net;
 pub use error::RuntimeError;
 pub use model::{
     Capacity, DiskState, ImageBuild, ImageInfo, ImagePull, Limits, Observed, RegistryCredential,
-    SandboxSpec, SandboxUsage,
+    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -110,6 +110,13 @@ pub trait Runtime: Send + Sync {
         build: &ImageBuild,
         log: LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError>;
+    /// Creates volume `id` (a UUID) with a quota of `size_bytes`; done
+    /// already is fine.
+    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError>;
+    /// Deletes volume `id` and its files; gone already is fine.
+    async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError>;
+    /// What volume `id` holds.
+    async fn volume_usage(&self, id: &str) -> Result<VolumeUsage, RuntimeError>;
     /// Whether the build context `sha256` is stored (ready for a build).
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError>;
     /// Stores a build context (a tar, read from `body`) under `sha256`,

@@ -39,6 +39,65 @@ pub struct SandboxSpec {
     /// What the sandbox may reach beyond loopback.
     #[serde(default)]
     pub network: NetworkPolicy,
+    /// Volumes mounted into it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeAttachment>,
+}
+
+/// A volume mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeAttachment {
+    /// The volume's id (a UUID).
+    pub volume_id: String,
+    /// Absolute path inside the sandbox.
+    pub mount_path: String,
+    /// A directory of the volume to mount instead of its root (made if
+    /// missing); confined to the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subpath: Option<String>,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Checks a volume's mount path: absolute, no `.`/`..` parts, not `/`,
+/// and not where the runtime mounts its own (`/proc`, `/dev`, `/sys`,
+/// `/.atoll`).
+pub fn check_mount_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || path.len() > 1024 || path.contains('\0') {
+        return Err(format!("mountPath {path:?} must be an absolute path"));
+    }
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.is_empty() {
+        return Err("mountPath must not be /".into());
+    }
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err(format!("mountPath {path:?} must not contain . or .. parts"));
+    }
+    if ["proc", "dev", "sys", ".atoll"].contains(&parts[0]) {
+        return Err(format!("mountPath {path:?} is reserved"));
+    }
+    Ok(())
+}
+
+/// Checks a subpath: relative to the volume, no `..` parts.
+pub fn check_subpath(subpath: &str) -> Result<(), String> {
+    if subpath.len() > 1024 || subpath.contains('\0') {
+        return Err("subpath is too long".into());
+    }
+    if subpath.split('/').any(|p| p == "..") {
+        return Err(format!("subpath {subpath:?} must not contain .. parts"));
+    }
+    Ok(())
+}
+
+/// What a volume holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeUsage {
+    pub used_bytes: u64,
+    /// Its quota.
+    pub size_bytes: u64,
 }
 
 /// What a runtime sees of one sandbox.

@@ -9,6 +9,7 @@ mod records;
 mod runners;
 mod secrets;
 mod snapshots;
+mod volumes;
 mod warm_pools;
 
 pub use objects::{ObjectRecord, PartInfo, UploadRecord};
@@ -19,6 +20,7 @@ pub use records::{
 pub use runners::{RunnerAllocation, RunnerFlag, RunnerHealth, RunnerRecord};
 pub use secrets::SecretRecord;
 pub use snapshots::{RegistryRecord, SnapshotRecord};
+pub use volumes::VolumeRecord;
 pub use warm_pools::WarmPoolRecord;
 
 use atoll_types::SandboxState;

@@ -94,11 +94,12 @@ impl HostArgs {
 
 /// The runtime the control plane drives on this host.
 pub fn local_runtime(host: &Host, args: &HostArgs) -> Result<atoll_runner::local::LocalRuntime> {
-    Ok(atoll_runner::local::LocalRuntime::new(
+    atoll_runner::local::LocalRuntime::new(
         host.runtime.clone(),
         host.images.clone(),
         args.registry_config()?,
-    ))
+    )
+    .map_err(|e| anyhow::anyhow!("opening the volume store: {e}"))
 }
 
 /// Deletes image layers nothing uses (no image, no sandbox of this host)

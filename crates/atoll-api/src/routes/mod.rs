@@ -9,4 +9,5 @@ pub mod secrets;
 pub mod snapshots;
 pub mod system;
 pub mod toolbox;
+pub mod volumes;
 pub mod warm_pools;

@@ -521,6 +521,7 @@ impl Builder {
                 .clone()
                 .filter(|w| w.starts_with('/'))
                 .map(std::path::PathBuf::from),
+            volumes: Vec::new(),
         };
         let guard = BuildSandbox {
             rt: self.sandboxes.clone(),
