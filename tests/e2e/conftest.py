@@ -256,6 +256,11 @@ class AtollServer:
                 for snap in jsonlib.loads(body).get("items", []):
                     if not snap.get("general"):
                         self.http("DELETE", f"/api/snapshots/{snap['id']}", timeout=60)
+            # Volumes: each is a filesystem mounted on this host.
+            status, _, body = self.http("GET", "/api/volumes", timeout=30)
+            if status == 200:
+                for vol in jsonlib.loads(body):
+                    self.http("DELETE", f"/api/volumes/{vol['id']}", timeout=60)
         except (OSError, ValueError) as e:
             print(f"[atoll e2e] cleanup of {self.url} failed: {e}", file=sys.__stderr__)
 

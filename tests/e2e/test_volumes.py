@@ -198,3 +198,70 @@ def test_volumes_survive_a_server_restart(fresh_server):
     finally:
         sb.delete()
     client.volume.delete(vol)
+
+
+def test_a_server_killed_mid_volume_create_or_delete_leaves_no_half_state(atoll_bin, images_dir):
+    """Killed after a volume's row is written, or after it is marked
+    `deleting`: the next server finishes the work (the volume becomes
+    ready, or goes), and nothing is left half made."""
+    import os
+    import time
+    from conftest import AtollServer
+    fp_bin = os.environ.get("ATOLL_FAILPOINT_BIN") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "target/x86_64-unknown-linux-gnu/failpoints/atoll")
+    assert os.path.exists(fp_bin), "run `make build-failpoints`"
+    fast = {"ATOLL_SNAPSHOT_STALE_SECS": "1", "ATOLL_SNAPSHOT_KEEPER_SECS": "0.3"}
+    srv = AtollServer(atoll_bin, images_dir)
+
+    def restart(binary, env):
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.stop()
+        srv.proc = None
+        srv.bin_path = type(srv.bin_path)(os.path.realpath(binary))
+        srv.extra_env = env
+        srv.start()
+
+    def die_on(method, path, body=None):
+        try:
+            srv.http(method, path, json=body, timeout=30)
+        except OSError:
+            pass
+        deadline = time.time() + 15
+        while srv.proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert srv.proc.poll() is not None, "the failpoint was not hit"
+
+    def wait_volume(name, want, timeout=30):
+        deadline = time.time() + timeout
+        while True:
+            status, v = api(srv, "GET", f"/volumes/by-name/{name}")
+            if (want is None and status == 404) or (status == 200 and v["state"] == want):
+                return v
+            assert time.time() < deadline, (status, v)
+            time.sleep(0.2)
+
+    volumes_dir = srv.data_dir / "volumes"
+    try:
+        restart(fp_bin, {"ATOLL_FAILPOINT": "volume.create.after_insert"})
+        die_on("POST", "/api/volumes", {"name": "crashed-create"})
+        restart(atoll_bin, fast)
+        v = wait_volume("crashed-create", "ready")
+        sb = srv.client().create(CreateSandboxFromSnapshotParams(
+            volumes=[VolumeMount(volume_id=v["id"], mount_path="/v")]))
+        try:
+            assert run(sb, "echo works > /v/f && cat /v/f")[1].strip() == "works"
+        finally:
+            sb.delete()
+
+        restart(fp_bin, {"ATOLL_FAILPOINT": "volume.delete.after_transition"})
+        die_on("DELETE", f"/api/volumes/{v['id']}")
+        restart(atoll_bin, fast)
+        wait_volume("crashed-create", None)
+        deadline = time.time() + 10
+        while (volumes_dir / v["id"]).exists() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not (volumes_dir / v["id"]).exists(), "the volume's files are gone"
+        mounts = open("/proc/self/mountinfo").read()
+        assert v["id"] not in mounts, "nothing of it stays mounted"
+    finally:
+        srv.stop()

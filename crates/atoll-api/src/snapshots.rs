@@ -33,7 +33,7 @@ pub const STALE_MS: i64 = 60_000;
 
 /// `ATOLL_SNAPSHOT_STALE_SECS` (default [`STALE_MS`]): how long work on a
 /// snapshot may go unheard of before it counts as abandoned.
-fn stale_ms() -> i64 {
+pub(crate) fn stale_ms() -> i64 {
     std::env::var("ATOLL_SNAPSHOT_STALE_SECS")
         .ok()
         .and_then(|v| v.parse::<f64>().ok())

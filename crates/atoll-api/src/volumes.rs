@@ -232,7 +232,9 @@ impl AppState {
 
     /// Takes up volume work a crash interrupted (creates and deletes).
     pub async fn resume_volume_work(&self) {
-        let stale = now_millis() - 30_000;
+        // Work nobody has touched for a while was cut short by a crash
+        // (creates and deletes take seconds).
+        let stale = now_millis() - crate::snapshots::stale_ms().min(30_000);
         for state in [PENDING_CREATE, DELETING] {
             let Ok(found) = self.store.volumes_in(state).await else {
                 continue;
