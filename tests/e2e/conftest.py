@@ -499,3 +499,33 @@ def make_sandbox(daytona):
 @pytest.fixture
 def sandbox(make_sandbox):
     return make_sandbox()
+
+
+def failpoint_binary() -> str:
+    """The failpoints build of atoll (`make build-failpoints`)."""
+    path = os.environ.get("ATOLL_FAILPOINT_BIN") or os.path.join(
+        os.path.dirname(__file__), "..", "..", "target/x86_64-unknown-linux-gnu/failpoints/atoll")
+    assert os.path.exists(path), "run `make build-failpoints`"
+    return os.path.realpath(path)
+
+
+def restart_with(srv: "AtollServer", binary, env: dict) -> None:
+    """Restarts `srv` with another build of atoll and environment."""
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.stop()
+    srv.proc = None
+    srv.bin_path = Path(os.path.realpath(binary))
+    srv.extra_env = env
+    srv.start()
+
+
+def die_on(srv: "AtollServer", method: str, path: str, body=None) -> None:
+    """Sends a request a failpoint kills the server in; waits for the death."""
+    try:
+        srv.http(method, path, json=body, timeout=30)
+    except OSError:
+        pass
+    deadline = time.time() + 15
+    while srv.proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.proc.poll() is not None, "the failpoint was not hit"

@@ -451,32 +451,15 @@ def test_a_server_killed_mid_pull_or_mid_capture_leaves_nothing_stuck(atoll_bin,
     a capture killed with the sandbox frozen leaves it started and running
     (thawed), the snapshot in `error`."""
     import json as jsonlib
-    from conftest import AtollServer
-    fp_bin = os.environ.get("ATOLL_FAILPOINT_BIN") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "target/x86_64-unknown-linux-gnu/failpoints/atoll")
-    assert os.path.exists(fp_bin), "run `make build-failpoints`"
+    from functools import partial
+    from conftest import AtollServer, die_on as die, failpoint_binary, restart_with
+    fp_bin = failpoint_binary()
     repo = unique("test/crash")
     push_image(registry, repo, "1", [base_layer, Layer().file("crash-marker", "pulled\n").raw()])
     fast = {"ATOLL_SNAPSHOT_STALE_SECS": "1", "ATOLL_SNAPSHOT_KEEPER_SECS": "0.3"}
     srv = AtollServer(atoll_bin, images_dir)
-
-    def restart(binary, env):
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.stop()
-        srv.proc = None
-        srv.bin_path = type(srv.bin_path)(os.path.realpath(binary))
-        srv.extra_env = env
-        srv.start()
-
-    def die_on(method, path, body):
-        try:
-            srv.http(method, path, json=body, timeout=30)
-        except OSError:
-            pass
-        deadline = time.time() + 15
-        while srv.proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.proc.poll() is not None, "the failpoint was not hit"
+    restart = partial(restart_with, srv)
+    die_on = partial(die, srv)
 
     try:
         restart(fp_bin, {"ATOLL_FAILPOINT": "snapshot.pull.after_transition"})

@@ -204,32 +204,14 @@ def test_a_server_killed_mid_volume_create_or_delete_leaves_no_half_state(atoll_
     """Killed after a volume's row is written, or after it is marked
     `deleting`: the next server finishes the work (the volume becomes
     ready, or goes), and nothing is left half made."""
-    import os
     import time
-    from conftest import AtollServer
-    fp_bin = os.environ.get("ATOLL_FAILPOINT_BIN") or os.path.join(
-        os.path.dirname(__file__), "..", "..", "target/x86_64-unknown-linux-gnu/failpoints/atoll")
-    assert os.path.exists(fp_bin), "run `make build-failpoints`"
+    from functools import partial
+    from conftest import AtollServer, die_on as die, failpoint_binary, restart_with
+    fp_bin = failpoint_binary()
     fast = {"ATOLL_SNAPSHOT_STALE_SECS": "1", "ATOLL_SNAPSHOT_KEEPER_SECS": "0.3"}
     srv = AtollServer(atoll_bin, images_dir)
-
-    def restart(binary, env):
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.stop()
-        srv.proc = None
-        srv.bin_path = type(srv.bin_path)(os.path.realpath(binary))
-        srv.extra_env = env
-        srv.start()
-
-    def die_on(method, path, body=None):
-        try:
-            srv.http(method, path, json=body, timeout=30)
-        except OSError:
-            pass
-        deadline = time.time() + 15
-        while srv.proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert srv.proc.poll() is not None, "the failpoint was not hit"
+    restart = partial(restart_with, srv)
+    die_on = partial(die, srv)
 
     def wait_volume(name, want, timeout=30):
         deadline = time.time() + timeout

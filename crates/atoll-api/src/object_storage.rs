@@ -671,22 +671,23 @@ fn iso_date(ms: i64) -> String {
     format!("{}-{month:02}-{}T{}.000Z", parts[3], parts[1], parts[4])
 }
 
+/// The headers of an object's HEAD and GET answers.
+fn object_headers(o: &ObjectRecord) -> [(header::HeaderName, String); 4] {
+    [
+        (header::CONTENT_LENGTH, o.size_bytes.to_string()),
+        (header::ETAG, o.etag.clone()),
+        (header::LAST_MODIFIED, http_date(o.created_at)),
+        (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+    ]
+}
+
 async fn head(s: &AppState, org: &str, key: &str) -> Result<Response, S3Error> {
     let o = s
         .store
         .object(org, key)
         .await?
         .ok_or_else(|| no_such_key(key))?;
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_LENGTH, o.size_bytes.to_string()),
-            (header::ETAG, o.etag.clone()),
-            (header::LAST_MODIFIED, http_date(o.created_at)),
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-        ],
-    )
-        .into_response())
+    Ok((StatusCode::OK, object_headers(&o)).into_response())
 }
 
 async fn get(s: &AppState, org: &str, key: &str) -> Result<Response, S3Error> {
@@ -695,18 +696,9 @@ async fn get(s: &AppState, org: &str, key: &str) -> Result<Response, S3Error> {
         .object(org, key)
         .await?
         .ok_or_else(|| no_such_key(key))?;
-    let stream = object_stream(s.store.clone(), o.clone());
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_LENGTH, o.size_bytes.to_string()),
-            (header::ETAG, o.etag.clone()),
-            (header::LAST_MODIFIED, http_date(o.created_at)),
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    let headers = object_headers(&o);
+    let stream = object_stream(s.store.clone(), o);
+    Ok((StatusCode::OK, headers, Body::from_stream(stream)).into_response())
 }
 
 /// An object's bytes, part by part, read from the store as they are sent.

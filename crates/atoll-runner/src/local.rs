@@ -515,6 +515,20 @@ pub(crate) fn capture_layer(
     id: &str,
 ) -> Result<crate::oci::unpack::UnpackStats, RuntimeError> {
     let mount_dir = images.scratch().map_err(store_error)?;
+    layer_from_tar(images, limits, |writer| {
+        rt.commit_tar(id, &mount_dir.path, writer)
+            .map(|_| ())
+            .map_err(to_boundary)
+    })
+}
+
+/// A layer made of the tar `write` writes (on this thread) while the
+/// unpacker reads it (on another), stored by its diff id.
+pub(crate) fn layer_from_tar(
+    images: &ImageStore,
+    limits: UnpackLimits,
+    write: impl FnOnce(std::io::PipeWriter) -> Result<(), RuntimeError>,
+) -> Result<crate::oci::unpack::UnpackStats, RuntimeError> {
     let layer_dir = images.scratch().map_err(store_error)?;
     let (reader, writer) =
         std::io::pipe().map_err(|e| RuntimeError::Failed(format!("pipe: {e}")))?;
@@ -522,13 +536,12 @@ pub(crate) fn capture_layer(
     let unpacker = std::thread::spawn(move || {
         crate::oci::unpack::unpack_layer(reader, Compression::None, &dest, limits, &mut |_| {})
     });
-    let written = rt.commit_tar(id, &mount_dir.path, writer);
+    let written = write(writer);
     let unpacked = unpacker
         .join()
         .map_err(|_| RuntimeError::Failed("the unpacker panicked".into()))?;
-    drop(mount_dir);
     let stats = match (written, unpacked) {
-        (Err(e), _) => return Err(to_boundary(e)),
+        (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => {
             let message = crate::safe_fs::scrub_host_paths(&e.to_string());
             return Err(if e.is_no_space() {

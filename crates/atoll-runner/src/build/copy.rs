@@ -15,7 +15,7 @@
 
 use crate::commit::{append_file, append_tree, TarStats, TreeOptions};
 use crate::image::ImageStore;
-use crate::oci::unpack::{Compression, UnpackLimits};
+use crate::oci::unpack::UnpackLimits;
 use atoll_runtime_api::RuntimeError;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{FileStat, SFlag};
@@ -331,31 +331,9 @@ pub fn copy_layer(
     layers: &[PathBuf],
     step: &CopyStep<'_>,
 ) -> Result<(String, u64), RuntimeError> {
-    let scratch = images.scratch().map_err(|e| failed(e.to_string()))?;
-    let (reader, writer) = std::io::pipe().map_err(|e| failed(format!("pipe: {e}")))?;
-    let dest = scratch.path.clone();
-    let unpacker = std::thread::spawn(move || {
-        crate::oci::unpack::unpack_layer(reader, Compression::None, &dest, limits, &mut |_| {})
-    });
-    let written = write_copy_tar(writer, contexts, layers, step);
-    let unpacked = unpacker
-        .join()
-        .map_err(|_| failed("the unpacker panicked"))?;
-    let stats = match (written, unpacked) {
-        (Err(e), _) => return Err(e),
-        (Ok(_), Err(e)) => {
-            let message = crate::safe_fs::scrub_host_paths(&e.to_string());
-            return Err(if e.is_no_space() {
-                RuntimeError::NoSpace(message)
-            } else {
-                RuntimeError::Failed(message)
-            });
-        }
-        (Ok(_), Ok(stats)) => stats,
-    };
-    images
-        .commit_layer(scratch, &stats.diff_id)
-        .map_err(|e| failed(e.to_string()))?;
+    let stats = crate::local::layer_from_tar(images, limits, |writer| {
+        write_copy_tar(writer, contexts, layers, step).map(|_| ())
+    })?;
     Ok((stats.diff_id, stats.file_bytes))
 }
 
