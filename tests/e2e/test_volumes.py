@@ -247,3 +247,99 @@ def test_a_server_killed_mid_volume_create_or_delete_leaves_no_half_state(atoll_
         assert v["id"] not in mounts, "nothing of it stays mounted"
     finally:
         srv.stop()
+
+
+def files(server, method: str, vol_id: str, route: str, query: dict, body: bytes | None = None,
+          headers: dict | None = None) -> tuple[int, bytes]:
+    import urllib.parse
+    import urllib.request
+    url = f"{server.url}/api/volumes/{vol_id}/files{route}?{urllib.parse.urlencode(query)}"
+    req = urllib.request.Request(url, data=body, method=method, headers={
+        "Authorization": f"Bearer {server.api_key}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def multipart(name: str, data: bytes) -> tuple[bytes, dict]:
+    boundary = "atoll-" + secrets.token_hex(8)
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def test_files_go_in_and_out_of_a_volume_without_a_sandbox(daytona, server):
+    import json
+    status, vol = api(server, "POST", "/volumes", {"name": unique("files"), "size": 1})
+    assert status == 200, vol
+    vid = vol["id"]
+    big = secrets.token_bytes(3 << 20)
+    body, headers = multipart("model.bin", big)
+    assert files(server, "POST", vid, "/upload", {"path": "/datasets/v1/model.bin"}, body, headers)[0] == 200
+    # A raw body works too.
+    assert files(server, "POST", vid, "/upload", {"path": "notes.txt"}, b"hello\n",
+                 {"Content-Type": "application/octet-stream"})[0] == 200
+    status, listing = files(server, "GET", vid, "", {"path": "/"})
+    assert status == 200
+    entries = {e["name"]: e for e in json.loads(listing)}
+    assert entries["datasets"]["isDir"] and entries["notes.txt"]["size"] == 6, entries
+    assert entries["notes.txt"]["owner"] == "1000" and entries["notes.txt"]["path"] == "/notes.txt"
+    status, got = files(server, "GET", vid, "/download", {"path": "datasets/v1/model.bin"})
+    assert status == 200 and got == big
+
+    # Inside a sandbox: the files are daytona's, and what it writes comes out.
+    sb = daytona.create(CreateSandboxFromSnapshotParams(
+        volumes=[VolumeMount(volume_id=vid, mount_path="/home/daytona/v")]))
+    try:
+        code, out = run(sb, "cat /home/daytona/v/notes.txt; stat -c %U /home/daytona/v/datasets/v1/model.bin; "
+                            "echo more >> /home/daytona/v/notes.txt && echo from-sandbox > /home/daytona/v/out.txt && "
+                            "ln -s /etc/passwd /home/daytona/v/passwd && ln -s /etc /home/daytona/v/etcdir && echo ok")
+        assert out.split() == ["hello", "daytona", "ok"], out
+    finally:
+        sb.delete()
+    assert files(server, "GET", vid, "/download", {"path": "out.txt"}) == (200, b"from-sandbox\n")
+    assert files(server, "GET", vid, "/download", {"path": "notes.txt"})[1] == b"hello\nmore\n"
+    # Symlinks the sandbox planted never lead to the host: they resolve
+    # inside the volume (which has no /etc/passwd), and writes through them
+    # are refused.
+    status, got = files(server, "GET", vid, "/download", {"path": "passwd"})
+    assert status == 404 and b"root:" not in got, got
+    status, listing = files(server, "GET", vid, "", {"path": "/"})
+    link = next(e for e in json.loads(listing) if e["name"] == "passwd")
+    assert link["symlinkTarget"] == "/etc/passwd"
+    status, err = files(server, "POST", vid, "/upload", {"path": "etcdir/owned"}, b"x",
+                        {"Content-Type": "application/octet-stream"})
+    assert status == 400 and b"symlink" in err, err
+    import os
+    assert not os.path.exists("/etc/owned")
+
+    # Bad paths and unknown things.
+    assert files(server, "GET", vid, "/download", {"path": "../../etc/passwd"})[0] == 400
+    assert files(server, "GET", vid, "/download", {"path": "datasets"})[0] == 400
+    assert files(server, "GET", vid, "/download", {"path": "missing"})[0] == 404
+    assert files(server, "GET", vid, "", {})[0] == 400
+    assert files(server, "GET", "00000000-0000-0000-0000-000000000000", "", {"path": "/"})[0] == 404
+    # Past the quota: 507 (or the connection cut as the server stops
+    # reading), and no half file left behind.
+    huge = b"\0" * (1100 << 20)
+    try:
+        status, _ = files(server, "POST", vid, "/upload", {"path": "huge.bin"}, huge,
+                          {"Content-Type": "application/octet-stream"})
+        assert status == 507, status
+    except OSError:
+        pass
+    del huge
+    names = [e["name"] for e in json.loads(files(server, "GET", vid, "", {"path": "/"})[1])]
+    assert "huge.bin" not in names and not any(n.startswith(".atoll-upload") for n in names), names
+
+    # Deletes: a non-empty directory only with recursive.
+    assert files(server, "DELETE", vid, "", {"path": "datasets"})[0] == 400
+    assert files(server, "DELETE", vid, "", {"path": "datasets", "recursive": "true"})[0] == 204
+    assert files(server, "DELETE", vid, "", {"path": "passwd"})[0] == 204
+    assert files(server, "DELETE", vid, "", {"path": "/"})[0] == 400
+    names = [e["name"] for e in json.loads(files(server, "GET", vid, "", {"path": "/"})[1])]
+    assert sorted(names) == ["etcdir", "notes.txt", "out.txt"], names
+    assert os.path.exists("/etc/passwd")
+    assert api(server, "DELETE", f"/volumes/{vid}")[0] == 200

@@ -261,6 +261,26 @@ pub struct VolumeDto {
     pub used_bytes: Option<i64>,
 }
 
+/// A file or directory of a volume (`/api/volumes/{id}/files`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeFile {
+    pub name: String,
+    /// Its path in the volume.
+    pub path: String,
+    pub is_dir: bool,
+    pub size: u64,
+    /// Permission bits in octal, `0644`.
+    pub permissions: String,
+    /// Numeric uid and gid as stored (the same inside every sandbox).
+    pub owner: String,
+    pub group: String,
+    pub modified_at: String,
+    /// Set for a symlink: its target (never followed here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
 /// Daytona's `CreateVolume` (plus Atoll's `size`, GiB).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

@@ -82,8 +82,10 @@ impl From<atoll_runtime_api::RuntimeError> for ApiError {
     fn from(e: atoll_runtime_api::RuntimeError) -> ApiError {
         use atoll_runtime_api::RuntimeError as R;
         match e {
-            R::InvalidId(_) | R::Unsupported(_) => ApiError::BadRequest(e.to_string()),
-            R::ImageNotFound(_) => ApiError::NotFound(e.to_string()),
+            R::InvalidId(_) | R::Unsupported(_) | R::BadPath(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
+            R::ImageNotFound(_) | R::PathNotFound(_) => ApiError::NotFound(e.to_string()),
             R::NotRunning { .. } => ApiError::Conflict(e.to_string()),
             R::NoSpace(why) => {
                 ApiError::InsufficientStorage(format!("not enough disk space on the server: {why}"))

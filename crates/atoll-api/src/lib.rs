@@ -400,6 +400,12 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes", get(volumes::list).post(volumes::create))
         .route("/volumes/by-name/{name}", get(volumes::by_name))
         .route("/volumes/{id}", get(volumes::get).delete(volumes::delete))
+        .route(
+            "/volumes/{id}/files",
+            get(volumes::list_files).delete(volumes::delete_file),
+        )
+        .route("/volumes/{id}/files/download", get(volumes::download))
+        .route("/volumes/{id}/files/upload", post(volumes::upload))
         .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
         .route("/sandbox/{id}/build-logs", get(sandbox::build_logs))
         .route("/sandbox/{id}/build-logs-url", get(sandbox::build_logs_url))

@@ -146,6 +146,31 @@ impl Runtime for NoRuntime {
     async fn volume_usage(&self, _: &str) -> Result<atoll_runtime_api::VolumeUsage, RuntimeError> {
         Err(none_here())
     }
+    async fn volume_list(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<Vec<atoll_runtime_api::VolumeEntry>, RuntimeError> {
+        Err(none_here())
+    }
+    async fn volume_read(
+        &self,
+        _: &str,
+        _: &str,
+    ) -> Result<(u64, atoll_runtime_api::ByteSource), RuntimeError> {
+        Err(none_here())
+    }
+    async fn volume_write(
+        &self,
+        _: &str,
+        _: &str,
+        _: atoll_runtime_api::ByteSource,
+    ) -> Result<u64, RuntimeError> {
+        Err(none_here())
+    }
+    async fn volume_remove(&self, _: &str, _: &str, _: bool) -> Result<(), RuntimeError> {
+        Err(none_here())
+    }
     async fn has_build_context(&self, _: &str) -> Result<bool, RuntimeError> {
         Err(none_here())
     }

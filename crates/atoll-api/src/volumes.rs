@@ -64,7 +64,46 @@ pub fn dto_of(v: &VolumeRecord) -> dto::VolumeDto {
     }
 }
 
+/// A volume entry as the API shows it, `dir` the directory listed.
+pub fn file_dto(dir: &str, e: atoll_runtime_api::VolumeEntry) -> dto::VolumeFile {
+    let dir = dir.trim_matches('/');
+    dto::VolumeFile {
+        path: if dir.is_empty() {
+            format!("/{}", e.name)
+        } else {
+            format!("/{dir}/{}", e.name)
+        },
+        name: e.name,
+        is_dir: e.is_dir,
+        size: e.size,
+        permissions: format!("{:04o}", e.mode),
+        owner: e.uid.to_string(),
+        group: e.gid.to_string(),
+        modified_at: rfc3339_millis(e.modified_at_ms),
+        symlink_target: e.symlink,
+    }
+}
+
 impl AppState {
+    /// The runtime holding the organization's `ready` volume `id`.
+    pub async fn volume_runtime(
+        &self,
+        p: &Principal,
+        id: &str,
+    ) -> Result<std::sync::Arc<dyn atoll_runtime_api::Runtime>, ApiError> {
+        let v = self.volume_of(p, id).await?;
+        if v.state != READY {
+            return Err(ApiError::BadRequest(format!(
+                "Volume '{}' is not in a ready state. Current state: {}",
+                v.name, v.state
+            )));
+        }
+        let runner = v
+            .runner_id
+            .ok_or_else(|| ApiError::Unavailable("the volume has no runner".into()))?;
+        Ok(self.runtime_for(&runner).await?)
+    }
+
     /// The organization's volume `id`.
     pub async fn volume_of(&self, p: &Principal, id: &str) -> Result<VolumeRecord, ApiError> {
         self.store

@@ -26,8 +26,9 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a streamed call (a pull, a commit) may go without a line; the
 /// runner sends keep-alives every 10 s.
 const STREAM_IDLE: Duration = Duration::from_secs(60);
-/// How long sending a build context to a runner may take.
-const CONTEXT_UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// How long a streamed upload to a runner (a build context, a volume
+/// file) may take.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Most bytes of an answer.
 const MAX_ANSWER: usize = 16 << 20;
 
@@ -167,6 +168,45 @@ impl RemoteRuntime {
             Ok(Ok(answer)) => answer,
         };
         answer(status, &bytes)
+    }
+
+    /// `PUT route` with `body` streamed; the answer comes once the runner
+    /// has read it all.
+    async fn put_streamed<T: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: atoll_runtime_api::ByteSource,
+    ) -> Result<T, RuntimeError> {
+        use futures_util::StreamExt;
+        let token = self.key.token(&self.runner_id, "PUT", route, now_ms());
+        let frames = tokio_util::io::ReaderStream::with_capacity(body, 1 << 16)
+            .map(|chunk| chunk.map(hyper::body::Frame::data));
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(route)
+            .header(header::HOST, &self.authority)
+            .header(header::AUTHORIZATION, format!("{SCHEME} {token}"))
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(pool::boxed(http_body_util::StreamBody::new(frames)))
+            .map_err(|e| RuntimeError::Failed(format!("building a runner request: {e}")))?;
+        let sent = tokio::time::timeout(UPLOAD_TIMEOUT, async {
+            let tcp = self.connect().await?;
+            let mut sender = pool::handshake_io(tcp).await?;
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
+                .to_bytes();
+            Ok::<_, PoolError>((status, bytes))
+        })
+        .await;
+        match sent {
+            Err(_) => Err(self.unreachable("an upload to the runner did not finish in time")),
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Ok(Ok((status, bytes))) => answer(status, &bytes),
+        }
     }
 
     fn path(&self, id: &str, tail: &str) -> String {
@@ -523,41 +563,93 @@ impl Runtime for RemoteRuntime {
         sha256: &str,
         body: atoll_runtime_api::ByteSource,
     ) -> Result<(), RuntimeError> {
-        use futures_util::StreamExt;
         if !atoll_runtime_api::is_sha256_hex(sha256) {
             return Err(RuntimeError::InvalidId(sha256.into()));
         }
-        let path = self.root(&format!("/v1/build-contexts/{sha256}"));
-        let token = self.key.token(&self.runner_id, "PUT", &path, now_ms());
-        let frames = tokio_util::io::ReaderStream::with_capacity(body, 1 << 16)
-            .map(|chunk| chunk.map(hyper::body::Frame::data));
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(&path)
-            .header(header::HOST, &self.authority)
-            .header(header::AUTHORIZATION, format!("{SCHEME} {token}"))
-            .header(header::CONTENT_TYPE, "application/x-tar")
-            .body(pool::boxed(http_body_util::StreamBody::new(frames)))
-            .map_err(|e| RuntimeError::Failed(format!("building a runner request: {e}")))?;
-        // The answer comes once the runner has read (and unpacked) it all.
-        let sent = tokio::time::timeout(CONTEXT_UPLOAD_TIMEOUT, async {
-            let tcp = self.connect().await?;
-            let mut sender = pool::handshake_io(tcp).await?;
-            let resp = sender.send_request(req).await?;
-            let status = resp.status();
+        self.put_streamed(&self.root(&format!("/v1/build-contexts/{sha256}")), body)
+            .await
+    }
+
+    async fn volume_list(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<atoll_runtime_api::VolumeEntry>, RuntimeError> {
+        self.call(
+            Method::GET,
+            &self.root(&format!("/v1/volumes/{}/files?path={}", enc(id), enc(path))),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
+    }
+
+    async fn volume_read(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(u64, atoll_runtime_api::ByteSource), RuntimeError> {
+        use futures_util::TryStreamExt;
+        let route = self.root(&format!(
+            "/v1/volumes/{}/content?path={}",
+            enc(id),
+            enc(path)
+        ));
+        let req = self.request(Method::GET, &route, None)?;
+        let resp = self.send_alone(req, "a volume file read").await?;
+        let status = resp.status();
+        if !status.is_success() {
             let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
                 .collect()
                 .await
-                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
-                .to_bytes();
-            Ok::<_, PoolError>((status, bytes))
-        })
-        .await;
-        match sent {
-            Err(_) => Err(self.unreachable("a build context upload did not finish in time")),
-            Ok(Err(e)) => Err(self.unreachable(e)),
-            Ok(Ok((status, bytes))) => answer(status, &bytes),
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return Err(answer::<()>(status, &bytes)
+                .err()
+                .unwrap_or_else(|| RuntimeError::Failed(format!("the runner answered {status}"))));
         }
+        let size = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let stream =
+            http_body_util::BodyDataStream::new(resp.into_body()).map_err(std::io::Error::other);
+        Ok((size, Box::new(tokio_util::io::StreamReader::new(stream))))
+    }
+
+    async fn volume_write(
+        &self,
+        id: &str,
+        path: &str,
+        body: atoll_runtime_api::ByteSource,
+    ) -> Result<u64, RuntimeError> {
+        let route = self.root(&format!(
+            "/v1/volumes/{}/content?path={}",
+            enc(id),
+            enc(path)
+        ));
+        self.put_streamed(&route, body).await
+    }
+
+    async fn volume_remove(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), RuntimeError> {
+        self.call(
+            Method::DELETE,
+            &self.root(&format!(
+                "/v1/volumes/{}/files?path={}&recursive={recursive}",
+                enc(id),
+                enc(path)
+            )),
+            None,
+            CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError> {

@@ -72,11 +72,16 @@ async fn authenticate(State(s): State<Served>, req: Request, next: Next) -> Resp
             "missing Authorization: Atoll-Control <token>",
         );
     };
-    // The path as the client sent it (with a mount prefix like `/runner`).
+    // The path and query as the client sent them (with a mount prefix
+    // like `/runner`): the token signs both.
+    let target = |u: &http::Uri| {
+        u.path_and_query()
+            .map_or_else(|| u.path().to_string(), |pq| pq.as_str().to_string())
+    };
     let path = req
         .extensions()
         .get::<axum::extract::OriginalUri>()
-        .map_or_else(|| req.uri().path().to_string(), |u| u.0.path().to_string());
+        .map_or_else(|| target(req.uri()), |u| target(&u.0));
     if let Err(e) = s
         .verifier
         .verify(&token, req.method().as_str(), &path, now_ms())
@@ -104,6 +109,14 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route(
             "/v1/volumes/{id}",
             get(volume_usage).put(create_volume).delete(delete_volume),
+        )
+        .route(
+            "/v1/volumes/{id}/files",
+            get(volume_list).delete(volume_remove),
+        )
+        .route(
+            "/v1/volumes/{id}/content",
+            get(volume_read).put(volume_write),
         )
         .route(
             "/v1/build-contexts/{sha256}",
@@ -243,6 +256,64 @@ async fn volume_usage(
     Path(id): Path<String>,
 ) -> Answer<atoll_runtime_api::VolumeUsage> {
     Ok(Json(s.runtime.volume_usage(&id).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct VolumePath {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+async fn volume_list(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<VolumePath>,
+) -> Answer<Vec<atoll_runtime_api::VolumeEntry>> {
+    Ok(Json(s.runtime.volume_list(&id, &q.path).await?))
+}
+
+async fn volume_remove(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<VolumePath>,
+) -> Answer<()> {
+    Ok(Json(
+        s.runtime.volume_remove(&id, &q.path, q.recursive).await?,
+    ))
+}
+
+async fn volume_read(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<VolumePath>,
+) -> Result<Response, Failure> {
+    let (size, reader) = s.runtime.volume_read(&id, &q.path).await?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(reader));
+    Ok((
+        [
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn volume_write(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<VolumePath>,
+    body: axum::body::Body,
+) -> Answer<u64> {
+    use futures_util::TryStreamExt;
+    let stream = body.into_data_stream().map_err(std::io::Error::other);
+    let reader = tokio_util::io::StreamReader::new(stream);
+    Ok(Json(
+        s.runtime
+            .volume_write(&id, &q.path, Box::new(reader))
+            .await?,
+    ))
 }
 
 async fn has_build_context(State(s): State<Served>, Path(sha256): Path<String>) -> Answer<bool> {

@@ -32,9 +32,9 @@ pub enum TokenError {
     BadKey(&'static str),
 }
 
-/// What a token signs: the runner, the expiry and the request (method and
-/// path), so a token seen on the wire opens nothing but that request on
-/// that runner, for a minute.
+/// What a token signs: the runner, the expiry and the request (method,
+/// path and query), so a token seen on the wire opens nothing but that
+/// request on that runner, for a minute.
 fn message(runner_id: &str, expires_ms: i64, method: &str, path: &str) -> String {
     format!("atoll-control:v2:{runner_id}:{expires_ms}:{method} {path}")
 }

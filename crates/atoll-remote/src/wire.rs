@@ -29,6 +29,8 @@ pub fn encode(e: &RuntimeError) -> (StatusCode, ErrorBody) {
         RuntimeError::Unsupported(w) => (StatusCode::NOT_IMPLEMENTED, "unsupported", w.to_string()),
         RuntimeError::Unreachable(m) => (StatusCode::BAD_GATEWAY, "unreachable", m.clone()),
         RuntimeError::Connect(e) => (StatusCode::BAD_GATEWAY, "connect", e.to_string()),
+        RuntimeError::PathNotFound(m) => (StatusCode::NOT_FOUND, "pathNotFound", m.clone()),
+        RuntimeError::BadPath(m) => (StatusCode::BAD_REQUEST, "badPath", m.clone()),
         RuntimeError::Failed(m) => (StatusCode::INTERNAL_SERVER_ERROR, "failed", m.clone()),
     };
     (
@@ -47,6 +49,8 @@ pub fn decode(b: ErrorBody) -> RuntimeError {
         "imageNotFound" => RuntimeError::ImageNotFound(b.message),
         "notRunning" => RuntimeError::NotRunning { id: b.message },
         "noSpace" => RuntimeError::NoSpace(b.message),
+        "pathNotFound" => RuntimeError::PathNotFound(b.message),
+        "badPath" => RuntimeError::BadPath(b.message),
         "networkFull" => RuntimeError::NetworkFull(b.message),
         "unsupported" => RuntimeError::Failed(format!("the runner cannot {}", b.message)),
         "unreachable" => RuntimeError::Unreachable(b.message),

@@ -443,6 +443,36 @@ async fn volumes_are_made_measured_and_deleted_over_the_protocol() {
     remote.start(&spec("sb-v")).await.unwrap();
     let started = fake.sandbox("sb-v").unwrap().spec.unwrap();
     assert_eq!(started.volumes, spec("sb-v").volumes);
+    // Files of the volume, streamed both ways; errors keep their kind.
+    let data: Vec<u8> = (0..(2 << 20)).map(|i| (i % 253) as u8).collect();
+    let n = remote
+        .volume_write(
+            "vol-1",
+            "dir/a b.bin",
+            Box::new(std::io::Cursor::new(data.clone())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    let listed = remote.volume_list("vol-1", "/").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].is_dir && listed[0].name == "dir");
+    let (size, mut reader) = remote.volume_read("vol-1", "dir/a b.bin").await.unwrap();
+    let mut back = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut back)
+        .await
+        .unwrap();
+    assert_eq!((size, back), (data.len() as u64, data));
+    assert!(matches!(
+        remote.volume_read("vol-1", "nope").await,
+        Err(RuntimeError::PathNotFound(_))
+    ));
+    assert!(matches!(
+        remote.volume_remove("vol-1", "dir", false).await,
+        Err(RuntimeError::BadPath(_))
+    ));
+    remote.volume_remove("vol-1", "dir", true).await.unwrap();
+    assert!(remote.volume_list("vol-1", "").await.unwrap().is_empty());
     remote.delete_volume("vol-1").await.unwrap();
     assert!(matches!(
         remote.volume_usage("vol-1").await,

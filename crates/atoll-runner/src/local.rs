@@ -407,6 +407,57 @@ impl Runtime for LocalRuntime {
             .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
     }
 
+    async fn volume_list(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<atoll_runtime_api::VolumeEntry>, RuntimeError> {
+        let (vols, id, path) = (self.volumes.clone(), id.to_string(), path.to_string());
+        tokio::task::spawn_blocking(move || vols.list(&id, &path))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+    }
+
+    async fn volume_read(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(u64, atoll_runtime_api::ByteSource), RuntimeError> {
+        let (vols, id, path) = (self.volumes.clone(), id.to_string(), path.to_string());
+        let (size, file) = tokio::task::spawn_blocking(move || vols.open_file(&id, &path))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))??;
+        Ok((size, Box::new(tokio::fs::File::from_std(file))))
+    }
+
+    async fn volume_write(
+        &self,
+        id: &str,
+        path: &str,
+        body: atoll_runtime_api::ByteSource,
+    ) -> Result<u64, RuntimeError> {
+        let (vols, id, path) = (self.volumes.clone(), id.to_string(), path.to_string());
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = tokio_util::io::SyncIoBridge::new_with_handle(body, handle);
+            vols.write(&id, &path, &mut reader)
+        })
+        .await
+        .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+    }
+
+    async fn volume_remove(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), RuntimeError> {
+        let (vols, id, path) = (self.volumes.clone(), id.to_string(), path.to_string());
+        tokio::task::spawn_blocking(move || vols.remove(&id, &path, recursive))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+    }
+
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {
         if !atoll_runtime_api::is_sha256_hex(sha256) {
             return Err(RuntimeError::InvalidId(sha256.into()));

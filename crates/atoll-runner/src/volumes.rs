@@ -19,6 +19,7 @@ use atoll_runtime_api::{RuntimeError, VolumeUsage};
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -219,4 +220,340 @@ pub fn subdir(root: &OwnedFd, subpath: &str) -> Result<OwnedFd, std::io::Error> 
         cur = next;
     }
     Ok(cur)
+}
+
+// ---- files of a volume, without a sandbox -------------------------------
+
+/// Who owns what the API writes into a volume: the default image's user
+/// (`daytona`, 1000), so sandboxes can change it.
+const API_OWNER: u32 = 1000;
+/// Directories nested deeper than this are not removed (the walk recurses
+/// over a tree sandboxes made).
+const MAX_DEPTH: usize = 256;
+
+fn bad(m: impl Into<String>) -> RuntimeError {
+    RuntimeError::BadPath(m.into())
+}
+
+/// `path` as parts below the volume's root: `""`, `.` and a leading `/`
+/// dropped; `..` refused.
+fn parts(path: &str) -> Result<Vec<&str>, RuntimeError> {
+    if path.len() > 4096 || path.contains('\0') {
+        return Err(bad("the path is too long or has a NUL byte"));
+    }
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.contains(&"..") {
+        return Err(bad(format!("{path:?}: `..` is not allowed")));
+    }
+    Ok(parts)
+}
+
+fn in_root(flags: OFlag) -> OpenHow {
+    OpenHow::new().flags(flags | OFlag::O_CLOEXEC).resolve(
+        ResolveFlag::RESOLVE_IN_ROOT
+            | ResolveFlag::RESOLVE_NO_MAGICLINKS
+            | ResolveFlag::RESOLVE_NO_XDEV,
+    )
+}
+
+fn strict(flags: OFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        )
+}
+
+fn errno(path: &str, e: nix::errno::Errno) -> RuntimeError {
+    use nix::errno::Errno;
+    match e {
+        Errno::ENOENT => RuntimeError::PathNotFound(format!("{path}: no such file or directory")),
+        Errno::ENOTDIR => bad(format!("{path}: not a directory")),
+        Errno::EISDIR => bad(format!("{path}: is a directory")),
+        Errno::ELOOP => bad(format!("{path}: a symlink is in the way")),
+        Errno::ENOTEMPTY | Errno::EEXIST => bad(format!("{path}: the directory is not empty")),
+        Errno::ENOSPC | Errno::EDQUOT => {
+            RuntimeError::NoSpace(format!("{path}: the volume is full"))
+        }
+        e => RuntimeError::Failed(format!("{path}: {e}")),
+    }
+}
+
+fn entry_of(name: &str, st: &nix::sys::stat::FileStat, symlink: Option<String>) -> VolumeEntry {
+    let kind = st.st_mode & libc::S_IFMT;
+    VolumeEntry {
+        name: name.to_string(),
+        is_dir: kind == libc::S_IFDIR,
+        symlink,
+        size: st.st_size.max(0) as u64,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        modified_at_ms: st.st_mtime * 1000 + st.st_mtime_nsec / 1_000_000,
+    }
+}
+
+use atoll_runtime_api::VolumeEntry;
+
+impl Volumes {
+    fn root_fd(&self, id: &str) -> Result<OwnedFd, RuntimeError> {
+        let fs = self.mount(id)?;
+        crate::safe_fs::open_dir(&fs).map_err(io("opening", &fs))
+    }
+
+    /// The entries of directory `path` (symlinks inside resolve within
+    /// the volume), sorted by name.
+    pub fn list(&self, id: &str, path: &str) -> Result<Vec<VolumeEntry>, RuntimeError> {
+        let root = self.root_fd(id)?;
+        let rel = parts(path)?.join("/");
+        let dir = nix::fcntl::openat2(
+            &root,
+            if rel.is_empty() { "." } else { rel.as_str() },
+            in_root(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+        )
+        .map_err(|e| errno(path, e))?;
+        let listing_fd = nix::unistd::dup(&dir).map_err(|e| errno(path, e))?;
+        let mut listing = nix::dir::Dir::from_fd(listing_fd).map_err(|e| errno(path, e))?;
+        let mut out = Vec::new();
+        for e in listing.iter() {
+            let e = e.map_err(|e| errno(path, e))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let Ok(st) = nix::sys::stat::fstatat(
+                &dir,
+                e.file_name(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) else {
+                continue;
+            };
+            let link = (st.st_mode & libc::S_IFMT == libc::S_IFLNK)
+                .then(|| nix::fcntl::readlinkat(&dir, e.file_name()).ok())
+                .flatten()
+                .map(|t| t.to_string_lossy().into_owned());
+            out.push(entry_of(&name, &st, link));
+            if out.len() > 100_000 {
+                return Err(bad(format!("{path}: more than 100000 entries")));
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// File `path` open for reading (symlinks resolve within the volume)
+    /// and its size.
+    pub fn open_file(&self, id: &str, path: &str) -> Result<(u64, std::fs::File), RuntimeError> {
+        let root = self.root_fd(id)?;
+        let rel = parts(path)?.join("/");
+        if rel.is_empty() {
+            return Err(bad(format!("{path}: is a directory")));
+        }
+        // Non-blocking: a FIFO a sandbox left must not hang the reader.
+        let fd = nix::fcntl::openat2(
+            &root,
+            rel.as_str(),
+            in_root(OFlag::O_RDONLY | OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| errno(path, e))?;
+        let st = nix::sys::stat::fstat(&fd).map_err(|e| errno(path, e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(bad(format!("{path}: not a regular file")));
+        }
+        Ok((st.st_size.max(0) as u64, std::fs::File::from(fd)))
+    }
+
+    /// The directory `parts` below the root, made (owned by the API's
+    /// user) where missing; symlinks on the way are refused.
+    fn parent_dir(
+        root: &OwnedFd,
+        parts: &[&str],
+        path: &str,
+        create: bool,
+    ) -> Result<OwnedFd, RuntimeError> {
+        let mut cur = nix::unistd::dup(root).map_err(|e| errno(path, e))?;
+        for part in parts {
+            let open = |cur: &OwnedFd| {
+                nix::fcntl::openat2(cur, *part, strict(OFlag::O_RDONLY | OFlag::O_DIRECTORY))
+            };
+            cur = match open(&cur) {
+                Ok(fd) => fd,
+                Err(nix::errno::Errno::ENOENT) if create => {
+                    match nix::sys::stat::mkdirat(&cur, *part, Mode::from_bits_truncate(0o755)) {
+                        Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                        Err(e) => return Err(errno(path, e)),
+                    }
+                    let fd = open(&cur).map_err(|e| errno(path, e))?;
+                    let _ = nix::unistd::fchown(
+                        &fd,
+                        Some(nix::unistd::Uid::from_raw(API_OWNER)),
+                        Some(nix::unistd::Gid::from_raw(API_OWNER)),
+                    );
+                    fd
+                }
+                Err(e @ (nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP)) => {
+                    let link = nix::sys::stat::fstatat(
+                        &cur,
+                        *part,
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+                    if link {
+                        return Err(bad(format!(
+                            "{path}: {part} is a symlink (never followed here)"
+                        )));
+                    }
+                    return Err(errno(path, e));
+                }
+                Err(e) => return Err(errno(path, e)),
+            };
+        }
+        Ok(cur)
+    }
+
+    /// Writes file `path` from `body`: into a temporary file beside it,
+    /// synced, then renamed over it, so a reader never sees half a file.
+    pub fn write(
+        &self,
+        id: &str,
+        path: &str,
+        body: &mut dyn std::io::Read,
+    ) -> Result<u64, RuntimeError> {
+        let root = self.root_fd(id)?;
+        let all = parts(path)?;
+        let Some((name, dirs)) = all.split_last() else {
+            return Err(bad(format!("{path}: a file path is needed")));
+        };
+        let parent = Self::parent_dir(&root, dirs, path, true)?;
+        let mut rnd = [0u8; 8];
+        let _ = std::io::Read::read_exact(
+            &mut std::fs::File::open("/dev/urandom")
+                .map_err(io("reading", Path::new("/dev/urandom")))?,
+            &mut rnd,
+        );
+        let tmp = format!(".atoll-upload-{}", hex::encode(rnd));
+        let fd = nix::fcntl::openat(
+            &parent,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map_err(|e| errno(path, e))?;
+        let mut file = std::fs::File::from(fd);
+        let written = (|| {
+            let _ = nix::unistd::fchown(
+                &file,
+                Some(nix::unistd::Uid::from_raw(API_OWNER)),
+                Some(nix::unistd::Gid::from_raw(API_OWNER)),
+            );
+            let n = std::io::copy(body, &mut file)?;
+            file.sync_all()?;
+            Ok::<u64, std::io::Error>(n)
+        })();
+        let n = match written {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = nix::unistd::unlinkat(
+                    &parent,
+                    tmp.as_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                );
+                return Err(match e.raw_os_error() {
+                    Some(c) => errno(path, nix::errno::Errno::from_raw(c)),
+                    None => RuntimeError::Failed(format!("{path}: {e}")),
+                });
+            }
+        };
+        if let Err(e) = nix::fcntl::renameat(&parent, tmp.as_str(), &parent, *name) {
+            let _ = nix::unistd::unlinkat(
+                &parent,
+                tmp.as_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            );
+            return Err(errno(path, e));
+        }
+        Ok(n)
+    }
+
+    /// Removes `path` (a directory and what it holds only with
+    /// `recursive`). Symlinks are removed, never followed.
+    pub fn remove(&self, id: &str, path: &str, recursive: bool) -> Result<(), RuntimeError> {
+        let root = self.root_fd(id)?;
+        let all = parts(path)?;
+        let Some((name, dirs)) = all.split_last() else {
+            return Err(bad("the volume's root cannot be removed"));
+        };
+        let parent = Self::parent_dir(&root, dirs, path, false)?;
+        let st = nix::sys::stat::fstatat(&parent, *name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| errno(path, e))?;
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            if recursive {
+                let dir = nix::fcntl::openat2(
+                    &parent,
+                    *name,
+                    strict(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+                )
+                .map_err(|e| errno(path, e))?;
+                remove_below(&dir, path, 0)?;
+            }
+            nix::unistd::unlinkat(&parent, *name, nix::unistd::UnlinkatFlags::RemoveDir)
+                .map_err(|e| errno(path, e))
+        } else {
+            nix::unistd::unlinkat(&parent, *name, nix::unistd::UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| errno(path, e))
+        }
+    }
+}
+
+/// Empties the directory `dir`, by descriptors.
+fn remove_below(dir: &OwnedFd, path: &str, depth: usize) -> Result<(), RuntimeError> {
+    if depth > MAX_DEPTH {
+        return Err(bad(format!(
+            "{path}: directories nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    let names: Vec<std::ffi::OsString> = {
+        let fd = nix::unistd::dup(dir).map_err(|e| errno(path, e))?;
+        let mut listing = nix::dir::Dir::from_fd(fd).map_err(|e| errno(path, e))?;
+        listing
+            .iter()
+            .filter_map(Result::ok)
+            .map(|e| std::ffi::OsStr::from_bytes(e.file_name().to_bytes()).to_os_string())
+            .filter(|n| n != "." && n != "..")
+            .collect()
+    };
+    for name in names {
+        let Ok(st) = nix::sys::stat::fstatat(
+            dir,
+            name.as_os_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            continue;
+        };
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            let sub = nix::fcntl::openat2(
+                dir,
+                name.as_os_str(),
+                strict(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+            )
+            .map_err(|e| errno(path, e))?;
+            remove_below(&sub, path, depth + 1)?;
+            nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)
+                .map_err(|e| errno(path, e))?;
+        } else {
+            nix::unistd::unlinkat(
+                dir,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )
+            .map_err(|e| errno(path, e))?;
+        }
+    }
+    Ok(())
 }

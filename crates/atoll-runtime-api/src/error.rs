@@ -31,6 +31,13 @@ pub enum RuntimeError {
     /// Connecting to a sandbox's toolbox or one of its ports failed.
     #[error("{0}")]
     Connect(std::io::Error),
+    /// A path asked for (a volume's file) does not exist.
+    #[error("{0}")]
+    PathNotFound(String),
+    /// A path asked for cannot be used so (a directory read as a file, a
+    /// write through a symlink, a non-empty directory removed alone).
+    #[error("{0}")]
+    BadPath(String),
     /// Anything else: the operation failed; the message says why.
     #[error("{0}")]
     Failed(String),

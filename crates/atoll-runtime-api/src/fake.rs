@@ -47,6 +47,8 @@ struct State {
     contexts: HashMap<String, Vec<u8>>,
     /// Volumes, by id: their quota.
     volumes: HashMap<String, u64>,
+    /// Files of volumes, by volume id and path.
+    volume_files: std::collections::BTreeMap<(String, String), Vec<u8>>,
     /// References a pull finds.
     registry: Vec<String>,
 }
@@ -505,6 +507,111 @@ impl Runtime for FakeRuntime {
             used_bytes: 0,
             size_bytes: size,
         })
+    }
+
+    async fn volume_list(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<Vec<crate::VolumeEntry>, RuntimeError> {
+        let st = self.enter("volume_list", None)?;
+        let dir = path.trim_matches('/');
+        let prefix = if dir.is_empty() {
+            String::new()
+        } else {
+            format!("{dir}/")
+        };
+        let mut names = std::collections::BTreeMap::new();
+        for ((v, p), data) in &st.volume_files {
+            if v != id {
+                continue;
+            }
+            if let Some(rest) = p.strip_prefix(&prefix) {
+                match rest.split_once('/') {
+                    Some((d, _)) => names.insert(d.to_string(), (true, 0)),
+                    None => names.insert(rest.to_string(), (false, data.len() as u64)),
+                };
+            }
+        }
+        Ok(names
+            .into_iter()
+            .map(|(name, (is_dir, size))| crate::VolumeEntry {
+                name,
+                is_dir,
+                symlink: None,
+                size,
+                mode: if is_dir { 0o755 } else { 0o644 },
+                uid: 1000,
+                gid: 1000,
+                modified_at_ms: 0,
+            })
+            .collect())
+    }
+
+    async fn volume_read(
+        &self,
+        id: &str,
+        path: &str,
+    ) -> Result<(u64, crate::ByteSource), RuntimeError> {
+        let st = self.enter("volume_read", None)?;
+        let data = st
+            .volume_files
+            .get(&(id.to_string(), path.trim_matches('/').to_string()))
+            .cloned()
+            .ok_or_else(|| RuntimeError::PathNotFound(format!("{path}: no such file")))?;
+        Ok((data.len() as u64, Box::new(std::io::Cursor::new(data))))
+    }
+
+    async fn volume_write(
+        &self,
+        id: &str,
+        path: &str,
+        mut body: crate::ByteSource,
+    ) -> Result<u64, RuntimeError> {
+        use tokio::io::AsyncReadExt;
+        drop(self.enter("volume_write", None)?);
+        let mut data = Vec::new();
+        body.read_to_end(&mut data)
+            .await
+            .map_err(|e| RuntimeError::Failed(e.to_string()))?;
+        let n = data.len() as u64;
+        self.lock()
+            .volume_files
+            .insert((id.to_string(), path.trim_matches('/').to_string()), data);
+        Ok(n)
+    }
+
+    async fn volume_remove(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), RuntimeError> {
+        let mut st = self.enter("volume_remove", None)?;
+        let p = path.trim_matches('/').to_string();
+        let key = (id.to_string(), p.clone());
+        if st.volume_files.remove(&key).is_some() {
+            return Ok(());
+        }
+        let prefix = format!("{p}/");
+        let below: Vec<_> = st
+            .volume_files
+            .keys()
+            .filter(|(v, f)| v == id && f.starts_with(&prefix))
+            .cloned()
+            .collect();
+        if below.is_empty() {
+            return Err(RuntimeError::PathNotFound(format!("{path}: no such file")));
+        }
+        if !recursive {
+            return Err(RuntimeError::BadPath(format!(
+                "{path}: the directory is not empty"
+            )));
+        }
+        for k in below {
+            st.volume_files.remove(&k);
+        }
+        Ok(())
     }
 
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError> {

@@ -18,7 +18,7 @@ pub mod net;
 pub use error::RuntimeError;
 pub use model::{
     Capacity, DiskState, ImageBuild, ImageInfo, ImagePull, Limits, Observed, RegistryCredential,
-    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeUsage,
+    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumeUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -117,6 +117,26 @@ pub trait Runtime: Send + Sync {
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError>;
     /// What volume `id` holds.
     async fn volume_usage(&self, id: &str) -> Result<VolumeUsage, RuntimeError>;
+    /// The entries of directory `path` of volume `id` (`""` or `/`: its
+    /// root). Paths resolve inside the volume, whatever symlinks say.
+    async fn volume_list(&self, id: &str, path: &str) -> Result<Vec<VolumeEntry>, RuntimeError>;
+    /// The bytes of file `path` of volume `id`, and how many.
+    async fn volume_read(&self, id: &str, path: &str) -> Result<(u64, ByteSource), RuntimeError>;
+    /// Writes file `path` of volume `id` (replacing it; missing parent
+    /// directories made) from `body`; the bytes written.
+    async fn volume_write(
+        &self,
+        id: &str,
+        path: &str,
+        body: ByteSource,
+    ) -> Result<u64, RuntimeError>;
+    /// Deletes `path` of volume `id` (a directory only with `recursive`).
+    async fn volume_remove(
+        &self,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), RuntimeError>;
     /// Whether the build context `sha256` is stored (ready for a build).
     async fn has_build_context(&self, sha256: &str) -> Result<bool, RuntimeError>;
     /// Stores a build context (a tar, read from `body`) under `sha256`,

@@ -91,6 +91,23 @@ pub fn check_subpath(subpath: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// One entry of a volume directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeEntry {
+    pub name: String,
+    pub is_dir: bool,
+    /// Set for a symlink: its target (never followed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink: Option<String>,
+    pub size: u64,
+    /// Permission bits (`0o644`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub modified_at_ms: i64,
+}
+
 /// What a volume holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
