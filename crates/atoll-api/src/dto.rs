@@ -261,6 +261,13 @@ pub struct VolumeDto {
     pub used_bytes: Option<i64>,
 }
 
+/// Daytona's `ForkSandbox`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForkSandbox {
+    pub name: Option<String>,
+}
+
 /// A file or directory of a volume (`/api/volumes/{id}/files`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

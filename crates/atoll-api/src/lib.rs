@@ -7,6 +7,7 @@ pub mod auth;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod forks;
 pub mod leases;
 pub mod lifecycle;
 pub mod metrics;
@@ -407,6 +408,10 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{id}/files/download", get(volumes::download))
         .route("/volumes/{id}/files/upload", post(volumes::upload))
         .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
+        .route("/sandbox/{id}/fork", post(sandbox::fork))
+        .route("/sandbox/{id}/forks", get(sandbox::forks))
+        .route("/sandbox/{id}/parent", get(sandbox::parent))
+        .route("/sandbox/{id}/ancestors", get(sandbox::ancestors))
         .route("/sandbox/{id}/build-logs", get(sandbox::build_logs))
         .route("/sandbox/{id}/build-logs-url", get(sandbox::build_logs_url))
         .layer(axum::middleware::from_fn_with_state(

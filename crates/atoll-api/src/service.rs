@@ -43,7 +43,7 @@ impl SandboxLocks {
     }
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name
@@ -974,6 +974,16 @@ impl AppState {
                 atoll_types::failpoint::hit("delete.after_runtime");
                 self.store.delete_sandbox(&r.id).await?;
                 r.state = state::DESTROYED;
+                // A fork's image is its alone.
+                if let Some(image) = r
+                    .image_ref
+                    .as_deref()
+                    .filter(|i| i.starts_with(crate::forks::FORK_IMAGE_PREFIX))
+                {
+                    if let Ok(rt) = self.rt(r).await {
+                        let _ = rt.remove_image(image).await;
+                    }
+                }
                 Ok(())
             }
             Err(e @ RuntimeError::Unreachable(_)) => {

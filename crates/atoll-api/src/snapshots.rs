@@ -81,7 +81,9 @@ pub fn image_ref_of(snapshot_id: &str) -> String {
 /// organization's (reached only through its own snapshot rows), and a
 /// builder's bases and cached steps. No API name reaches them directly.
 pub fn is_internal_image(name: &str) -> bool {
-    name.starts_with("atoll/snapshots/") || name.starts_with("atoll/build-")
+    name.starts_with("atoll/snapshots/")
+        || name.starts_with("atoll/build-")
+        || name.starts_with(crate::forks::FORK_IMAGE_PREFIX)
 }
 
 /// The snapshot id an image ref names, if it is a snapshot's.

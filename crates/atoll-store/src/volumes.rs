@@ -1,5 +1,6 @@
-//! Volumes of an organization: rows the volume API and sandbox creates
-//! read; the files live on a runner.
+//! Data that outlives a sandbox: an organization's volumes (rows the
+//! volume API and sandbox creates read; the files live on a runner) and
+//! the fork lineage of sandboxes.
 
 use crate::{conflict_on_unique, Store, StoreError};
 use sqlx::any::AnyRow;
@@ -187,5 +188,61 @@ impl Store {
             }
         }
         Ok(names)
+    }
+}
+
+// ---- forks (sandboxes made from a running one) ---------------------------
+
+impl Store {
+    /// Records that `child` was forked from `parent`.
+    pub async fn insert_fork(
+        &self,
+        org: &str,
+        child: &str,
+        parent: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO sandbox_forks (child_id, parent_id, organization_id, created_at) \
+             VALUES ($1, $2, $3, $4)",
+        )
+        .bind(child)
+        .bind(parent)
+        .bind(org)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The sandbox `child` was forked from, if it was.
+    pub async fn fork_parent(&self, org: &str, child: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(
+            "SELECT parent_id FROM sandbox_forks WHERE child_id = $1 AND organization_id = $2",
+        )
+        .bind(child)
+        .bind(org)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// Sandboxes forked from `parent`, oldest first (at most `limit`).
+    pub async fn fork_children(
+        &self,
+        org: &str,
+        parent: &str,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT child_id FROM sandbox_forks WHERE parent_id = $1 AND organization_id = $2 \
+             ORDER BY created_at, child_id LIMIT $3",
+        )
+        .bind(parent)
+        .bind(org)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
     }
 }

@@ -689,3 +689,48 @@ pub async fn build_logs_url(
         ),
     }))
 }
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/fork",
+    params(("sandboxIdOrName" = String, Path)), request_body = crate::dto::ForkSandbox,
+    responses((status = 200, body = Sandbox), (status = 400), (status = 404), (status = 409)))]
+pub async fn fork(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    crate::extract::JsonBody(req): crate::extract::JsonBody<crate::dto::ForkSandbox>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.fork_sandbox(&p, &id, req.name).await?))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/forks",
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Vec<Sandbox>), (status = 404)))]
+pub async fn forks(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Sandbox>>, ApiError> {
+    Ok(Json(s.sandbox_forks(&p, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/parent",
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Sandbox), (status = 404)))]
+pub async fn parent(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(s.sandbox_parent(&p, &id).await?))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/{sandboxIdOrName}/ancestors",
+    params(("sandboxIdOrName" = String, Path)),
+    responses((status = 200, body = Vec<Sandbox>), (status = 404)))]
+pub async fn ancestors(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Sandbox>>, ApiError> {
+    Ok(Json(s.sandbox_ancestors(&p, &id).await?))
+}

@@ -1,0 +1,186 @@
+//! Fork (`sandbox.fork(name)`, `POST /api/sandbox/{id}/fork`) and the
+//! lineage routes (`forks`, `parent`, `ancestors`).
+//!
+//! A fork is a new sandbox whose files are the parent's at the moment of
+//! the fork: the parent's changes are captured (its processes frozen for
+//! the capture, then thawed; it keeps running) as one layer over the
+//! parent's own image layers, stored as image `atoll/forks/<child id>` on
+//! the parent's runner, and the child starts over it with a disk of its
+//! own, its own network slot, limits and identity. Layers are stored by
+//! content, so forks of an unchanged parent share one captured layer, and
+//! a child pins its layers: deleting the parent never breaks it. The
+//! child's image goes when the child does.
+
+use crate::auth::Principal;
+use crate::dto::Sandbox;
+use crate::error::ApiError;
+use crate::lifecycle::state;
+use crate::AppState;
+use atoll_store::SandboxRecord;
+
+/// Prefix of fork images in runners' stores.
+pub const FORK_IMAGE_PREFIX: &str = "atoll/forks/";
+
+/// Most children `forks` lists, and most ancestors `ancestors` walks.
+const MAX_FORKS_LISTED: i64 = 100;
+const MAX_ANCESTORS: usize = 50;
+
+fn now_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl AppState {
+    pub async fn fork_sandbox(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+        name: Option<String>,
+    ) -> Result<Sandbox, ApiError> {
+        let found = self.find(p, id_or_name).await?;
+        let child_id = uuid::Uuid::new_v4().to_string();
+        let name = match name.filter(|n| !n.is_empty()) {
+            Some(n) if !crate::service::valid_name(&n) => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid sandbox name {n:?}: use 1-255 letters, digits, '-', '_' or '.'"
+                )))
+            }
+            Some(n) => n,
+            None => child_id.clone(),
+        };
+        if self
+            .store
+            .sandbox_in_org(&p.organization_id, &name)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::Conflict(
+                "Sandbox with this name already exists".into(),
+            ));
+        }
+        let image = format!("{FORK_IMAGE_PREFIX}{child_id}");
+        // The parent's lock is held while its files are captured: no stop,
+        // delete or second fork of it meanwhile.
+        let (parent, rt) = {
+            let lock = self.locks.get(&found.id);
+            let _guard = lock.lock().await;
+            let parent = self
+                .store
+                .sandbox(&found.id)
+                .await?
+                .ok_or_else(|| ApiError::sandbox_not_found(id_or_name))?;
+            if parent.state != state::STARTED {
+                return Err(ApiError::BadRequest(
+                    "Sandbox must be in started state to fork".into(),
+                ));
+            }
+            let rt = self.rt(&parent).await?;
+            let started = std::time::Instant::now();
+            let log = |line: &str| tracing::debug!(sandbox = %parent.id, "{line}");
+            rt.commit(&parent.id, &image, &log).await?;
+            tracing::info!(
+                parent = %parent.id,
+                child = %child_id,
+                ms = started.elapsed().as_millis() as u64,
+                "captured a sandbox for a fork"
+            );
+            (parent, rt)
+        };
+        let now = now_millis();
+        let child = SandboxRecord {
+            id: child_id.clone(),
+            name,
+            state: state::CREATING,
+            desired_state: state::STARTED,
+            error_reason: None,
+            recoverable: false,
+            public: false,
+            created_at: now,
+            updated_at: now,
+            last_activity_at: now,
+            state_changed_at: now,
+            ttl_minutes: 0,
+            auto_destroy_at: None,
+            warm_pool_id: None,
+            image_ref: Some(image.clone()),
+            runner_id: parent.runner_id.clone(),
+            ..parent.clone()
+        };
+        self.store
+            .insert_fork(&p.organization_id, &child_id, &parent.id, now)
+            .await?;
+        match self.launch(child).await {
+            Ok(dto) => Ok(dto),
+            Err(e) => {
+                // The fork did not come to be: its image goes.
+                if self.store.sandbox(&child_id).await?.is_none() {
+                    let _ = rt.remove_image(&image).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Sandboxes forked from `id_or_name` (that still exist).
+    pub async fn sandbox_forks(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+    ) -> Result<Vec<Sandbox>, ApiError> {
+        let r = self.find(p, id_or_name).await?;
+        let mut out = Vec::new();
+        for child in self
+            .store
+            .fork_children(&p.organization_id, &r.id, MAX_FORKS_LISTED)
+            .await?
+        {
+            if let Some(c) = self.store.sandbox(&child).await? {
+                out.push(self.to_dto(&c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The sandbox `id_or_name` was forked from.
+    pub async fn sandbox_parent(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+    ) -> Result<Sandbox, ApiError> {
+        let r = self.find(p, id_or_name).await?;
+        let missing =
+            || ApiError::NotFound(format!("Parent sandbox not found for sandbox {}", r.id));
+        let parent = self
+            .store
+            .fork_parent(&p.organization_id, &r.id)
+            .await?
+            .ok_or_else(missing)?;
+        let parent = self.store.sandbox(&parent).await?.ok_or_else(missing)?;
+        Ok(self.to_dto(&parent))
+    }
+
+    /// The chain of sandboxes `id_or_name` descends from, root first
+    /// (those deleted left out; the walk goes on through them).
+    pub async fn sandbox_ancestors(
+        &self,
+        p: &Principal,
+        id_or_name: &str,
+    ) -> Result<Vec<Sandbox>, ApiError> {
+        let r = self.find(p, id_or_name).await?;
+        let mut chain = Vec::new();
+        let mut at = r.id.clone();
+        for _ in 0..MAX_ANCESTORS {
+            let Some(parent) = self.store.fork_parent(&p.organization_id, &at).await? else {
+                break;
+            };
+            if let Some(s) = self.store.sandbox(&parent).await? {
+                chain.push(self.to_dto(&s));
+            }
+            at = parent;
+        }
+        chain.reverse();
+        Ok(chain)
+    }
+}
