@@ -1,4 +1,4 @@
-// Volumes as the TypeScript SDK drives them: volume.get(name, true) creates
+// Volumes and fork as the TypeScript SDK drives them: volume.get(name, true) creates
 // one, sandboxes mount it (VolumeMount passes `readOnly`, Atoll's
 // extension, through to the API), and a volume in use cannot be deleted.
 
@@ -28,4 +28,22 @@ test('a volume shared read-write and read-only between sandboxes', { timeout: TE
   }
   await daytona().volume.delete(volume)
   await assert.rejects(() => daytona().volume.get(name))
+})
+
+test('sandbox.fork copies the files of a running sandbox', { timeout: TEST_TIMEOUT_MS }, async () => {
+  const parent = await daytona().create()
+  let child
+  try {
+    await parent.process.executeCommand('echo from-parent > /home/daytona/f')
+    child = await parent.fork({ name: `ts-fork-${randomBytes(3).toString('hex')}` })
+    assert.equal(child.state, 'started')
+    let r = await child.process.executeCommand('cat /home/daytona/f')
+    assert.equal(r.result.trim(), 'from-parent')
+    await child.process.executeCommand('echo from-child > /home/daytona/f')
+    r = await parent.process.executeCommand('cat /home/daytona/f')
+    assert.equal(r.result.trim(), 'from-parent')
+  } finally {
+    if (child) await bestEffort('delete child', () => child.delete())
+    await bestEffort('delete parent', () => parent.delete())
+  }
 })
