@@ -137,7 +137,11 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
-    async fn create_volume(&self, _: &str, _: u64) -> Result<(), RuntimeError> {
+    async fn create_volume(
+        &self,
+        _: &str,
+        _: u64,
+    ) -> Result<atoll_runtime_api::VolumePlacement, RuntimeError> {
         Err(none_here())
     }
     async fn delete_volume(&self, _: &str) -> Result<(), RuntimeError> {

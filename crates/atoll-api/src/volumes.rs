@@ -98,10 +98,14 @@ impl AppState {
                 v.name, v.state
             )));
         }
-        let runner = v
-            .runner_id
-            .ok_or_else(|| ApiError::Unavailable("the volume has no runner".into()))?;
-        Ok(self.runtime_for(&runner).await?)
+        match v.runner_id {
+            Some(runner) => Ok(self.runtime_for(&runner).await?),
+            // In shared storage: any runner reaches it.
+            None => {
+                let r = self.pick_runner(None).await?;
+                Ok(self.runtime_of_runner(&r)?)
+            }
+        }
     }
 
     /// The organization's volume `id`.
@@ -127,6 +131,7 @@ impl AppState {
         if v.state != READY {
             return v;
         }
+        // Shared volumes (S3) have no usage the filesystem can tell.
         let Some(runner) = v.runner_id.clone() else {
             return v;
         };
@@ -210,7 +215,13 @@ impl AppState {
         let from = v.state.clone();
         v.updated_at = now_millis();
         match made {
-            Ok(()) => v.state = READY.into(),
+            Ok(placement) => {
+                v.state = READY.into();
+                // In shared storage: no runner holds it.
+                if placement.shared {
+                    v.runner_id = None;
+                }
+            }
             Err(e) => {
                 tracing::warn!(volume = %v.id, error = %e, "making a volume failed");
                 v.state = ERROR.into();
@@ -257,12 +268,17 @@ impl AppState {
 
     /// Removes a `deleting` volume's files on its runner, then its row.
     async fn finish_volume_delete(&self, v: &VolumeRecord) -> Result<(), ApiError> {
-        if let Some(runner) = &v.runner_id {
-            match self.runtime_for(runner).await {
+        match &v.runner_id {
+            Some(runner) => match self.runtime_for(runner).await {
                 Ok(rt) => rt.delete_volume(&v.id).await?,
                 // A runner removed for good took the files with it.
                 Err(_) if self.store.runner(runner).await?.is_none() => {}
                 Err(e) => return Err(e.into()),
+            },
+            // In shared storage: any runner removes it.
+            None => {
+                let r = self.pick_runner(None).await?;
+                self.runtime_of_runner(&r)?.delete_volume(&v.id).await?;
             }
         }
         self.store.delete_volume_row(&v.id).await?;

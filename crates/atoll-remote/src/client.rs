@@ -515,7 +515,11 @@ impl Runtime for RemoteRuntime {
             .await
     }
 
-    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+    async fn create_volume(
+        &self,
+        id: &str,
+        size_bytes: u64,
+    ) -> Result<atoll_runtime_api::VolumePlacement, RuntimeError> {
         self.call(
             Method::PUT,
             &self.root(&format!("/v1/volumes/{}", enc(id))),

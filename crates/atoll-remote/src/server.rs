@@ -243,7 +243,7 @@ async fn create_volume(
     State(s): State<Served>,
     Path(id): Path<String>,
     Json(body): Json<CreateVolumeBody>,
-) -> Answer<()> {
+) -> Answer<atoll_runtime_api::VolumePlacement> {
     Ok(Json(s.runtime.create_volume(&id, body.size_bytes).await?))
 }
 

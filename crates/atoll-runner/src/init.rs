@@ -163,7 +163,11 @@ fn run(report: &mut std::fs::File) -> Result<Never, InitError> {
             None => root,
         };
         let path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-        let tree = crate::userns::idmap_clone(&path, &userns, v.read_only)?;
+        let tree = if v.idmap {
+            crate::userns::idmap_clone(&path, &userns, v.read_only)?
+        } else {
+            crate::userns::plain_clone(&path, v.read_only)?
+        };
         crate::userns::attach(&tree, &spec::volume_dir(i))?;
     }
     let exe = std::fs::File::open(&req.daemon_exe).map_err(io("opening the daemon"))?;

@@ -32,8 +32,12 @@ impl LocalRuntime {
         sandboxes: Arc<NamespaceRuntime>,
         images: Arc<ImageStore>,
         registry: RegistryConfig,
+        volumes: crate::volumes::Backend,
     ) -> Result<LocalRuntime, RuntimeError> {
-        let volumes = Arc::new(crate::volumes::Volumes::open(&sandboxes.volumes_dir())?);
+        let volumes = Arc::new(crate::volumes::Volumes::open(
+            &sandboxes.volumes_dir(),
+            volumes,
+        )?);
         Ok(LocalRuntime {
             sandboxes,
             volumes,
@@ -150,6 +154,7 @@ impl Runtime for LocalRuntime {
                 .await
                 .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))??;
             volumes.push(crate::spec::VolumeBind {
+                idmap: self.volumes.idmap(),
                 source,
                 subpath: v.subpath.clone(),
                 mount_path: v.mount_path.clone(),
@@ -386,11 +391,20 @@ impl Runtime for LocalRuntime {
         builder.build(build, log).await.map(image_info)
     }
 
-    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+    async fn create_volume(
+        &self,
+        id: &str,
+        size_bytes: u64,
+    ) -> Result<atoll_runtime_api::VolumePlacement, RuntimeError> {
         let (rt, vols, id) = (self.sandboxes.clone(), self.volumes.clone(), id.to_string());
-        tokio::task::spawn_blocking(move || vols.create(rt.disk_templates(), &id, size_bytes))
-            .await
-            .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            vols.create(rt.disk_templates(), &id, size_bytes)?;
+            Ok(atoll_runtime_api::VolumePlacement {
+                shared: vols.shared(),
+            })
+        })
+        .await
+        .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))?
     }
 
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {

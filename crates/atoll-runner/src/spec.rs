@@ -96,6 +96,15 @@ pub struct VolumeBind {
     pub mount_path: String,
     #[serde(default)]
     pub read_only: bool,
+    /// Whether its owners are shifted into the sandbox's user namespace
+    /// (filesystems that cannot be idmapped, FUSE ones, are bound as they
+    /// are).
+    #[serde(default = "yes")]
+    pub idmap: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where volume `i` is attached, relative to the sandbox's directory.

@@ -487,6 +487,16 @@ fn cpath(p: &Path) -> Result<CString, UsernsError> {
 /// shifted into `userns` (and read-only if asked). Attach it with
 /// [`attach`].
 pub fn idmap_clone(path: &Path, userns: &File, readonly: bool) -> Result<OwnedFd, UsernsError> {
+    clone_tree(path, Some(userns), readonly)
+}
+
+/// A detached copy of the mount tree at `path`, owners as they are
+/// (read-only if asked): for filesystems that cannot be idmapped.
+pub fn plain_clone(path: &Path, readonly: bool) -> Result<OwnedFd, UsernsError> {
+    clone_tree(path, None, readonly)
+}
+
+fn clone_tree(path: &Path, userns: Option<&File>, readonly: bool) -> Result<OwnedFd, UsernsError> {
     let c = cpath(path)?;
     // SAFETY: open_tree reads a NUL-terminated path we own; the returned fd
     // is wrapped at once.
@@ -503,7 +513,10 @@ pub fn idmap_clone(path: &Path, userns: &File, readonly: bool) -> Result<OwnedFd
     }
     // SAFETY: fd is a new descriptor owned by nobody else.
     let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-    let mut set = MOUNT_ATTR_IDMAP | MOUNT_ATTR_NODEV;
+    let mut set = MOUNT_ATTR_NODEV;
+    if userns.is_some() {
+        set |= MOUNT_ATTR_IDMAP;
+    }
     if readonly {
         set |= MOUNT_ATTR_RDONLY;
     }
@@ -511,7 +524,7 @@ pub fn idmap_clone(path: &Path, userns: &File, readonly: bool) -> Result<OwnedFd
         attr_set: set,
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
     // SAFETY: mount_setattr reads `attr` (size given) and an empty path
     // relative to our tree fd.

@@ -24,11 +24,64 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const IMAGE: &str = "volume.img";
+const S3FS_PASSWD: &str = ".s3fs-passwd";
 const FS: &str = "fs";
+
+/// Where volumes' files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// An ext4 image per volume on this host (its quota enforced).
+    Local,
+    /// A prefix per volume in an S3-compatible bucket, mounted on the host
+    /// with `s3fs` (Debian's) wherever a sandbox needs it: every runner
+    /// of the deployment with the same bucket reaches every volume. No
+    /// quota (S3 has none), and the files show as owned by nobody with
+    /// mode 0777 (a FUSE filesystem cannot be idmapped), as Daytona's are.
+    S3 {
+        bucket: String,
+        prefix: String,
+        /// The endpoint (`AWS_ENDPOINT`, else AWS's for `AWS_REGION`).
+        url: String,
+    },
+}
+
+impl Backend {
+    /// `None`: local; `s3://bucket[/prefix]`: S3, with credentials,
+    /// region and endpoint from `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`.
+    pub fn from_url(url: Option<&str>) -> Result<Backend, String> {
+        let Some(url) = url else {
+            return Ok(Backend::Local);
+        };
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("{url}: only s3:// urls are supported"))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty()
+            || !bucket
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return Err(format!("{url}: not a bucket name"));
+        }
+        let endpoint = std::env::var("AWS_ENDPOINT")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .unwrap_or_else(|_| {
+                let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+                format!("https://s3.{region}.amazonaws.com")
+            });
+        Ok(Backend::S3 {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            url: endpoint.trim_end_matches('/').to_string(),
+        })
+    }
+}
 
 /// The volumes of this runner, under one directory.
 pub struct Volumes {
     root: PathBuf,
+    backend: Backend,
     /// Mounts are made one at a time (two sandboxes starting with one
     /// volume must not mount it twice).
     mounting: std::sync::Mutex<()>,
@@ -55,17 +108,46 @@ fn is_mountpoint(dir: &Path) -> bool {
 }
 
 impl Volumes {
-    pub fn open(root: &Path) -> Result<Volumes, RuntimeError> {
+    pub fn open(root: &Path, backend: Backend) -> Result<Volumes, RuntimeError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .map_err(io("creating", root))?;
         crate::safe_fs::register_host_dir(root);
+        if let Backend::S3 { .. } = backend {
+            // s3fs reads its credentials from a file only root may read.
+            let key = std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default();
+            let secret = std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default();
+            if key.is_empty() || secret.is_empty() || key.contains(':') {
+                return Err(RuntimeError::Failed(
+                    "S3 volumes need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
+                ));
+            }
+            crate::safe_fs::write_file(
+                crate::safe_fs::open_dir(root).map_err(io("opening", root))?,
+                S3FS_PASSWD,
+                format!("{key}:{secret}\n").as_bytes(),
+                0o600,
+            )
+            .map_err(io("writing the s3fs credentials in", root))?;
+        }
         Ok(Volumes {
             root: root.to_path_buf(),
+            backend,
             mounting: std::sync::Mutex::new(()),
         })
+    }
+
+    /// Every runner reaches this store's volumes (S3).
+    pub fn shared(&self) -> bool {
+        matches!(self.backend, Backend::S3 { .. })
+    }
+
+    /// Sandboxes see the volumes' owners shifted into their user
+    /// namespaces (not for FUSE-mounted S3).
+    pub fn idmap(&self) -> bool {
+        !self.shared()
     }
 
     fn dir(&self, id: &str) -> Result<PathBuf, RuntimeError> {
@@ -89,6 +171,9 @@ impl Volumes {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(io("creating", &dir)(e)),
         }
+        if self.shared() {
+            return self.mount(id).map(|_| ());
+        }
         let image = dir.join(IMAGE);
         if !image.exists() {
             // Made aside and renamed: a crash leaves no half image.
@@ -109,6 +194,14 @@ impl Volumes {
         let _one = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
         if is_mountpoint(&fs) {
             return Ok(fs);
+        }
+        if let Backend::S3 {
+            bucket,
+            prefix,
+            url,
+        } = &self.backend
+        {
+            return self.mount_s3(id, &dir, &fs, bucket, prefix, url);
         }
         let image = dir.join(IMAGE);
         if !image.is_file() {
@@ -142,10 +235,60 @@ impl Volumes {
         Ok(fs)
     }
 
+    /// Mounts volume `id`'s prefix of the bucket at `fs` with s3fs.
+    fn mount_s3(
+        &self,
+        id: &str,
+        dir: &Path,
+        fs: &Path,
+        bucket: &str,
+        prefix: &str,
+        url: &str,
+    ) -> Result<PathBuf, RuntimeError> {
+        for d in [dir, fs] {
+            match std::fs::DirBuilder::new().mode(0o700).create(d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io("creating", d)(e)),
+            }
+        }
+        let _ = std::fs::set_permissions(fs, std::fs::Permissions::from_mode(0o755));
+        let key = if prefix.is_empty() {
+            format!("{bucket}:/{id}")
+        } else {
+            format!("{bucket}:/{prefix}/{id}")
+        };
+        let passwd = self.root.join(S3FS_PASSWD);
+        let out = std::process::Command::new("s3fs")
+            .arg(&key)
+            .arg(fs)
+            .arg("-o")
+            .arg(format!(
+                "passwd_file={},url={url},use_path_request_style,allow_other,umask=0000,mp_umask=0000,\
+                 uid=0,gid=0,nonempty,nosuid,nodev",
+                passwd.display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| RuntimeError::Failed(format!("running s3fs (is it installed?): {e}")))?;
+        if !out.status.success() || !is_mountpoint(fs) {
+            return Err(RuntimeError::Failed(format!(
+                "mounting volume {id} from S3 failed: {}",
+                crate::safe_fs::scrub_host_paths(String::from_utf8_lossy(&out.stderr).trim())
+            )));
+        }
+        Ok(fs.to_path_buf())
+    }
+
     /// Unmounts and deletes volume `id`; gone already is fine.
     pub fn delete(&self, id: &str) -> Result<(), RuntimeError> {
         let dir = self.dir(id)?;
         let fs = dir.join(FS);
+        if self.shared() {
+            // The files are in the bucket: removed through the mount.
+            let root = self.root_fd(id)?;
+            remove_below(&root, "/", 0)?;
+        }
         {
             let _one = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
             if is_mountpoint(&fs) {

@@ -485,10 +485,14 @@ impl Runtime for FakeRuntime {
         Ok(info)
     }
 
-    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError> {
+    async fn create_volume(
+        &self,
+        id: &str,
+        size_bytes: u64,
+    ) -> Result<crate::VolumePlacement, RuntimeError> {
         let mut st = self.enter("create_volume", None)?;
         st.volumes.insert(id.to_string(), size_bytes);
-        Ok(())
+        Ok(crate::VolumePlacement::default())
     }
 
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError> {

@@ -18,7 +18,7 @@ pub mod net;
 pub use error::RuntimeError;
 pub use model::{
     Capacity, DiskState, ImageBuild, ImageInfo, ImagePull, Limits, Observed, RegistryCredential,
-    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumeUsage,
+    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumePlacement, VolumeUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -112,7 +112,11 @@ pub trait Runtime: Send + Sync {
     ) -> Result<ImageInfo, RuntimeError>;
     /// Creates volume `id` (a UUID) with a quota of `size_bytes`; done
     /// already is fine.
-    async fn create_volume(&self, id: &str, size_bytes: u64) -> Result<(), RuntimeError>;
+    async fn create_volume(
+        &self,
+        id: &str,
+        size_bytes: u64,
+    ) -> Result<VolumePlacement, RuntimeError>;
     /// Deletes volume `id` and its files; gone already is fine.
     async fn delete_volume(&self, id: &str) -> Result<(), RuntimeError>;
     /// What volume `id` holds.

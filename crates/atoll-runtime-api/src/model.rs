@@ -108,6 +108,16 @@ pub struct VolumeEntry {
     pub modified_at_ms: i64,
 }
 
+/// Where a volume made by a runtime lives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumePlacement {
+    /// Its files are in shared storage (an S3 bucket) that every runner of
+    /// the deployment mounts: sandboxes that mount it may run anywhere.
+    /// Otherwise they are on this runner only.
+    pub shared: bool,
+}
+
 /// What a volume holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -18,6 +18,13 @@ pub struct HostArgs {
     /// default: <data-dir>/archives.
     #[arg(long, env = "ATOLL_ARCHIVE_URL")]
     pub archive_url: Option<String>,
+    /// Volume store: `s3://bucket[/prefix]` keeps each volume under a
+    /// prefix of an S3-compatible bucket, mounted with s3fs where a sandbox
+    /// needs it (every runner with the same bucket reaches every volume; no
+    /// quota). Credentials and endpoint as for the archive store. Default:
+    /// an ext4 image per volume on the runner that made it.
+    #[arg(long, env = "ATOLL_VOLUMES_URL")]
+    pub volumes_url: Option<String>,
     /// Sandbox network: `auto` (each sandbox gets a routed veth with NAT
     /// egress, addresses from a free /20 of 10.208.0.0/12: 4,093
     /// sandboxes), a CIDR to take addresses from (e.g. `10.50.0.0/16`), or
@@ -94,10 +101,13 @@ impl HostArgs {
 
 /// The runtime the control plane drives on this host.
 pub fn local_runtime(host: &Host, args: &HostArgs) -> Result<atoll_runner::local::LocalRuntime> {
+    let volumes = atoll_runner::volumes::Backend::from_url(args.volumes_url.as_deref())
+        .map_err(|e| anyhow::anyhow!("--volumes-url: {e}"))?;
     atoll_runner::local::LocalRuntime::new(
         host.runtime.clone(),
         host.images.clone(),
         args.registry_config()?,
+        volumes,
     )
     .map_err(|e| anyhow::anyhow!("opening the volume store: {e}"))
 }
@@ -204,6 +214,7 @@ pub struct PullArgs {
 pub fn pull_image(a: PullArgs) -> Result<()> {
     let config = HostArgs {
         archive_url: None,
+        volumes_url: None,
         network: "off".into(),
         egress_allow_private: false,
         sandbox_max_connections: 0,
