@@ -257,6 +257,10 @@ def test_hostile_context_tars_are_refused_or_stay_inside_the_context(server, bas
             sb.delete()
     """, snap["name"], marker)
     assert out["out"] == ["inside", "1"], out
+    # A destination that is a symlink in the image is refused (writing a
+    # directory there would hide what it points to).
+    snap = build(server, f"FROM {base_image}\nRUN ln -s /usr /linked\nCOPY etc-link/ /linked/x/\n", [ctx])
+    assert snap["state"] == "build_failed" and "symlink" in snap["errorReason"], snap
     # A source that is a symlink out of the context resolves inside it:
     # the host's /etc/passwd is never read.
     snap = build(server, f"FROM {base_image}\nCOPY passwd /p\n", [ctx])

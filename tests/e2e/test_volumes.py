@@ -176,6 +176,10 @@ def test_bad_volume_requests_get_clear_errors(server):
     status, body = api(server, "POST", "/sandbox", {"volumes": [
         {"volumeId": vol["id"], "mountPath": "/m"}, {"volumeId": vol["id"], "mountPath": "/m/"}]})
     assert status == 400, body
+    # One volume inside another's mount path.
+    status, body = api(server, "POST", "/sandbox", {"volumes": [
+        {"volumeId": vol["id"], "mountPath": "/m"}, {"volumeId": vol["id"], "mountPath": "/m/inner"}]})
+    assert status == 400 and "inside" in body["message"], body
     assert api(server, "DELETE", f"/volumes/{vol['id']}")[0] == 200
 
 

@@ -36,8 +36,14 @@ pub const PATH: &str = "/s3";
 const CREDENTIAL_TTL_SECS: i64 = 3600;
 /// Most a request's date may differ from the server's clock.
 const MAX_SKEW_SECS: i64 = 15 * 60;
-/// Largest body of one request (a part, or a whole small object).
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+/// Largest body of one request (a part, or a whole small object; the
+/// SDKs send 5 MiB parts).
+const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// MiB of request bodies held in memory at once, for all clients: past
+/// it, requests wait (bodies are read whole before they are stored).
+static IN_FLIGHT_MIB: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(256);
+/// Uploads an organization may have open at once.
+const MAX_OPEN_UPLOADS: i64 = 100;
 /// Largest object.
 const MAX_OBJECT_BYTES: i64 = 2 << 30;
 /// Most bytes an organization may keep in the endpoint.
@@ -71,12 +77,13 @@ fn derive(key: &hmac::Key, what: &str, access_key: &str) -> String {
     hex::encode(hmac::sign(key, format!("{what}\0{access_key}").as_bytes()).as_ref())
 }
 
-/// Credentials for `org`, good until `now + 1 h`.
-pub fn issue(state: &AppState, org: &str, now_secs: i64) -> Credentials {
+/// Credentials for the organization of API key `key_id`, good until
+/// `now + 1 h` and while that key is.
+pub fn issue(state: &AppState, org: &str, key_id: &str, now_secs: i64) -> Credentials {
     let expires_at = now_secs + CREDENTIAL_TTL_SECS;
     let access_key = format!(
         "{ACCESS_KEY_PREFIX}{expires_at:016x}{}",
-        hex::encode(org.as_bytes())
+        hex::encode(key_id.as_bytes())
     );
     let key = signing_key(state);
     Credentials {
@@ -90,7 +97,7 @@ pub fn issue(state: &AppState, org: &str, now_secs: i64) -> Credentials {
 
 /// The credentials an access key stands for, if it is one of ours and
 /// current.
-fn credentials_of(
+async fn credentials_of(
     state: &AppState,
     access_key: &str,
     now_secs: i64,
@@ -109,7 +116,7 @@ fn credentials_of(
         return Err(denied());
     }
     let expires_at = i64::from_str_radix(&rest[..16], 16).map_err(|_| denied())?;
-    let org = hex::decode(&rest[16..])
+    let key_id = hex::decode(&rest[16..])
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .ok_or_else(denied)?;
@@ -121,12 +128,29 @@ fn credentials_of(
         ));
     }
     let key = signing_key(state);
-    Ok(Credentials {
+    let creds = Credentials {
         secret: derive(&key, "secret", access_key),
         session_token: derive(&key, "token", access_key),
         access_key: access_key.to_string(),
-        organization_id: org,
+        organization_id: String::new(),
         expires_at,
+    };
+    let api_key = state
+        .store
+        .api_key_by_id(&key_id)
+        .await?
+        .ok_or_else(denied)?;
+    let now_ms = now_secs * 1000;
+    if api_key.revoked_at.is_some() || api_key.expires_at.is_some_and(|e| e <= now_ms) {
+        return Err(S3Error::new(
+            StatusCode::FORBIDDEN,
+            "InvalidAccessKeyId",
+            "the API key these credentials came from is revoked or expired",
+        ));
+    }
+    Ok(Credentials {
+        organization_id: api_key.organization_id,
+        ..creds
     })
 }
 
@@ -337,7 +361,7 @@ enum Payload {
 
 /// Checks a request's signature; the organization it acts for and what
 /// its payload must hash to.
-fn authenticate(
+async fn authenticate(
     state: &AppState,
     method: &Method,
     path: &str,
@@ -360,7 +384,7 @@ fn authenticate(
             format!("the credential scope must be {REGION}/s3"),
         ));
     }
-    let creds = credentials_of(state, auth.access_key, now_secs)?;
+    let creds = credentials_of(state, auth.access_key, now_secs).await?;
     let amz_date =
         header_str(headers, "x-amz-date").ok_or_else(|| denied("x-amz-date is required"))?;
     let at = parse_amz_date(amz_date).ok_or_else(|| denied("a malformed x-amz-date"))?;
@@ -470,10 +494,39 @@ fn new_upload_id() -> String {
     hex::encode(b)
 }
 
-/// Reads the body (at most [`MAX_REQUEST_BYTES`]) and checks it against
-/// the declared payload hash.
-async fn read_body(body: Body, payload: &Payload) -> Result<Vec<u8>, S3Error> {
+/// The declared length of a request's body: required, and at most
+/// [`MAX_REQUEST_BYTES`] (checked before anything is read).
+fn declared_length(headers: &HeaderMap) -> Result<usize, S3Error> {
+    let len: usize = header_str(headers, "content-length")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| {
+            S3Error::new(
+                StatusCode::LENGTH_REQUIRED,
+                "MissingContentLength",
+                "Content-Length is required",
+            )
+        })?;
+    if len > MAX_REQUEST_BYTES {
+        return Err(S3Error::bad(
+            "EntityTooLarge",
+            format!(
+                "one request may carry at most {MAX_REQUEST_BYTES} bytes; use a multipart upload"
+            ),
+        ));
+    }
+    Ok(len)
+}
+
+/// Reads the body (at most [`MAX_REQUEST_BYTES`], memory for it reserved
+/// in [`IN_FLIGHT_MIB`] meanwhile) and checks it against the declared
+/// payload hash.
+async fn read_body(body: Body, len: usize, payload: &Payload) -> Result<Vec<u8>, S3Error> {
     use http_body_util::BodyExt;
+    let mib = (len.div_ceil(1 << 20)).max(1) as u32;
+    let _reserved = IN_FLIGHT_MIB
+        .acquire_many(mib)
+        .await
+        .map_err(|_| S3Error::new(StatusCode::SERVICE_UNAVAILABLE, "SlowDown", "shutting down"))?;
     let bytes = http_body_util::Limited::new(body, MAX_REQUEST_BYTES)
         .collect()
         .await
@@ -513,7 +566,7 @@ async fn handle(s: AppState, req: Request) -> Result<Response, S3Error> {
     let query = parts.uri.query().unwrap_or("").to_string();
     let now = now_ms();
     let (org, payload) =
-        authenticate(&s, &parts.method, &path, &query, &parts.headers, now / 1000)?;
+        authenticate(&s, &parts.method, &path, &query, &parts.headers, now / 1000).await?;
     let rest = path
         .strip_prefix(PATH)
         .and_then(|r| r.strip_prefix('/'))
@@ -566,17 +619,28 @@ async fn handle(s: AppState, req: Request) -> Result<Response, S3Error> {
                 .ok()
                 .filter(|n| (1..=MAX_PARTS).contains(n))
                 .ok_or_else(|| S3Error::bad("InvalidArgument", "partNumber must be 1 to 10000"))?;
-            let data = read_body(body, &payload).await?;
+            let len = declared_length(&parts.headers)?;
+            check_quota(&s, &org, len).await?;
+            let data = read_body(body, len, &payload).await?;
             put_part(&s, &org, &key, upload, number, data).await
         }
         (Method::PUT, None, None) => {
             if parts.headers.contains_key("x-amz-copy-source") {
                 return Err(not_implemented("CopyObject"));
             }
-            let data = read_body(body, &payload).await?;
+            let len = declared_length(&parts.headers)?;
+            check_quota(&s, &org, len).await?;
+            let data = read_body(body, len, &payload).await?;
             put_object(&s, &org, &key, data, now).await
         }
         (Method::POST, None, _) if param("uploads").is_some() => {
+            if s.store.open_uploads(&org).await? >= MAX_OPEN_UPLOADS {
+                return Err(S3Error::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SlowDown",
+                    format!("at most {MAX_OPEN_UPLOADS} uploads may be open at once"),
+                ));
+            }
             let id = new_upload_id();
             s.store
                 .create_upload(&UploadRecord {
@@ -595,7 +659,8 @@ async fn handle(s: AppState, req: Request) -> Result<Response, S3Error> {
             ))
         }
         (Method::POST, Some(upload), _) => {
-            let data = read_body(body, &payload).await?;
+            let len = declared_length(&parts.headers)?;
+            let data = read_body(body, len, &payload).await?;
             complete(&s, &org, &key, upload, &data, now).await
         }
         (Method::DELETE, Some(upload), _) => {

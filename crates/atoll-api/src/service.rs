@@ -380,6 +380,9 @@ impl AppState {
         let (mounts, volume_runner) = self
             .resolve_mounts(p, req.volumes.as_deref().unwrap_or_default())
             .await?;
+        // Held until the sandbox row exists: a volume delete (which takes
+        // the same locks) cannot slip between the check and the insert.
+        let _volume_guards = self.lock_volumes(&mounts).await?;
         let runner = match volume_runner {
             Some(r) => self.volume_runner(&r).await?,
             None => self.pick_runner(target.as_deref()).await?,

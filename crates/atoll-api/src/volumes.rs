@@ -45,6 +45,11 @@ fn valid_volume_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
+/// The key of a volume's lock (in the sandbox lock table; ids differ).
+fn volume_lock(id: &str) -> String {
+    format!("volume:{id}")
+}
+
 fn not_found_by_id(id: &str) -> ApiError {
     ApiError::NotFound(format!("Volume with ID {id} not found"))
 }
@@ -167,10 +172,33 @@ impl AppState {
                 "size must be 1 to {MAX_SIZE_GIB} (GiB)"
             )));
         }
-        if self.store.volumes_of(&p.organization_id).await?.len() >= MAX_VOLUMES {
+        let existing = self.store.volumes_of(&p.organization_id).await?;
+        if existing.len() >= MAX_VOLUMES {
             return Err(ApiError::Forbidden(format!(
                 "Volume quota exceeded. Maximum allowed: {MAX_VOLUMES}"
             )));
+        }
+        // Volumes count against the organization's disk quota, with its
+        // sandboxes' disks.
+        let quota = crate::quota::Quota::effective(
+            &self.config.quota_defaults,
+            self.store.org_quota(&p.organization_id).await?.as_ref(),
+        );
+        if let Some(total) = quota.total_disk {
+            let sandboxes: Vec<_> = self
+                .store
+                .sandboxes_in_org(&p.organization_id)
+                .await?
+                .iter()
+                .map(crate::quota::holding)
+                .collect();
+            let used = crate::quota::Usage::of(&sandboxes).disk
+                + existing.iter().map(|v| v.size_gib).sum::<i64>();
+            if used + size > total {
+                return Err(ApiError::Forbidden(format!(
+                    "Total disk quota exceeded: {used} GiB of {total} GiB in use with sandboxes and volumes; a {size} GiB volume does not fit"
+                )));
+            }
         }
         if self
             .store
@@ -183,6 +211,17 @@ impl AppState {
             )));
         }
         let runner = self.pick_runner(None).await?;
+        // A volume's quota must fit in the runner's free space now (volumes
+        // are sparse and may be overcommitted together, like sandbox disks;
+        // a full volume never fills the host past its own quota).
+        if let Ok(cap) = self.runtime_of_runner(&runner)?.capacity().await {
+            if cap.disk_gib > 0 && size > cap.disk_free_gib as i64 {
+                return Err(ApiError::InsufficientStorage(format!(
+                    "the runner has {} GiB free; a {size} GiB volume does not fit",
+                    cap.disk_free_gib
+                )));
+            }
+        }
         let now = now_millis();
         let v = VolumeRecord {
             id,
@@ -234,15 +273,46 @@ impl AppState {
         v
     }
 
+    /// Locks the volumes of `mounts` (in id order) and checks they are
+    /// still `ready`; the guards keep deletes of them out.
+    pub(crate) async fn lock_volumes(
+        &self,
+        mounts: &[VolumeMount],
+    ) -> Result<Vec<tokio::sync::OwnedMutexGuard<()>>, ApiError> {
+        let mut ids: Vec<&str> = mounts.iter().map(|m| m.volume_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut guards = Vec::new();
+        for id in ids {
+            guards.push(self.locks.get(&volume_lock(id)).lock_owned().await);
+            let v = self
+                .store
+                .volume(id)
+                .await?
+                .ok_or_else(|| not_found_by_id(id))?;
+            if v.state != READY {
+                return Err(ApiError::BadRequest(format!(
+                    "Volume '{}' is not in a ready state. Current state: {}",
+                    v.name, v.state
+                )));
+            }
+        }
+        Ok(guards)
+    }
+
     pub async fn delete_volume(&self, p: &Principal, id: &str) -> Result<(), ApiError> {
+        let found = self.volume_of(p, id).await?;
+        let lock = self.locks.get(&volume_lock(&found.id));
+        let _guard = lock.lock().await;
         let v = self.volume_of(p, id).await?;
         if v.state != READY && v.state != ERROR && v.state != DELETING {
             return Err(ApiError::BadRequest(
                 "Volume must be in 'ready' or 'error' state in order to be deleted".into(),
             ));
         }
-        // `deleting` first, then the check: no sandbox create can mount it
-        // in between (creates only mount `ready` volumes).
+        // `deleting` first, then the check, under the volume's lock: creates
+        // take it too, and mount only `ready` volumes (one API server; with
+        // several, a create racing a delete may still start and fail).
         let mut deleting = v.clone();
         deleting.state = DELETING.into();
         deleting.updated_at = now_millis();
@@ -341,13 +411,13 @@ impl AppState {
             if let Some(s) = &m.subpath {
                 atoll_runtime_api::model::check_subpath(s).map_err(ApiError::BadRequest)?;
             }
-            let clean = |p: &str| p.trim_end_matches('/').to_string();
-            if mounts
-                .iter()
-                .any(|o| clean(&o.mount_path) == clean(&m.mount_path))
-            {
+            let clean = |p: &str| format!("{}/", p.trim_end_matches('/'));
+            if mounts.iter().any(|o| {
+                let (a, b) = (clean(&o.mount_path), clean(&m.mount_path));
+                a.starts_with(&b) || b.starts_with(&a)
+            }) {
                 return Err(ApiError::BadRequest(format!(
-                    "two volumes at mountPath {}",
+                    "mountPath {} is, or is inside, another volume's mountPath",
                     m.mount_path
                 )));
             }

@@ -214,9 +214,10 @@ const TLS_HANDSHAKE: u8 = 0x16;
 
 /// A listener whose connections are TLS (for `axum::serve`), or, made
 /// with [`TlsListener::dual`], TLS or plain HTTP on one port (told apart
-/// by the first byte the client sends). Handshakes run on tasks of their
-/// own, each limited to 10 s, so a client that connects and stalls holds
-/// up nobody else.
+/// by the first byte the client sends, within 10 s). Each connection is
+/// sorted out on a task of its own, so one that connects and stalls holds
+/// up nobody else; at most [`MAX_HANDSHAKES`] TLS handshakes run at once
+/// (each within 10 s), connections past that are closed.
 pub struct TlsListener {
     ready: tokio::sync::mpsc::Receiver<(MaybeTls, std::net::SocketAddr)>,
     local: std::net::SocketAddr,
@@ -246,9 +247,6 @@ impl TlsListener {
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             loop {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    return;
-                };
                 let (tcp, addr) = match tcp.accept().await {
                     Ok(c) => c,
                     Err(e) => {
@@ -261,27 +259,36 @@ impl TlsListener {
                     return; // the server is gone
                 }
                 let _ = tcp.set_nodelay(true);
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                let (acceptor, tx, slots) = (acceptor.clone(), tx.clone(), slots.clone());
+                // Each connection is sorted out on a task of its own, so a
+                // client that connects and says nothing holds up nobody.
                 tokio::spawn(async move {
-                    let accept = async {
-                        if plain_too {
-                            let mut first = [0u8; 1];
-                            let n = tcp.peek(&mut first).await?;
-                            if n == 0 || first[0] != TLS_HANDSHAKE {
-                                return Ok(MaybeTls::Plain(tcp));
+                    let limit = std::time::Duration::from_secs(10);
+                    if plain_too {
+                        let mut first = [0u8; 1];
+                        match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+                            Ok(Ok(n)) if n == 0 || first[0] != TLS_HANDSHAKE => {
+                                let _ = tx.send((MaybeTls::Plain(tcp), addr)).await;
+                                return;
                             }
+                            Ok(Ok(_)) => {}
+                            _ => return,
                         }
-                        let tls = acceptor.accept(tcp).await?;
-                        Ok::<_, std::io::Error>(MaybeTls::Tls(Box::new(tls)))
+                    }
+                    // Handshakes cost CPU: at most MAX_HANDSHAKES at once;
+                    // past that, the connection is closed (the client retries).
+                    let Ok(permit) = slots.try_acquire_owned() else {
+                        tracing::debug!(%addr, "too many TLS handshakes at once; closing");
+                        return;
                     };
-                    match tokio::time::timeout(std::time::Duration::from_secs(10), accept).await {
-                        Ok(Ok(conn)) => {
-                            let _ = tx.send((conn, addr)).await;
+                    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            drop(permit);
+                            let _ = tx.send((MaybeTls::Tls(Box::new(tls)), addr)).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%addr, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
                     }
-                    drop(permit);
                 });
             }
         });

@@ -441,7 +441,10 @@ impl Runtime for LocalRuntime {
         let (size, file) = tokio::task::spawn_blocking(move || vols.open_file(&id, &path))
             .await
             .map_err(|e| RuntimeError::Failed(format!("volume task: {e}")))??;
-        Ok((size, Box::new(tokio::fs::File::from_std(file))))
+        // Exactly the size announced, even if a sandbox changes the file
+        // meanwhile.
+        let file = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), size);
+        Ok((size, Box::new(file)))
     }
 
     async fn volume_write(

@@ -182,6 +182,7 @@ impl Volumes {
             templates.provision(&tmp, bytes).map_err(|e| {
                 RuntimeError::Failed(crate::safe_fs::scrub_host_paths(&e.to_string()))
             })?;
+            std::fs::write(dir.join("fresh"), b"").map_err(io("marking", &dir))?;
             std::fs::rename(&tmp, &image).map_err(io("storing", &image))?;
         }
         self.mount(id).map(|_| ())
@@ -224,13 +225,14 @@ impl Volumes {
             None::<&str>,
         )
         .map_err(|e| io("mounting", &fs)(e.into()))?;
-        // A fresh filesystem: its root open to every user of a sandbox (as
-        // Daytona's volumes are), without mkfs's lost+found.
-        let meta = std::fs::metadata(&fs).map_err(io("inspecting", &fs))?;
-        if meta.permissions().mode() & 0o7777 != 0o777 {
+        // A fresh filesystem (first mount): its root open to every user of
+        // a sandbox (as Daytona's volumes are), without mkfs's lost+found.
+        let fresh = dir.join("fresh");
+        if fresh.exists() {
             let _ = std::fs::remove_dir(fs.join("lost+found"));
             std::fs::set_permissions(&fs, std::fs::Permissions::from_mode(0o777))
                 .map_err(io("opening up", &fs))?;
+            let _ = std::fs::remove_file(&fresh);
         }
         Ok(fs)
     }
@@ -464,6 +466,7 @@ impl Volumes {
         let listing_fd = nix::unistd::dup(&dir).map_err(|e| errno(path, e))?;
         let mut listing = nix::dir::Dir::from_fd(listing_fd).map_err(|e| errno(path, e))?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for e in listing.iter() {
             let e = e.map_err(|e| errno(path, e))?;
             let name = e.file_name().to_string_lossy().into_owned();
@@ -481,9 +484,12 @@ impl Volumes {
                 .then(|| nix::fcntl::readlinkat(&dir, e.file_name()).ok())
                 .flatten()
                 .map(|t| t.to_string_lossy().into_owned());
+            bytes += name.len() + link.as_ref().map_or(0, String::len) + 64;
             out.push(entry_of(&name, &st, link));
-            if out.len() > 100_000 {
-                return Err(bad(format!("{path}: more than 100000 entries")));
+            if out.len() > 100_000 || bytes > 8 << 20 {
+                return Err(bad(format!(
+                    "{path}: too many entries to list (at most 100000, 8 MiB)"
+                )));
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

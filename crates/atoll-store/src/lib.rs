@@ -311,11 +311,23 @@ impl Store {
     }
 
     pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let row = sqlx::query(
+        self.api_key_where("key_hash", hash).await
+    }
+
+    pub async fn api_key_by_id(&self, id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.api_key_where("id", id).await
+    }
+
+    async fn api_key_where(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let row = sqlx::query(&format!(
             "SELECT id, organization_id, name, key_hash, key_prefix, role, created_at, expires_at, revoked_at \
-             FROM api_keys WHERE key_hash = $1",
-        )
-        .bind(hash)
+             FROM api_keys WHERE {column} = $1"
+        ))
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.map(|r| ApiKeyRecord {

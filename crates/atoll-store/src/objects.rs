@@ -296,6 +296,15 @@ impl Store {
         Ok(())
     }
 
+    /// How many uploads an organization has open.
+    pub async fn open_uploads(&self, org: &str) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) FROM object_uploads WHERE organization_id = $1")
+            .bind(org)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Bytes of objects and of uploads in progress of an organization.
     pub async fn object_bytes(&self, org: &str) -> Result<i64, StoreError> {
         let row = sqlx::query(

@@ -347,7 +347,7 @@ pub async fn push_access(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
-    let c = crate::object_storage::issue(&s, &p.organization_id, now);
+    let c = crate::object_storage::issue(&s, &p.organization_id, &p.key_id, now);
     Ok(Json(StorageAccess {
         access_key: c.access_key,
         secret: c.secret,

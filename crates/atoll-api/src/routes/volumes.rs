@@ -70,6 +70,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 
+/// Volume uploads streaming at once on this server.
+const MAX_UPLOADS: usize = 32;
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_UPLOADS);
+
 /// `path` (required) and `recursive` of a files request.
 fn file_query(uri: &Uri) -> Result<(String, bool), ApiError> {
     let q = crate::extract::QueryPairs::parse(uri.query());
@@ -145,6 +149,14 @@ pub async fn upload(
 ) -> Result<StatusCode, ApiError> {
     use futures_util::TryStreamExt;
     let (path, _) = file_query(&uri)?;
+    // Each upload holds a runner thread while it streams: a bounded number
+    // at once, so slow clients cannot hold them all.
+    let Ok(_slot) = UPLOADS.try_acquire() else {
+        return Err(ApiError::TooManyRequests {
+            message: format!("at most {MAX_UPLOADS} volume uploads run at once; retry shortly"),
+            retry_after_secs: 2,
+        });
+    };
     let rt = s.volume_runtime(&p, &id).await?;
     let content_type = headers
         .get(header::CONTENT_TYPE)

@@ -169,7 +169,18 @@ fn read_from_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
         let Ok(root) = crate::safe_fs::open_dir(layer) else {
             continue;
         };
-        if let Some(fd) = open_in(&root, rel, OFlag::O_RDONLY | OFlag::O_NOFOLLOW, in_root()) {
+        // Non-blocking, and a regular file only: a FIFO a build step left
+        // at /etc/passwd must not hang the build.
+        if let Some(fd) = open_in(
+            &root,
+            rel,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK,
+            in_root(),
+        ) {
+            let st = nix::sys::stat::fstat(&fd).ok()?;
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+                return None;
+            }
             let mut s = String::new();
             std::fs::File::from(fd)
                 .take(1 << 20)
@@ -181,23 +192,48 @@ fn read_from_layers(layers: &[PathBuf], rel: &str) -> Option<String> {
     None
 }
 
-/// The metadata of directory `rel` in the image: from the uppermost layer
-/// that has it (no symlinks followed). `None`: no layer has it.
-fn image_dir(layers: &[OwnedFd], rel: &str) -> Option<FileStat> {
+/// What the image has at `rel`, as the overlay would show it: the entry of
+/// the uppermost layer that has one.
+enum InImage {
+    Dir(FileStat),
+    /// A symlink, a file, or a whiteout (deleted): nothing to copy into.
+    Other,
+    Missing,
+}
+
+fn in_image(layers: &[OwnedFd], rel: &str) -> InImage {
     let strict = ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
         | ResolveFlag::RESOLVE_NO_XDEV;
+    let (parent, name) = rel.rsplit_once('/').unwrap_or(("", rel));
     for root in layers.iter().rev() {
-        if let Some(fd) = open_in(root, rel, OFlag::O_PATH | OFlag::O_NOFOLLOW, strict) {
-            if let Ok(st) = nix::sys::stat::fstat(&fd) {
-                if is_dir(&st) {
-                    return Some(st);
-                }
-                return None;
-            }
-        }
+        let Some(dir) = open_in(root, parent, OFlag::O_PATH | OFlag::O_DIRECTORY, strict) else {
+            continue;
+        };
+        let Ok(st) = nix::sys::stat::fstatat(&dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+        else {
+            continue;
+        };
+        return if is_dir(&st) {
+            InImage::Dir(st)
+        } else {
+            InImage::Other
+        };
     }
-    None
+    InImage::Missing
+}
+
+/// The metadata of directory `rel` in the image, `None` if it has none
+/// there; an error if the image has something else there (a symlink, as
+/// merged-/usr images have at `/lib`: writing a directory would hide it).
+fn image_dir(layers: &[OwnedFd], rel: &str) -> Result<Option<FileStat>, RuntimeError> {
+    match in_image(layers, rel) {
+        InImage::Dir(st) => Ok(Some(st)),
+        InImage::Missing => Ok(None),
+        InImage::Other => Err(failed(format!(
+            "COPY destination /{rel} is a symlink or a file in the image; copy to the path it resolves to"
+        ))),
+    }
 }
 
 /// What a `COPY` step copies.
@@ -268,7 +304,7 @@ fn write_copy_tar(
     let into_dir = !single_file
         || step.dest.ends_with('/')
         || dest_rel.is_empty()
-        || image_dir(&layer_fds, &dest_rel).is_some();
+        || matches!(in_image(&layer_fds, &dest_rel), InImage::Dir(_));
     let mut b = tar::Builder::new(out);
     b.mode(tar::HeaderMode::Complete);
     let mut stats = TarStats::default();
@@ -281,7 +317,7 @@ fn write_copy_tar(
     };
     for n in 1..=dirs {
         let path = dest_parts[..n].join("/");
-        let existing = image_dir(&layer_fds, &path);
+        let existing = image_dir(&layer_fds, &path)?;
         let mut h = dir_header(existing.as_ref(), step.owner);
         b.append_data(&mut h, &path, std::io::empty())
             .map_err(tar_err(&step.dest))?;
