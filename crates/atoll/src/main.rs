@@ -2,6 +2,7 @@
 //! (`atoll-daemon`) and the sandbox init helper (`atoll-sandbox-init`), so a
 //! single static file is all a host needs.
 
+mod cli;
 mod host;
 mod progress;
 mod runner;
@@ -30,6 +31,47 @@ enum Command {
     /// Run a runner: a compute host of a deployment whose control plane
     /// is `atoll serve` elsewhere (register it with `POST /api/runners`).
     Runner(Box<runner::RunnerArgs>),
+    /// Save the server URL and API key for the commands below (checked
+    /// against the server first).
+    ///
+    /// Example: atoll login --api-url http://127.0.0.1:3000/api --api-key atl_…
+    Login(cli::Endpoint),
+    /// Forget the saved server URL and API key.
+    Logout,
+    /// Print the version.
+    Version,
+    /// Sandboxes: create, list, info, start, stop, delete.
+    Sandbox {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: cli::SandboxCommand,
+    },
+    /// Volumes: create, list, get, delete.
+    Volume {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: cli::VolumeCommand,
+    },
+    /// Run a command in a sandbox; exits with the command's exit code.
+    ///
+    /// Example: atoll exec my-sandbox -- python3 -c 'print(6*7)'
+    Exec {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        /// The sandbox (id or name).
+        sandbox: String,
+        /// Working directory inside the sandbox.
+        #[arg(long)]
+        cwd: Option<String>,
+        /// Seconds before the command is stopped.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Manage images (Daytona "snapshots").
     Image {
         #[command(subcommand)]
@@ -110,6 +152,24 @@ fn main() {
                 insecure_registries,
             })
         }
+        Command::Login(e) => cli::login(e),
+        Command::Logout => cli::logout(),
+        Command::Version => {
+            println!("atoll {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Command::Sandbox { endpoint, command } => cli::sandbox(endpoint, command),
+        Command::Volume { endpoint, command } => cli::volume(endpoint, command),
+        Command::Exec {
+            endpoint,
+            sandbox,
+            cwd,
+            timeout,
+            command,
+        } => match cli::exec(endpoint, sandbox, cwd, timeout, command) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
         Command::Serve(args) => serve::run(*args),
         Command::Runner(args) => runner::run(*args),
         Command::Image {

@@ -1,0 +1,543 @@
+//! The client side of the `atoll` binary: `login`/`logout`, `sandbox …`,
+//! `exec`, `volume …`. It speaks only the public REST and toolbox API, so
+//! it works against any Atoll (or Daytona) endpoint.
+//!
+//! Where it connects: `--api-url`/`--api-key`, else `ATOLL_API_URL` /
+//! `ATOLL_API_KEY`, else `DAYTONA_API_URL` / `DAYTONA_API_KEY`, else the
+//! config file `atoll login` wrote (`$ATOLL_CONFIG`, or
+//! `$XDG_CONFIG_HOME/atoll/config.json`, or `~/.config/atoll/config.json`;
+//! mode 0600). Data goes to stdout (`-o json` or a table), messages to
+//! stderr; exit codes: 0 done, 1 the server refused or failed, 2 bad usage,
+//! and `exec` exits with the command's own code.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Clone)]
+pub struct Endpoint {
+    /// The API's URL, e.g. http://127.0.0.1:3000/api.
+    #[arg(long, global = true)]
+    api_url: Option<String>,
+    /// An API key of that server.
+    #[arg(long, global = true, hide_env_values = true)]
+    api_key: Option<String>,
+    /// Output format of data.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(clap::Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox and wait until it runs.
+    ///
+    /// Example: atoll sandbox create --snapshot general --cpu 2 --env A=1 --label team=ml
+    Create(CreateArgs),
+    /// List sandboxes.
+    List,
+    /// Show one sandbox.
+    Info { sandbox: String },
+    /// Start a stopped sandbox.
+    Start { sandbox: String },
+    /// Stop a sandbox (its disk is kept).
+    Stop { sandbox: String },
+    /// Delete a sandbox.
+    Delete { sandbox: String },
+}
+
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// Name (default: its id).
+    #[arg(long)]
+    name: Option<String>,
+    /// Snapshot to start from.
+    #[arg(long)]
+    snapshot: Option<String>,
+    #[arg(long)]
+    cpu: Option<i64>,
+    /// GiB.
+    #[arg(long)]
+    memory: Option<i64>,
+    /// GiB.
+    #[arg(long)]
+    disk: Option<i64>,
+    /// `KEY=VALUE`, repeatable.
+    #[arg(long = "env", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// `KEY=VALUE`, repeatable.
+    #[arg(long = "label", value_parser = key_value)]
+    labels: Vec<(String, String)>,
+    /// `VOLUME:/mount/path[:ro]`, repeatable (VOLUME an id or a name).
+    #[arg(long = "volume")]
+    volumes: Vec<String>,
+    /// Minutes of inactivity before it stops (0: never).
+    #[arg(long)]
+    auto_stop: Option<i64>,
+    /// No network access beyond the sandbox itself.
+    #[arg(long)]
+    network_block_all: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub enum VolumeCommand {
+    /// Create a volume.
+    Create {
+        name: String,
+        /// Quota, GiB.
+        #[arg(long)]
+        size: Option<i64>,
+    },
+    /// List volumes.
+    List,
+    /// Show one volume (by id or name).
+    Get { volume: String },
+    /// Delete a volume (by id or name).
+    Delete { volume: String },
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+/// What `login` stores.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Config {
+    api_url: String,
+    api_key: String,
+}
+
+fn config_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("ATOLL_CONFIG") {
+        return Ok(PathBuf::from(p));
+    }
+    let base = match std::env::var_os("XDG_CONFIG_HOME") {
+        Some(x) if !x.is_empty() => PathBuf::from(x),
+        _ => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
+            .join(".config"),
+    };
+    Ok(base.join("atoll").join("config.json"))
+}
+
+fn env(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
+/// A connection to one server's API.
+pub struct Client {
+    http: reqwest::Client,
+    api: String,
+    key: String,
+    output: Format,
+}
+
+impl Client {
+    pub fn new(e: &Endpoint) -> Result<Client> {
+        let saved: Option<Config> = config_path()
+            .ok()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let api = e
+            .api_url
+            .clone()
+            .or_else(|| env(&["ATOLL_API_URL", "DAYTONA_API_URL"]))
+            .or_else(|| saved.as_ref().map(|c| c.api_url.clone()))
+            .ok_or_else(|| {
+                anyhow!("not logged in: run `atoll login --api-url URL --api-key KEY`")
+            })?;
+        let key = e
+            .api_key
+            .clone()
+            .or_else(|| env(&["ATOLL_API_KEY", "DAYTONA_API_KEY"]))
+            .or_else(|| saved.as_ref().map(|c| c.api_key.clone()))
+            .ok_or_else(|| anyhow!("no API key: run `atoll login` or set ATOLL_API_KEY"))?;
+        let tls = atoll_remote::tls::client_config().map_err(|e| anyhow!("TLS: {e}"))?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls((*tls).clone())
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .user_agent(concat!("atoll-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("making the HTTP client")?;
+        Ok(Client {
+            http,
+            api: api.trim_end_matches('/').to_string(),
+            key,
+            output: e.output,
+        })
+    }
+
+    async fn call(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value> {
+        let mut req = self.http.request(method, url).bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        })
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+        self.call(method, &format!("{}{path}", self.api), body)
+            .await
+    }
+
+    fn print(&self, v: &Value, columns: &[(&str, &str)]) {
+        let mut out = std::io::stdout().lock();
+        if self.output == Format::Json {
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(v).unwrap_or_default()
+            );
+            return;
+        }
+        let rows: Vec<&Value> = match v {
+            Value::Array(a) => a.iter().collect(),
+            other => vec![other],
+        };
+        let cell = |r: &Value, key: &str| match &r[key] {
+            Value::Null => "-".to_string(),
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let widths: Vec<usize> = columns
+            .iter()
+            .map(|(title, key)| {
+                rows.iter()
+                    .map(|r| cell(r, key).len())
+                    .chain([title.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<String>| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        };
+        let _ = writeln!(
+            out,
+            "{}",
+            line(columns.iter().map(|(t, _)| t.to_string()).collect())
+        );
+        for r in rows {
+            let _ = writeln!(
+                out,
+                "{}",
+                line(columns.iter().map(|(_, k)| cell(r, k)).collect())
+            );
+        }
+    }
+}
+
+const SANDBOX_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("SNAPSHOT", "snapshot"),
+    ("CPU", "cpu"),
+    ("MEMORY", "memory"),
+    ("DISK", "disk"),
+];
+
+const VOLUME_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("SIZE", "size"),
+    ("USED", "usedBytes"),
+];
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// `atoll login`: checks the key against the server, then stores both.
+pub fn login(e: Endpoint) -> Result<()> {
+    let (Some(url), Some(key)) = (
+        e.api_url
+            .clone()
+            .or_else(|| env(&["ATOLL_API_URL", "DAYTONA_API_URL"])),
+        e.api_key
+            .clone()
+            .or_else(|| env(&["ATOLL_API_KEY", "DAYTONA_API_KEY"])),
+    ) else {
+        bail!("give --api-url and --api-key (or ATOLL_API_URL and ATOLL_API_KEY)");
+    };
+    let client = Client::new(&Endpoint {
+        api_url: Some(url.clone()),
+        api_key: Some(key.clone()),
+        output: e.output,
+    })?;
+    let me = runtime()?.block_on(client.api(reqwest::Method::GET, "/users/me", None))?;
+    let path = config_path()?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let body = serde_json::to_vec_pretty(&Config {
+        api_url: url.clone(),
+        api_key: key,
+    })?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&body)?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "Logged in to {url} as {} (saved in {})",
+        me["name"].as_str().or(me["id"].as_str()).unwrap_or("?"),
+        path.display()
+    );
+    Ok(())
+}
+
+/// `atoll logout`: forgets the stored endpoint and key.
+pub fn logout() -> Result<()> {
+    let path = config_path()?;
+    match std::fs::remove_file(&path) {
+        Ok(()) => eprintln!("Logged out ({} removed)", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("Not logged in"),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+    Ok(())
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        match cmd {
+            SandboxCommand::List => {
+                let mut v = c.api(Method::GET, "/sandbox", None).await?;
+                // A page (`{items, …}`) or a plain list, as servers answer.
+                if let Some(items) = v.get_mut("items").map(Value::take) {
+                    v = items;
+                }
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+            SandboxCommand::Info { sandbox } => {
+                let v = c.api(Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None).await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+            SandboxCommand::Start { sandbox } => {
+                let v = c
+                    .api(Method::POST, &format!("/sandbox/{}/start", enc(&sandbox)), None)
+                    .await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+            SandboxCommand::Stop { sandbox } => {
+                let v = c
+                    .api(Method::POST, &format!("/sandbox/{}/stop", enc(&sandbox)), None)
+                    .await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+            SandboxCommand::Delete { sandbox } => {
+                c.api(Method::DELETE, &format!("/sandbox/{}", enc(&sandbox)), None)
+                    .await?;
+                eprintln!("Deleted {sandbox}");
+            }
+            SandboxCommand::Create(a) => {
+                let mut volumes = Vec::new();
+                for v in &a.volumes {
+                    let mut parts = v.splitn(3, ':');
+                    let (Some(id), Some(path)) = (parts.next(), parts.next()) else {
+                        bail!("--volume {v:?}: use VOLUME:/mount/path[:ro]");
+                    };
+                    let read_only = match parts.next() {
+                        None => false,
+                        Some("ro") => true,
+                        Some(other) => bail!("--volume {v:?}: unknown mode {other:?} (ro)"),
+                    };
+                    volumes.push(json!({"volumeId": id, "mountPath": path, "readOnly": read_only}));
+                }
+                let mut body = json!({
+                    "env": a.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "labels": a.labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+                    "volumes": volumes,
+                    "networkBlockAll": a.network_block_all,
+                });
+                for (k, v) in [
+                    ("name", a.name.map(Value::from)),
+                    ("snapshot", a.snapshot.map(Value::from)),
+                    ("cpu", a.cpu.map(Value::from)),
+                    ("memory", a.memory.map(Value::from)),
+                    ("disk", a.disk.map(Value::from)),
+                    ("autoStopInterval", a.auto_stop.map(Value::from)),
+                ] {
+                    if let Some(v) = v {
+                        body[k] = v;
+                    }
+                }
+                let v = c.api(Method::POST, "/sandbox", Some(body)).await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn volume(e: Endpoint, cmd: VolumeCommand) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        // A volume by id, else by name.
+        let find = |v: String| {
+            let c = &c;
+            async move {
+                match c
+                    .api(Method::GET, &format!("/volumes/{}", enc(&v)), None)
+                    .await
+                {
+                    Ok(found) => Ok(found),
+                    Err(_) => {
+                        c.api(Method::GET, &format!("/volumes/by-name/{}", enc(&v)), None)
+                            .await
+                    }
+                }
+            }
+        };
+        match cmd {
+            VolumeCommand::Create { name, size } => {
+                let mut body = json!({ "name": name });
+                if let Some(s) = size {
+                    body["size"] = s.into();
+                }
+                let v = c.api(Method::POST, "/volumes", Some(body)).await?;
+                c.print(&v, VOLUME_COLUMNS);
+            }
+            VolumeCommand::List => {
+                let v = c.api(Method::GET, "/volumes", None).await?;
+                c.print(&v, VOLUME_COLUMNS);
+            }
+            VolumeCommand::Get { volume } => {
+                let v = find(volume).await?;
+                c.print(&v, VOLUME_COLUMNS);
+            }
+            VolumeCommand::Delete { volume } => {
+                let v = find(volume.clone()).await?;
+                let id = v["id"].as_str().unwrap_or_default().to_string();
+                c.api(Method::DELETE, &format!("/volumes/{}", enc(&id)), None)
+                    .await?;
+                eprintln!("Deleted volume {volume}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Quotes an argv for `sh -c`.
+fn shell_join(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `atoll exec SANDBOX -- CMD…`: runs the command in the sandbox, prints
+/// its output, and returns its exit code.
+pub fn exec(
+    e: Endpoint,
+    sandbox: String,
+    cwd: Option<String>,
+    timeout: u64,
+    argv: Vec<String>,
+) -> Result<i32> {
+    if argv.is_empty() {
+        bail!("give the command after `--`, e.g. atoll exec my-sandbox -- ls -la");
+    }
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        let sb = c
+            .api(Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None)
+            .await?;
+        let id = sb["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no id in the answer"))?;
+        let toolbox = sb["toolboxProxyUrl"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?
+            .trim_end_matches('/');
+        let command = if argv.len() == 1 {
+            argv[0].clone()
+        } else {
+            shell_join(&argv)
+        };
+        let mut body =
+            json!({ "command": format!("sh -c {}", shell_join(&[command])), "timeout": timeout });
+        if let Some(cwd) = cwd {
+            body["cwd"] = cwd.into();
+        }
+        let r = c
+            .call(
+                Method::POST,
+                &format!("{toolbox}/{id}/process/execute"),
+                Some(body),
+            )
+            .await?;
+        let output = r["result"].as_str().unwrap_or_default();
+        if c.output == Format::Json {
+            c.print(&r, &[]);
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(output.as_bytes());
+            let _ = out.flush();
+        }
+        Ok(r["exitCode"].as_i64().unwrap_or(1) as i32)
+    })
+}

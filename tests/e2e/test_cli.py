@@ -1,0 +1,98 @@
+"""The `atoll` CLI against a real server: login (the key checked, stored
+0600), sandbox create/list/info/stop/start/delete in table and JSON,
+exec with the command's exit code, volumes, and clear errors with
+meaningful exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import stat
+import subprocess
+
+import pytest
+
+
+@pytest.fixture
+def cli(atoll_bin, server, tmp_path):
+    config = tmp_path / "atoll" / "config.json"
+    base_env = {k: v for k, v in os.environ.items()
+                if not k.startswith(("DAYTONA_", "ATOLL_API_"))}
+    base_env["ATOLL_CONFIG"] = str(config)
+
+    def run(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        p = subprocess.run([str(atoll_bin), *args], capture_output=True, text=True, timeout=180,
+                           env={**base_env, **(env or {})})
+        if check:
+            assert p.returncode == 0, f"atoll {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+        return p
+
+    run.config = config
+    return run
+
+
+def test_login_create_exec_and_delete(cli, server):
+    # Not logged in: a clear message and exit code 1.
+    p = cli("sandbox", "list", check=False)
+    assert p.returncode == 1 and "not logged in" in p.stderr
+    # A wrong key is refused at login, and nothing is stored.
+    p = cli("login", "--api-url", server.api_url, "--api-key", "atl_wrong", check=False)
+    assert p.returncode == 1 and "401" in p.stderr and not cli.config.exists()
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    assert stat.S_IMODE(cli.config.stat().st_mode) == 0o600
+    assert json.loads(cli.config.read_text())["apiUrl"] == server.api_url
+
+    name = f"cli-{secrets.token_hex(3)}"
+    created = json.loads(cli("sandbox", "create", "--name", name, "--env", "GREETING=hi there",
+                             "--label", "team=cli", "-o", "json").stdout)
+    assert created["state"] == "started" and created["labels"]["team"] == "cli"
+    try:
+        table = cli("sandbox", "list").stdout
+        assert table.splitlines()[0].split()[:3] == ["ID", "NAME", "STATE"]
+        assert name in table and "started" in table
+        # exec: output on stdout, the command's exit code.
+        p = cli("exec", name, "--", "sh", "-c", "echo $GREETING; echo err >&2; exit 3", check=False)
+        assert p.returncode == 3, p
+        assert "hi there" in p.stdout
+        p = cli("exec", name, "--cwd", "/tmp", "--", "pwd")
+        assert p.stdout.strip() == "/tmp"
+        # Arguments with spaces and quotes arrive as given.
+        p = cli("exec", name, "--", "printf", "%s|", "a b", "it's")
+        assert p.stdout == "a b|it's|"
+        assert json.loads(cli("sandbox", "stop", name, "-o", "json").stdout)["state"] == "stopped"
+        assert json.loads(cli("sandbox", "start", name, "-o", "json").stdout)["state"] == "started"
+        info = cli("sandbox", "info", created["id"]).stdout
+        assert created["id"] in info
+    finally:
+        cli("sandbox", "delete", name)
+    p = cli("sandbox", "info", name, check=False)
+    assert p.returncode == 1 and "404" in p.stderr
+    # Environment variables beat the stored login.
+    p = cli("sandbox", "list", env={"ATOLL_API_KEY": "atl_wrong"}, check=False)
+    assert p.returncode == 1 and "401" in p.stderr
+    # Bad usage: exit code 2 from the argument parser.
+    assert cli("exec", name, check=False).returncode == 2
+    cli("logout")
+    assert not cli.config.exists()
+
+
+def test_volumes_from_the_cli(cli, server):
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    name = f"clivol-{secrets.token_hex(3)}"
+    vol = json.loads(cli("volume", "create", name, "--size", "1", "-o", "json").stdout)
+    assert vol["state"] == "ready" and vol["size"] == 1
+    assert name in cli("volume", "list").stdout
+    sb = json.loads(cli("sandbox", "create", "--volume", f"{name}:/data", "-o", "json").stdout)
+    ro = json.loads(cli("sandbox", "create", "--volume", f"{name}:/data:ro", "-o", "json").stdout)
+    try:
+        cli("exec", sb["id"], "--", "sh", "-c", "echo shared > /data/f")
+        assert cli("exec", ro["id"], "--", "cat", "/data/f").stdout.strip() == "shared"
+        assert cli("exec", ro["id"], "--", "touch", "/data/g", check=False).returncode != 0
+        p = cli("volume", "delete", name, check=False)
+        assert p.returncode == 1 and "in use" in p.stderr
+    finally:
+        cli("sandbox", "delete", sb["id"])
+        cli("sandbox", "delete", ro["id"])
+    cli("volume", "delete", name)
+    assert name not in cli("volume", "list").stdout
