@@ -96,3 +96,41 @@ def test_volumes_from_the_cli(cli, server):
         cli("sandbox", "delete", ro["id"])
     cli("volume", "delete", name)
     assert name not in cli("volume", "list").stdout
+
+
+def test_cp_preview_url_and_snapshots(cli, server, tmp_path):
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    sb = json.loads(cli("sandbox", "create", "-o", "json").stdout)
+    try:
+        local = tmp_path / "in.bin"
+        data = os.urandom(3 << 20)
+        local.write_bytes(data)
+        cli("cp", str(local), f"{sb['id']}:/home/daytona/in.bin")
+        assert cli("exec", sb["id"], "--", "sha256sum", "/home/daytona/in.bin").stdout.split()[0] == \
+            __import__("hashlib").sha256(data).hexdigest()
+        back = tmp_path / "out.bin"
+        cli("cp", f"{sb['id']}:/home/daytona/in.bin", str(back))
+        assert back.read_bytes() == data
+        p = cli("cp", f"{sb['id']}:/nope", str(tmp_path / "x"), check=False)
+        assert p.returncode == 1 and not (tmp_path / "x").exists()
+        assert cli("cp", "a", "b", check=False).returncode == 1
+        url = json.loads(cli("preview-url", sb["id"], "8080", "-o", "json").stdout)["url"]
+        assert sb["id"] in url and "8080" in url
+    finally:
+        cli("sandbox", "delete", sb["id"])
+
+    from oci_images import Registry, busybox_base, push_image
+    registry = Registry()
+    try:
+        push_image(registry, "cli/base", "1", [busybox_base().raw()])
+        name = f"clisnap-{secrets.token_hex(3)}"
+        snap = json.loads(cli("snapshot", "create", name, "--image", f"{registry.host}/cli/base:1",
+                              "-o", "json").stdout)
+        assert snap["state"] == "active"
+        assert name in cli("snapshot", "list").stdout
+        cli("snapshot", "delete", name)
+        assert name not in cli("snapshot", "list").stdout
+        p = cli("snapshot", "create", f"bad-{name}", "--image", f"{registry.host}/cli/missing:1", check=False)
+        assert p.returncode == 1 and "failed" in p.stderr
+    finally:
+        registry.stop()

@@ -86,6 +86,23 @@ pub struct CreateArgs {
 }
 
 #[derive(clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Make a snapshot from a registry image and wait until it is active.
+    ///
+    /// Example: atoll snapshot create py312 --image python:3.12-slim
+    Create {
+        name: String,
+        /// The registry image (`python:3.12-slim`, `host:5000/app:1`).
+        #[arg(long)]
+        image: String,
+    },
+    /// List snapshots.
+    List,
+    /// Delete a snapshot (by name or id).
+    Delete { snapshot: String },
+}
+
+#[derive(clap::Subcommand)]
 pub enum VolumeCommand {
     /// Create a volume.
     Create {
@@ -269,6 +286,14 @@ const SANDBOX_COLUMNS: &[(&str, &str)] = &[
     ("CPU", "cpu"),
     ("MEMORY", "memory"),
     ("DISK", "disk"),
+];
+
+const SNAPSHOT_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("IMAGE", "imageName"),
+    ("SIZE", "size"),
 ];
 
 const VOLUME_COLUMNS: &[(&str, &str)] = &[
@@ -539,5 +564,188 @@ pub fn exec(
             let _ = out.flush();
         }
         Ok(r["exitCode"].as_i64().unwrap_or(1) as i32)
+    })
+}
+
+pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        match cmd {
+            SnapshotCommand::List => {
+                let mut v = c.api(Method::GET, "/snapshots?limit=200", None).await?;
+                if let Some(items) = v.get_mut("items").map(Value::take) {
+                    v = items;
+                }
+                c.print(&v, SNAPSHOT_COLUMNS);
+            }
+            SnapshotCommand::Create { name, image } => {
+                let mut v = c
+                    .api(
+                        Method::POST,
+                        "/snapshots",
+                        Some(json!({ "name": name, "imageName": image })),
+                    )
+                    .await?;
+                let id = v["id"].as_str().unwrap_or_default().to_string();
+                eprint!("Pulling {image} ");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
+                while !matches!(
+                    v["state"].as_str(),
+                    Some("active" | "error" | "build_failed")
+                ) {
+                    if std::time::Instant::now() > deadline {
+                        bail!("snapshot {name} is still {} after 30 minutes", v["state"]);
+                    }
+                    eprint!(".");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    v = c
+                        .api(Method::GET, &format!("/snapshots/{}", enc(&id)), None)
+                        .await?;
+                }
+                eprintln!();
+                if v["state"] != "active" {
+                    bail!(
+                        "snapshot {name} failed: {}",
+                        v["errorReason"].as_str().unwrap_or("no reason given")
+                    );
+                }
+                c.print(&v, SNAPSHOT_COLUMNS);
+            }
+            SnapshotCommand::Delete { snapshot } => {
+                let v = c
+                    .api(Method::GET, &format!("/snapshots/{}", enc(&snapshot)), None)
+                    .await?;
+                let id = v["id"].as_str().unwrap_or_default().to_string();
+                c.api(Method::DELETE, &format!("/snapshots/{}", enc(&id)), None)
+                    .await?;
+                eprintln!("Deleted snapshot {snapshot}");
+            }
+        }
+        Ok(())
+    })
+}
+
+/// `atoll preview-url SANDBOX PORT`: the URL (and token) of a port.
+pub fn preview_url(e: Endpoint, sandbox: String, port: u16) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        let v = c
+            .api(
+                reqwest::Method::GET,
+                &format!("/sandbox/{}/ports/{port}/preview-url", enc(&sandbox)),
+                None,
+            )
+            .await?;
+        c.print(&v, &[("URL", "url"), ("TOKEN", "token")]);
+        Ok(())
+    })
+}
+
+/// A `SANDBOX:/path` argument of `cp`.
+fn remote_path(s: &str) -> Option<(&str, &str)> {
+    let (sandbox, path) = s.split_once(':')?;
+    (!sandbox.is_empty() && path.starts_with('/')).then_some((sandbox, path))
+}
+
+/// `atoll cp`: a local file into a sandbox (`cp FILE SANDBOX:/path`) or
+/// out of one (`cp SANDBOX:/path FILE`), streamed both ways.
+pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
+    use futures_util::StreamExt;
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        let toolbox = |sandbox: &str| {
+            let c = &c;
+            let sandbox = sandbox.to_string();
+            async move {
+                let sb = c
+                    .api(reqwest::Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None)
+                    .await?;
+                let id = sb["id"].as_str().unwrap_or_default().to_string();
+                let base = sb["toolboxProxyUrl"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?
+                    .trim_end_matches('/')
+                    .to_string();
+                Ok::<_, anyhow::Error>(format!("{base}/{id}"))
+            }
+        };
+        match (remote_path(&from), remote_path(&to)) {
+            (None, Some((sandbox, path))) => {
+                let file = tokio::fs::File::open(&from)
+                    .await
+                    .with_context(|| format!("opening {from}"))?;
+                let size = file.metadata().await?.len();
+                let name = std::path::Path::new(&from)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().replace('"', ""))
+                    .unwrap_or_else(|| "file".into());
+                let boundary = format!("atoll-{}", uuid::Uuid::new_v4().simple());
+                let head = format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                );
+                let tail = format!("\r\n--{boundary}--\r\n");
+                let length = head.len() as u64 + size + tail.len() as u64;
+                let body = futures_util::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(head))
+                })
+                .chain(tokio_util::io::ReaderStream::new(file))
+                .chain(futures_util::stream::once(async move {
+                    Ok::<_, std::io::Error>(bytes::Bytes::from(tail))
+                }));
+                let url = format!("{}/files/upload?path={}", toolbox(sandbox).await?, enc(path));
+                let resp = c
+                    .http
+                    .post(&url)
+                    .bearer_auth(&c.key)
+                    .header(
+                        reqwest::header::CONTENT_TYPE,
+                        format!("multipart/form-data; boundary={boundary}"),
+                    )
+                    .header(reqwest::header::CONTENT_LENGTH, length)
+                    .body(reqwest::Body::wrap_stream(body))
+                    .send()
+                    .await
+                    .with_context(|| format!("reaching {url}"))?;
+                if !resp.status().is_success() {
+                    let status = resp.status();
+                    bail!("{status}: {}", resp.text().await.unwrap_or_default());
+                }
+                eprintln!("Copied {from} to {to} ({size} bytes)");
+            }
+            (Some((sandbox, path)), None) => {
+                let url = format!("{}/files/download?path={}", toolbox(sandbox).await?, enc(path));
+                let resp = c
+                    .http
+                    .get(&url)
+                    .bearer_auth(&c.key)
+                    .send()
+                    .await
+                    .with_context(|| format!("reaching {url}"))?;
+                if !resp.status().is_success() {
+                    let status = resp.status();
+                    bail!("{status}: {}", resp.text().await.unwrap_or_default());
+                }
+                let tmp = format!("{to}.atoll-part");
+                let mut out = tokio::fs::File::create(&tmp)
+                    .await
+                    .with_context(|| format!("creating {tmp}"))?;
+                let mut stream = resp.bytes_stream();
+                let mut n = 0u64;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.context("reading the download")?;
+                    n += chunk.len() as u64;
+                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+                }
+                tokio::io::AsyncWriteExt::flush(&mut out).await?;
+                drop(out);
+                tokio::fs::rename(&tmp, &to)
+                    .await
+                    .with_context(|| format!("writing {to}"))?;
+                eprintln!("Copied {from} to {to} ({n} bytes)");
+            }
+            _ => bail!("one side must be SANDBOX:/absolute/path and the other a local file"),
+        }
+        Ok(())
     })
 }

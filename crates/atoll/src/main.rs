@@ -47,6 +47,29 @@ enum Command {
         #[command(subcommand)]
         command: cli::SandboxCommand,
     },
+    /// Snapshots: create (from a registry image), list, delete.
+    Snapshot {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: cli::SnapshotCommand,
+    },
+    /// Copy a file into or out of a sandbox.
+    ///
+    /// Example: atoll cp ./data.csv my-sandbox:/home/daytona/data.csv
+    Cp {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        from: String,
+        to: String,
+    },
+    /// The preview URL (and token) of a port of a sandbox.
+    PreviewUrl {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        sandbox: String,
+        port: u16,
+    },
     /// Volumes: create, list, get, delete.
     Volume {
         #[command(flatten)]
@@ -160,6 +183,13 @@ fn main() {
         }
         Command::Sandbox { endpoint, command } => cli::sandbox(endpoint, command),
         Command::Volume { endpoint, command } => cli::volume(endpoint, command),
+        Command::Snapshot { endpoint, command } => cli::snapshot(endpoint, command),
+        Command::Cp { endpoint, from, to } => cli::cp(endpoint, from, to),
+        Command::PreviewUrl {
+            endpoint,
+            sandbox,
+            port,
+        } => cli::preview_url(endpoint, sandbox, port),
         Command::Exec {
             endpoint,
             sandbox,
