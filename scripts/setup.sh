@@ -71,6 +71,7 @@ from importlib.metadata import version
 assert version("daytona") == sys.argv[1]
 version("pytest")
 version("moto")
+version("mcp")
 EOF
 }
 if ! venv_ok; then
@@ -78,8 +79,8 @@ if ! venv_ok; then
         say "creating .venv with $PYTHON"
         "$PYTHON" -m venv .venv
     fi
-    say "installing daytona==$DAYTONA_SDK_VERSION, pytest and moto (a local S3 for the archive tests) into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28"
+    say "installing daytona==$DAYTONA_SDK_VERSION, pytest, moto (a local S3 for the archive tests) and mcp (the client of the MCP tests) into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28" "mcp==2.3.0"
     venv_ok || { say "the venv at .venv is still incomplete"; exit 1; }
 fi
 

@@ -28,6 +28,22 @@ pub struct Endpoint {
     output: Format,
 }
 
+impl Endpoint {
+    /// The API URL given by flag or environment (not the saved login).
+    pub fn url(&self) -> Option<String> {
+        self.api_url
+            .clone()
+            .or_else(|| env(&["ATOLL_API_URL", "DAYTONA_API_URL"]))
+    }
+
+    /// The API key given by flag or environment.
+    pub fn key(&self) -> Option<String> {
+        self.api_key
+            .clone()
+            .or_else(|| env(&["ATOLL_API_KEY", "DAYTONA_API_KEY"]))
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Table,
@@ -194,7 +210,43 @@ impl Client {
         })
     }
 
-    async fn call(&self, method: reqwest::Method, url: &str, body: Option<Value>) -> Result<Value> {
+    /// A request with an optional raw body (content type, bytes); the
+    /// answer's bytes, or the server's message as the error.
+    pub(crate) async fn raw(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<(String, Vec<u8>)>,
+    ) -> Result<Vec<u8>> {
+        let mut req = self.http.request(method, url).bearer_auth(&self.key);
+        if let Some((content_type, bytes)) = body {
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.unwrap_or_default().to_vec();
+        if !status.is_success() {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        Ok(bytes)
+    }
+
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut req = self.http.request(method, url).bearer_auth(&self.key);
         if let Some(b) = body {
             req = req.json(&b);
@@ -219,7 +271,12 @@ impl Client {
         })
     }
 
-    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    pub(crate) async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         self.call(method, &format!("{}{path}", self.api), body)
             .await
     }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod host;
+mod mcp;
 mod progress;
 mod runner;
 mod serve;
@@ -95,11 +96,29 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The Model Context Protocol server agents (Claude Desktop, Cursor,
+    /// Windsurf) drive sandboxes through.
+    Mcp {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: McpCommand,
+    },
     /// Manage images (Daytona "snapshots").
     Image {
         #[command(subcommand)]
         command: ImageCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum McpCommand {
+    /// Serve MCP on stdin/stdout.
+    Start,
+    /// Print the JSON an MCP client's config takes.
+    Config,
+    /// Add atoll to an MCP client's config file: claude, cursor or windsurf.
+    Init { client: String },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +218,11 @@ fn main() {
         } => match cli::exec(endpoint, sandbox, cwd, timeout, command) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
+        },
+        Command::Mcp { endpoint, command } => match command {
+            McpCommand::Start => mcp::start(endpoint),
+            McpCommand::Config => mcp::config(endpoint),
+            McpCommand::Init { client } => mcp::init(endpoint, &client),
         },
         Command::Serve(args) => serve::run(*args),
         Command::Runner(args) => runner::run(*args),
