@@ -261,6 +261,27 @@ pub struct VolumeDto {
     pub used_bytes: Option<i64>,
 }
 
+/// Daytona's `SshAccessDto`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshAccess {
+    pub id: String,
+    pub sandbox_id: String,
+    pub token: String,
+    pub expires_at: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub ssh_command: String,
+}
+
+/// Daytona's `SshAccessValidationDto`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SshAccessValidation {
+    pub valid: bool,
+    pub sandbox_id: String,
+}
+
 /// Daytona's `ForkSandbox`.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

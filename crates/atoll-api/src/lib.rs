@@ -24,6 +24,7 @@ pub mod secrets;
 pub mod service;
 pub mod signing;
 pub mod snapshots;
+pub mod ssh_access;
 pub mod volumes;
 pub mod warm_pool;
 
@@ -102,6 +103,9 @@ pub struct AppState {
     pub runner_regions: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
     /// This process, as the holder of leases (random per start).
     pub server_id: Arc<String>,
+    /// The SSH gateway's port (`atoll serve --ssh-listen`), for the
+    /// `sshCommand` of SSH access; `None`: 2222.
+    pub ssh_port: Option<u16>,
     /// Where the SDKs upload build contexts (`https://…/s3`, see
     /// [`object_storage`]); `None`: this server has no HTTPS listener.
     pub storage_url: Option<Arc<String>>,
@@ -134,6 +138,7 @@ impl AppState {
             ),
             cpu_readings: Arc::default(),
             storage_url: None,
+            ssh_port: None,
             preview_secret: Arc::new(preview_secret),
             secrets_key: Arc::new(secrets::SecretsKey::random().expect("the OS gives randomness")),
             warm_pool_wake: Arc::default(),
@@ -409,6 +414,14 @@ pub fn router(state: AppState) -> Router {
         .route("/volumes/{id}/files/upload", post(volumes::upload))
         .route("/sandbox/{id}/snapshot", post(sandbox::snapshot))
         .route("/sandbox/{id}/fork", post(sandbox::fork))
+        .route(
+            "/sandbox/{id}/ssh-access",
+            post(sandbox::create_ssh_access).delete(sandbox::revoke_ssh_access),
+        )
+        .route(
+            "/sandbox/ssh-access/validate",
+            get(sandbox::validate_ssh_access),
+        )
         .route("/sandbox/{id}/forks", get(sandbox::forks))
         .route("/sandbox/{id}/parent", get(sandbox::parent))
         .route("/sandbox/{id}/ancestors", get(sandbox::ancestors))

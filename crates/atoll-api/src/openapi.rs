@@ -31,11 +31,11 @@ use utoipa::OpenApi;
         snapshots::create, snapshots::delete, snapshots::activate, snapshots::deactivate,
         snapshots::build_logs, snapshots::build_logs_url, snapshots::push_access, volumes::list, volumes::create, volumes::get, volumes::by_name, volumes::delete, volumes::list_files, volumes::download, volumes::upload, volumes::delete_file, snapshots::create_registry,
         snapshots::list_registries, snapshots::get_registry, snapshots::update_registry,
-        snapshots::delete_registry, sandbox::snapshot, sandbox::fork, sandbox::forks, sandbox::parent, sandbox::ancestors, sandbox::build_logs, sandbox::build_logs_url,
+        snapshots::delete_registry, sandbox::snapshot, sandbox::fork, sandbox::create_ssh_access, sandbox::revoke_ssh_access, sandbox::validate_ssh_access, sandbox::forks, sandbox::parent, sandbox::ancestors, sandbox::build_logs, sandbox::build_logs_url,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
-        dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots, dto::StorageAccess, dto::VolumeDto, dto::CreateVolume, dto::VolumeFile, dto::ForkSandbox,
+        dto::SandboxLabels, dto::ToolboxProxyUrl, dto::SnapshotDto, dto::PaginatedSnapshots, dto::StorageAccess, dto::VolumeDto, dto::CreateVolume, dto::VolumeFile, dto::ForkSandbox, dto::SshAccess, dto::SshAccessValidation,
         dto::ResizeSandbox, dto::UpdateNetworkSettings, dto::PortPreviewUrl, dto::SignedPortPreviewUrl, dto::CreateOrganization, dto::CreatedOrganization, dto::OrganizationDto, dto::Health,
         dto::UpdateOrganizationQuota, dto::OrganizationUsage, dto::OrganizationQuota,
         dto::User, dto::Region, dto::PaginatedSandboxes,

@@ -9,6 +9,7 @@ mod records;
 mod runners;
 mod secrets;
 mod snapshots;
+mod ssh_access;
 mod volumes;
 mod warm_pools;
 
@@ -20,6 +21,7 @@ pub use records::{
 pub use runners::{RunnerAllocation, RunnerFlag, RunnerHealth, RunnerRecord};
 pub use secrets::SecretRecord;
 pub use snapshots::{RegistryRecord, SnapshotRecord};
+pub use ssh_access::SshAccessRecord;
 pub use volumes::VolumeRecord;
 pub use warm_pools::WarmPoolRecord;
 
@@ -650,7 +652,7 @@ impl Store {
             .bind(id)
             .execute(&self.pool)
             .await?;
-        for table in ["sandbox_signing_keys", "sandbox_metrics"] {
+        for table in ["sandbox_signing_keys", "sandbox_metrics", "ssh_access"] {
             sqlx::query(&format!("DELETE FROM {table} WHERE sandbox_id = $1"))
                 .bind(id)
                 .execute(&self.pool)

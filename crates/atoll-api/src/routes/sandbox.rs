@@ -734,3 +734,51 @@ pub async fn ancestors(
 ) -> Result<Json<Vec<Sandbox>>, ApiError> {
     Ok(Json(s.sandbox_ancestors(&p, &id).await?))
 }
+
+#[utoipa::path(post, path = "/api/sandbox/{sandboxIdOrName}/ssh-access",
+    params(("sandboxIdOrName" = String, Path), ("expiresInMinutes" = Option<i64>, Query)),
+    responses((status = 200, body = crate::dto::SshAccess), (status = 400), (status = 404)))]
+pub async fn create_ssh_access(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<crate::dto::SshAccess>, ApiError> {
+    let q = crate::extract::QueryPairs::parse(uri.query());
+    let minutes = q.int("expiresInMinutes")?;
+    Ok(Json(s.create_ssh_access(&p, &id, minutes).await?))
+}
+
+#[utoipa::path(delete, path = "/api/sandbox/{sandboxIdOrName}/ssh-access",
+    params(("sandboxIdOrName" = String, Path), ("token" = Option<String>, Query)),
+    responses((status = 200, body = Sandbox), (status = 404)))]
+pub async fn revoke_ssh_access(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    uri: axum::http::Uri,
+) -> Result<Json<Sandbox>, ApiError> {
+    let q = crate::extract::QueryPairs::parse(uri.query());
+    let token =
+        q.0.iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.clone());
+    Ok(Json(s.revoke_ssh_access(&p, &id, token.as_deref()).await?))
+}
+
+#[utoipa::path(get, path = "/api/sandbox/ssh-access/validate",
+    params(("token" = String, Query)),
+    responses((status = 200, body = crate::dto::SshAccessValidation)))]
+pub async fn validate_ssh_access(
+    State(s): State<AppState>,
+    p: Principal,
+    uri: axum::http::Uri,
+) -> Result<Json<crate::dto::SshAccessValidation>, ApiError> {
+    let q = crate::extract::QueryPairs::parse(uri.query());
+    let token =
+        q.0.iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+    Ok(Json(s.validate_ssh_access(&p, &token).await?))
+}
