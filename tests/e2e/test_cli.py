@@ -134,3 +134,22 @@ def test_cp_preview_url_and_snapshots(cli, server, tmp_path):
         assert p.returncode == 1 and "failed" in p.stderr
     finally:
         registry.stop()
+
+
+def test_yaml_output_and_shell_completions(cli, server, tmp_path):
+    import yaml
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    sb = json.loads(cli("sandbox", "create", "--label", "a=b c", "-o", "json").stdout)
+    try:
+        doc = yaml.safe_load(cli("sandbox", "info", sb["id"], "-o", "yaml").stdout)
+        assert doc["id"] == sb["id"] and doc["labels"] == {"a": "b c"} and doc["state"] == "started"
+        listed = yaml.safe_load(cli("sandbox", "list", "-o", "yaml").stdout)
+        assert any(s["id"] == sb["id"] for s in listed)
+    finally:
+        cli("sandbox", "delete", sb["id"])
+    script = tmp_path / "atoll.bash"
+    script.write_text(cli("completion", "bash").stdout)
+    assert "_atoll()" in script.read_text()
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    assert "#compdef atoll" in cli("completion", "zsh").stdout
+    assert cli("completion", "tcsh", check=False).returncode == 2

@@ -48,6 +48,58 @@ impl Endpoint {
 pub enum Format {
     Table,
     Json,
+    Yaml,
+}
+
+/// `v` as YAML (block style; strings quoted as JSON strings, which YAML
+/// reads as double-quoted scalars).
+fn yaml(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, item) in m {
+                let key = serde_json::to_string(k).unwrap_or_default();
+                match item {
+                    Value::Object(o) if !o.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        yaml(item, indent + 2, out);
+                    }
+                    Value::Array(a) if !a.is_empty() => {
+                        out.push_str(&format!("{pad}{key}:\n"));
+                        yaml(item, indent, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{key}: {}\n", scalar(item))),
+                }
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for item in a {
+                match item {
+                    Value::Object(o) if !o.is_empty() => {
+                        let mut inner = String::new();
+                        yaml(item, indent + 2, &mut inner);
+                        let inner = inner.trim_start().to_string();
+                        out.push_str(&format!("{pad}- {inner}"));
+                    }
+                    Value::Array(x) if !x.is_empty() => {
+                        out.push_str(&format!("{pad}-\n"));
+                        yaml(item, indent + 2, out);
+                    }
+                    _ => out.push_str(&format!("{pad}- {}\n", scalar(item))),
+                }
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Object(_) => "{}".into(),
+        Value::Array(_) => "[]".into(),
+        other => serde_json::to_string(other).unwrap_or_default(),
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -289,6 +341,12 @@ impl Client {
                 "{}",
                 serde_json::to_string_pretty(v).unwrap_or_default()
             );
+            return;
+        }
+        if self.output == Format::Yaml {
+            let mut text = String::new();
+            yaml(v, 0, &mut text);
+            let _ = out.write_all(text.as_bytes());
             return;
         }
         let rows: Vec<&Value> = match v {
@@ -613,7 +671,7 @@ pub fn exec(
             )
             .await?;
         let output = r["result"].as_str().unwrap_or_default();
-        if c.output == Format::Json {
+        if c.output != Format::Table {
             c.print(&r, &[]);
         } else {
             let mut out = std::io::stdout().lock();

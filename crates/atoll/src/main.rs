@@ -41,6 +41,10 @@ enum Command {
     Logout,
     /// Print the version.
     Version,
+    /// Print a shell completion script: bash, zsh, fish, elvish or powershell.
+    ///
+    /// Example: atoll completion bash > /etc/bash_completion.d/atoll
+    Completion { shell: clap_complete::Shell },
     /// Sandboxes: create, list, info, start, stop, delete.
     Sandbox {
         #[command(flatten)]
@@ -196,6 +200,15 @@ fn main() {
         }
         Command::Login(e) => cli::login(e),
         Command::Logout => cli::logout(),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "atoll", &mut script);
+            use std::io::Write;
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::stdout().write_all(&script);
+            Ok(())
+        }
         Command::Version => {
             println!("atoll {}", env!("CARGO_PKG_VERSION"));
             Ok(())
