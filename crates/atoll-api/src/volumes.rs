@@ -166,7 +166,8 @@ impl AppState {
             Some(n) => n,
             None => id.clone(),
         };
-        let size = req.size.unwrap_or(DEFAULT_SIZE_GIB);
+        let explicit = req.size.is_some();
+        let mut size = req.size.unwrap_or(DEFAULT_SIZE_GIB);
         if !(1..=MAX_SIZE_GIB).contains(&size) {
             return Err(ApiError::BadRequest(format!(
                 "size must be 1 to {MAX_SIZE_GIB} (GiB)"
@@ -215,6 +216,11 @@ impl AppState {
         // are sparse and may be overcommitted together, like sandbox disks;
         // a full volume never fills the host past its own quota).
         if let Ok(cap) = self.runtime_of_runner(&runner)?.capacity().await {
+            // A volume created without a size gets the default, or what
+            // the runner has free if that is less.
+            if !explicit && cap.disk_gib > 0 {
+                size = size.min(cap.disk_free_gib as i64).max(1);
+            }
             if cap.disk_gib > 0 && size > cap.disk_free_gib as i64 {
                 return Err(ApiError::InsufficientStorage(format!(
                     "the runner has {} GiB free; a {size} GiB volume does not fit",
