@@ -323,6 +323,24 @@ impl Client {
         })
     }
 
+    /// The toolbox base URL of a sandbox: `{toolboxProxyUrl}/{id}`.
+    pub(crate) async fn toolbox_of(&self, sandbox: &str) -> Result<String> {
+        let sb = self
+            .api(
+                reqwest::Method::GET,
+                &format!("/sandbox/{}", enc(sandbox)),
+                None,
+            )
+            .await?;
+        let id = sb["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no sandbox id in the answer"))?;
+        let base = sb["toolboxProxyUrl"]
+            .as_str()
+            .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?;
+        Ok(format!("{}/{id}", base.trim_end_matches('/')))
+    }
+
     pub(crate) async fn api(
         &self,
         method: reqwest::Method,
@@ -445,26 +463,11 @@ pub fn login(e: Endpoint) -> Result<()> {
     })?;
     let me = runtime()?.block_on(client.api(reqwest::Method::GET, "/users/me", None))?;
     let path = config_path()?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
     let body = serde_json::to_vec_pretty(&Config {
         api_url: url.clone(),
         api_key: key,
     })?;
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(&body)?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    write_private(&path, &body)?;
     eprintln!(
         "Logged in to {url} as {} (saved in {})",
         me["name"].as_str().or(me["id"].as_str()).unwrap_or("?"),
@@ -484,7 +487,36 @@ pub fn logout() -> Result<()> {
     Ok(())
 }
 
-fn enc(s: &str) -> String {
+/// Writes `body` to `path` (mode 0600) aside, then renames it over: a
+/// reader never sees half of it.
+pub(crate) fn write_private(path: &std::path::Path, body: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(body)?;
+    drop(f);
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A list answer as a list: a page (`{items, …}`) or a plain list, as
+/// servers answer.
+pub(crate) fn items(mut v: Value) -> Value {
+    match v.get_mut("items").map(Value::take) {
+        Some(items) => items,
+        None => v,
+    }
+}
+
+pub(crate) fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
@@ -494,11 +526,7 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
         use reqwest::Method;
         match cmd {
             SandboxCommand::List => {
-                let mut v = c.api(Method::GET, "/sandbox", None).await?;
-                // A page (`{items, …}`) or a plain list, as servers answer.
-                if let Some(items) = v.get_mut("items").map(Value::take) {
-                    v = items;
-                }
+                let v = items(c.api(Method::GET, "/sandbox", None).await?);
                 c.print(&v, SANDBOX_COLUMNS);
             }
             SandboxCommand::Info { sandbox } => {
@@ -643,16 +671,7 @@ pub fn exec(
     let c = Client::new(&e)?;
     runtime()?.block_on(async {
         use reqwest::Method;
-        let sb = c
-            .api(Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None)
-            .await?;
-        let id = sb["id"]
-            .as_str()
-            .ok_or_else(|| anyhow!("no id in the answer"))?;
-        let toolbox = sb["toolboxProxyUrl"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?
-            .trim_end_matches('/');
+        let toolbox = c.toolbox_of(&sandbox).await?;
         let command = if argv.len() == 1 {
             argv[0].clone()
         } else {
@@ -666,7 +685,7 @@ pub fn exec(
         let r = c
             .call(
                 Method::POST,
-                &format!("{toolbox}/{id}/process/execute"),
+                &format!("{toolbox}/process/execute"),
                 Some(body),
             )
             .await?;
@@ -688,10 +707,7 @@ pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {
         use reqwest::Method;
         match cmd {
             SnapshotCommand::List => {
-                let mut v = c.api(Method::GET, "/snapshots?limit=200", None).await?;
-                if let Some(items) = v.get_mut("items").map(Value::take) {
-                    v = items;
-                }
+                let v = items(c.api(Method::GET, "/snapshots?limit=200", None).await?);
                 c.print(&v, SNAPSHOT_COLUMNS);
             }
             SnapshotCommand::Create { name, image } => {
@@ -769,22 +785,6 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
     use futures_util::StreamExt;
     let c = Client::new(&e)?;
     runtime()?.block_on(async {
-        let toolbox = |sandbox: &str| {
-            let c = &c;
-            let sandbox = sandbox.to_string();
-            async move {
-                let sb = c
-                    .api(reqwest::Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None)
-                    .await?;
-                let id = sb["id"].as_str().unwrap_or_default().to_string();
-                let base = sb["toolboxProxyUrl"]
-                    .as_str()
-                    .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?
-                    .trim_end_matches('/')
-                    .to_string();
-                Ok::<_, anyhow::Error>(format!("{base}/{id}"))
-            }
-        };
         match (remote_path(&from), remote_path(&to)) {
             (None, Some((sandbox, path))) => {
                 let file = tokio::fs::File::open(&from)
@@ -808,7 +808,7 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
                 .chain(futures_util::stream::once(async move {
                     Ok::<_, std::io::Error>(bytes::Bytes::from(tail))
                 }));
-                let url = format!("{}/files/upload?path={}", toolbox(sandbox).await?, enc(path));
+                let url = format!("{}/files/upload?path={}", c.toolbox_of(sandbox).await?, enc(path));
                 let resp = c
                     .http
                     .post(&url)
@@ -829,7 +829,7 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
                 eprintln!("Copied {from} to {to} ({size} bytes)");
             }
             (Some((sandbox, path)), None) => {
-                let url = format!("{}/files/download?path={}", toolbox(sandbox).await?, enc(path));
+                let url = format!("{}/files/download?path={}", c.toolbox_of(sandbox).await?, enc(path));
                 let resp = c
                     .http
                     .get(&url)

@@ -188,30 +188,15 @@ fn int(a: &Map<String, Value>, name: &str) -> Result<i64> {
         .ok_or_else(|| anyhow!("`{name}` (an integer) is required"))
 }
 
-fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
+use crate::cli::enc;
 
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 impl Server {
-    /// The toolbox base URL of a sandbox: `{toolboxProxyUrl}/{id}`.
     async fn toolbox(&self, sandbox: &str) -> Result<String> {
-        let sb = self
-            .client
-            .api(
-                reqwest::Method::GET,
-                &format!("/sandbox/{}", enc(sandbox)),
-                None,
-            )
-            .await?;
-        let id = sb["id"].as_str().ok_or_else(|| anyhow!("no sandbox id"))?;
-        let base = sb["toolboxProxyUrl"]
-            .as_str()
-            .ok_or_else(|| anyhow!("the server gave no toolbox URL"))?;
-        Ok(format!("{}/{id}", base.trim_end_matches('/')))
+        self.client.toolbox_of(sandbox).await
     }
 
     async fn exec(
@@ -267,10 +252,7 @@ impl Server {
                 text(format!("Deleted sandbox {s}"))
             }
             "list_sandboxes" => {
-                let mut v = self.client.api(Method::GET, "/sandbox", None).await?;
-                if let Some(items) = v.get_mut("items").map(Value::take) {
-                    v = items;
-                }
+                let v = crate::cli::items(self.client.api(Method::GET, "/sandbox", None).await?);
                 let rows: Vec<Value> = v
                     .as_array()
                     .map(|a| {
@@ -686,22 +668,7 @@ pub fn init(e: Endpoint, client: &str) -> Result<()> {
         current["mcpServers"] = json!({});
     }
     current["mcpServers"]["atoll"] = entry;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::io::Write::write_all(&mut f, serde_json::to_string_pretty(&current)?.as_bytes())?;
-    }
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    crate::cli::write_private(&path, serde_json::to_string_pretty(&current)?.as_bytes())?;
     eprintln!("Added atoll to {}", path.display());
     Ok(())
 }
