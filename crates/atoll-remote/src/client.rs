@@ -151,13 +151,7 @@ impl RemoteRuntime {
         let connect = || async { Ok(pool::handshake_io(self.connect().await?).await?) };
         let sent = tokio::time::timeout(timeout, async {
             let resp = self.pool.send(&(), req, true, connect).await?;
-            let status = resp.status();
-            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
-                .to_bytes();
-            Ok::<_, PoolError>((status, bytes))
+            read_answer(resp).await
         })
         .await;
         let (status, bytes) = match sent {
@@ -193,13 +187,7 @@ impl RemoteRuntime {
             let tcp = self.connect().await?;
             let mut sender = pool::handshake_io(tcp).await?;
             let resp = sender.send_request(req).await?;
-            let status = resp.status();
-            let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
-                .collect()
-                .await
-                .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
-                .to_bytes();
-            Ok::<_, PoolError>((status, bytes))
+            read_answer(resp).await
         })
         .await;
         match sent {
@@ -370,6 +358,21 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// An answer's status and body (at most [`MAX_ANSWER`] bytes).
+async fn read_answer<B>(resp: http::Response<B>) -> Result<(StatusCode, Bytes), PoolError>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let status = resp.status();
+    let bytes = http_body_util::Limited::new(resp.into_body(), MAX_ANSWER)
+        .collect()
+        .await
+        .map_err(|e| PoolError::Connect(std::io::Error::other(e.to_string())))?
+        .to_bytes();
+    Ok((status, bytes))
 }
 
 /// An id as one path segment: anything but `[A-Za-z0-9_-]` escaped.

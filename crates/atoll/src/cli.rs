@@ -299,23 +299,9 @@ impl Client {
         url: &str,
         body: Option<Value>,
     ) -> Result<Value> {
-        let mut req = self.http.request(method, url).bearer_auth(&self.key);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("reaching {url}"))?;
-        let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
-        if !status.is_success() {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v["message"].as_str().map(str::to_string))
-                .unwrap_or(text);
-            bail!("{status}: {message}");
-        }
+        let body = body.map(|b| ("application/json".to_string(), b.to_string().into_bytes()));
+        let bytes = self.raw(method, url, body).await?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
         Ok(if text.is_empty() {
             Value::Null
         } else {
