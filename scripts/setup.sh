@@ -20,7 +20,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DAYTONA_SDK_VERSION="${DAYTONA_SDK_VERSION:-0.226.1}"
 DAYTONA_LEGACY_SDK_VERSION="${DAYTONA_LEGACY_SDK_VERSION:-0.203.0}"
 PYTHON="${PYTHON:-/usr/bin/python3}"
-APT_PACKAGES=(debootstrap s3fs zstd tar e2fsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv python3-pylsp
+APT_PACKAGES=(debootstrap s3fs zstd tar e2fsprogs xfsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv python3-pylsp
     # image tests: a registry on loopback, a static busybox to build test images
     # from, htpasswd for its auth; skopeo + umoci are the pull baseline of make bench
     docker-registry busybox-static apache2-utils skopeo umoci)

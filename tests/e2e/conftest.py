@@ -70,6 +70,36 @@ def _mounts_below(path: Path) -> list[str]:
     return found
 
 
+def unmount_sandbox_pool(data_dir: Path) -> None:
+    """Unmounts a stopped server's sandbox disk pool (the loop-backed XFS
+    at <data>/sandboxes; it outlives the server, as its sandboxes do). Not
+    lazily: a pool still in use stays, and its data dir is kept."""
+    point = str(Path(data_dir) / "sandboxes")
+    if point in _mounts_below(Path(data_dir)):
+        subprocess.run(["umount", point], capture_output=True, check=False)
+
+
+def sandbox_loop_devices(data_dir) -> list[str]:
+    """`losetup -a` lines of loop devices backed by sandbox disks of the
+    server with this data dir: files below it, or files on its sandbox
+    disk pool (whose path a sandbox's mount namespace names from the
+    pool's root). The pool's own loop device is not one."""
+    data = os.path.realpath(str(data_dir))
+    pool_dev = None
+    point = os.path.join(data, "sandboxes")
+    if point in _mounts_below(Path(data)):
+        pool_dev = os.stat(point).st_dev
+    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        if f"{data}/sandboxes.xfs" in line:
+            continue
+        on_pool = pool_dev is not None and f"[{pool_dev:04d}]:" in line
+        if data in line or on_pool:
+            found.append(line)
+    return found
+
+
 class Postgres:
     """A throw-away PostgreSQL cluster on loopback (Debian's `postgresql`,
     installed by scripts/setup.sh), run as the `postgres` user from a temp
@@ -273,6 +303,7 @@ class AtollServer:
         if os.environ.get("ATOLL_E2E_KEEP"):
             return
         self.drop_firewall_table()
+        unmount_sandbox_pool(self.data_dir)
         mounts = _mounts_below(self.data_dir)
         if mounts:
             print(
@@ -423,6 +454,7 @@ class AtollRunner:
             subprocess.run(["nft", "delete", "table", "inet", f"atoll_{instance}"], capture_output=True, check=False)
         except OSError:
             pass
+        unmount_sandbox_pool(self.data_dir)
         if not _mounts_below(self.data_dir):
             shutil.rmtree(self.data_dir, ignore_errors=True)
 

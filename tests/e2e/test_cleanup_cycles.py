@@ -6,15 +6,24 @@ import json
 import os
 import subprocess
 
+from conftest import sandbox_loop_devices
+
 
 def host_mounts_under(path):
+    """Mounts below ``path`` but the server's own sandbox disk pool."""
+    pool = f" {path}/sandboxes "
     with open("/proc/self/mountinfo") as f:
-        return [l for l in f if f" {path}" in l]
+        return [l for l in f if f" {path}" in l and pool not in l]
 
 
 def loop_devices_backed_by(path):
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines() if path in l]
+    """Loop devices of sandbox disks of the server at ``path``."""
+    return sandbox_loop_devices(path)
+
+
+def sandbox_dirs(data):
+    """Sandbox directories left (not the pool's templates and ready disks)."""
+    return [e for e in os.listdir(os.path.join(data, "sandboxes")) if not e.startswith(".")]
 
 
 def test_two_hundred_cycles_leave_nothing_behind(fresh_server):
@@ -33,7 +42,7 @@ def test_two_hundred_cycles_leave_nothing_behind(fresh_server):
         assert status == 200, body
     status, _, body = srv.http("GET", "/api/sandbox")
     assert json.loads(body)["items"] == []
-    assert os.listdir(os.path.join(data, "sandboxes")) == []
+    assert sandbox_dirs(data) == []
     assert [p for p in os.listdir(os.path.join(data, "runner", "journal"))] == []
     assert os.listdir(os.path.join(data, "archives")) == []
     for ctrl in ("memory", "pids", "cpu", "devices", "blkio"):

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from conftest import AtollServer
+from conftest import AtollServer, sandbox_loop_devices
 from test_restart import assert_no_orphans, wait_until
 
 MARKER = "/home/daytona/crash-marker"
@@ -68,8 +68,7 @@ def call(srv, method, path, body=None, timeout=60):
 
 
 def loop_devices_backed_by(path):
-    out = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines() if path in l]
+    return sandbox_loop_devices(path)
 
 
 @pytest.mark.parametrize("failpoint,prepare,op", MATRIX, ids=[f"{op}:{fp}" for fp, _, op in MATRIX])
@@ -146,7 +145,7 @@ def test_killed_at_each_step_recovers_without_loss(atoll_bin, images_dir, failpo
         for it in items:
             assert srv.http("DELETE", f"/api/sandbox/{it['id']}")[0] == 200
         assert_no_orphans(srv, set())
-        assert os.listdir(os.path.join(data, "sandboxes")) == []
+        assert [e for e in os.listdir(os.path.join(data, "sandboxes")) if not e.startswith(".")] == []
         assert os.listdir(os.path.join(data, "archives")) == []
     finally:
         srv.bin_path = type(srv.bin_path)(atoll_bin)

@@ -9,6 +9,7 @@ host as root next to the server, so it can look at host files directly.
 
 import json
 import os
+import subprocess
 import socket
 import threading
 import uuid
@@ -336,6 +337,13 @@ def test_item27_disk_io_is_throttled_per_sandbox(server, sandbox):
         major_minor = bps[0]
     major, minor = (int(x) for x in major_minor.split(":"))
     assert major == 7, major_minor  # a loop device
+    # The loop device is backed by this sandbox's disk image (its path as
+    # the sandbox's mount namespace opened it, so compared by inode).
     backing = read_host(f"/sys/dev/block/{major}:{minor}/loop/backing_file")
-    assert backing == os.path.join(os.path.realpath(str(server.data_dir)), "sandboxes", sandbox.id, "disk.img")
+    assert backing.endswith(f"/{sandbox.id}/disk.img"), backing
+    image = os.stat(os.path.join(str(server.data_dir), "sandboxes", sandbox.id, "disk.img"))
+    back = subprocess.run(["losetup", "-n", "-O", "BACK-INO,BACK-MAJ:MIN", f"/dev/loop{minor}"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert int(back[0]) == image.st_ino, (back, image)
+    assert back[1] == f"{os.major(image.st_dev)}:{os.minor(image.st_dev)}", (back, image)
     assert dev != 0

@@ -118,11 +118,14 @@ def sandbox_ids_in_cgroup_file(text, inst):
 
 
 def host_mounts_under(path):
+    """Mounts below ``path`` but the sandbox disk pool (<data>/sandboxes,
+    which outlives the server as its sandboxes do)."""
     out = []
+    pool = path.rstrip("/") + "/sandboxes"
     with open("/proc/self/mountinfo") as f:
         for line in f:
             mp = line.split(" ")[4].encode().decode("unicode_escape")
-            if mp == path or mp.startswith(path.rstrip("/") + "/"):
+            if (mp == path or mp.startswith(path.rstrip("/") + "/")) and mp != pool:
                 out.append(mp)
     return out
 

@@ -2,14 +2,15 @@
 //! lineage routes (`forks`, `parent`, `ancestors`).
 //!
 //! A fork is a new sandbox whose files are the parent's at the moment of
-//! the fork: the parent's changes are captured (its processes frozen for
-//! the capture, then thawed; it keeps running) as one layer over the
-//! parent's own image layers, stored as image `atoll/forks/<child id>` on
-//! the parent's runner, and the child starts over it with a disk of its
-//! own, its own network slot, limits and identity. Layers are stored by
-//! content, so forks of an unchanged parent share one captured layer, and
-//! a child pins its layers: deleting the parent never breaks it. The
-//! child's image goes when the child does.
+//! the fork: the runner copies the parent's disk (its processes and its
+//! disk's filesystem frozen for the instant, then thawed; it keeps
+//! running) for the child, copy-on-write where the runner's sandbox
+//! filesystem has reflinks (see `atoll_runner::sandbox_fs`), and records
+//! image `atoll/forks/<child id>` (the parent's layers and config) for the
+//! child to start over, with its own network slot, limits and identity.
+//! The child shares the parent's blocks until either writes them, and
+//! pins its layers: deleting the parent never breaks it. The child's
+//! image goes when the child does.
 
 use crate::auth::Principal;
 use crate::dto::Sandbox;
@@ -78,13 +79,13 @@ impl AppState {
             }
             let rt = self.rt(&parent).await?;
             let started = std::time::Instant::now();
-            let log = |line: &str| tracing::debug!(sandbox = %parent.id, "{line}");
-            rt.commit(&parent.id, &image, &log).await?;
+            let forked = rt.fork(&parent.id, &child_id, &image).await?;
             tracing::info!(
                 parent = %parent.id,
                 child = %child_id,
                 ms = started.elapsed().as_millis() as u64,
-                "captured a sandbox for a fork"
+                copy_on_write = forked.copy_on_write,
+                "copied a sandbox's disk for a fork"
             );
             (parent, rt)
         };
@@ -114,8 +115,9 @@ impl AppState {
         match self.launch(child).await {
             Ok(dto) => Ok(dto),
             Err(e) => {
-                // The fork did not come to be: its image goes.
+                // The fork did not come to be: its disk and image go.
                 if self.store.sandbox(&child_id).await?.is_none() {
+                    let _ = rt.destroy(&child_id).await;
                     let _ = rt.remove_image(&image).await;
                 }
                 Err(e)

@@ -196,6 +196,14 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
+    async fn fork(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<atoll_runtime_api::ForkedDisk, RuntimeError> {
+        Err(none_here())
+    }
 }
 
 impl AppState {

@@ -669,6 +669,22 @@ impl Runtime for RemoteRuntime {
         .await
     }
 
+    async fn fork(
+        &self,
+        parent: &str,
+        child: &str,
+        image: &str,
+    ) -> Result<atoll_runtime_api::ForkedDisk, RuntimeError> {
+        // A byte copy (a host without reflinks) takes as long as the disk.
+        self.call(
+            Method::POST,
+            &self.path(parent, "/fork"),
+            json(&serde_json::json!({ "child": child, "image": image })),
+            START_TIMEOUT,
+        )
+        .await
+    }
+
     async fn commit(
         &self,
         id: &str,

@@ -123,6 +123,7 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
             get(has_build_context).put(put_build_context),
         )
         .route("/v1/sandboxes/{id}/commit", post(commit))
+        .route("/v1/sandboxes/{id}/fork", post(fork))
         .route("/v1/sandboxes/{id}", get(observe_one))
         .route("/v1/sandboxes/{id}/start", post(start))
         .route("/v1/sandboxes/{id}/disk", get(disk_state))
@@ -345,6 +346,20 @@ async fn commit(
     Json(body): Json<CommitBody>,
 ) -> Response {
     streamed(move |log| Box::pin(async move { s.runtime.commit(&id, &body.name, log).await }))
+}
+
+#[derive(serde::Deserialize)]
+struct ForkBody {
+    child: String,
+    image: String,
+}
+
+async fn fork(
+    State(s): State<Served>,
+    Path(id): Path<String>,
+    Json(body): Json<ForkBody>,
+) -> Answer<atoll_runtime_api::ForkedDisk> {
+    Ok(Json(s.runtime.fork(&id, &body.child, &body.image).await?))
 }
 
 async fn observe_one(

@@ -371,7 +371,18 @@ async fn pulls_and_captures_stream_their_logs_and_outcome() {
         .await
         .unwrap();
     assert_eq!(captured.name, "atoll/snapshots/c1");
+    // A fork of it: the child's image comes back, with how it was copied.
+    let forked = remote
+        .fork("sb-c", "sb-child", "atoll/forks/sb-child")
+        .await
+        .unwrap();
+    assert_eq!(forked.image.name, "atoll/forks/sb-child");
+    assert!(forked.copy_on_write);
     remote.stop("sb-c").await.unwrap();
+    assert!(matches!(
+        remote.fork("sb-c", "sb-child2", "atoll/forks/sb-child2").await,
+        Err(RuntimeError::NotRunning { .. })
+    ));
     assert!(matches!(
         remote.commit("sb-c", "atoll/snapshots/c2", &log).await,
         Err(RuntimeError::NotRunning { .. })

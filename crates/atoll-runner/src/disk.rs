@@ -284,7 +284,7 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), DiskError> {
         .open(dst)
         .map_err(io_err("creating", dst))?;
     output.set_len(len).map_err(io_err("sizing", dst))?;
-    let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
+    let ifd = input.as_raw_fd();
     let mut pos: i64 = 0;
     while (pos as u64) < len {
         // SAFETY: lseek on an fd we own; no memory is passed.
@@ -295,36 +295,111 @@ pub fn sparse_copy(src: &Path, dst: &Path) -> Result<(), DiskError> {
         // SAFETY: as above.
         let hole = unsafe { libc::lseek(ifd, data, libc::SEEK_HOLE) };
         let end = if hole < 0 { len as i64 } else { hole };
-        let mut off_in = data;
-        let mut off_out = data;
-        while off_in < end {
-            // SAFETY: copy_file_range between two fds we own, with offsets
-            // held in locals that outlive the call.
-            let n = unsafe {
-                libc::copy_file_range(
-                    ifd,
-                    &mut off_in,
-                    ofd,
-                    &mut off_out,
-                    (end - off_in) as usize,
-                    0,
-                )
-            };
-            if n < 0 {
-                return Err(DiskError::Io {
-                    what: "copying",
-                    path: dst.into(),
-                    source: io::Error::last_os_error(),
-                });
-            }
-            if n == 0 {
-                break;
-            }
-        }
+        copy_range(&input, &output, data as u64, end as u64).map_err(io_err("copying", dst))?;
         pos = end;
     }
     output.sync_all().map_err(io_err("syncing", dst))?;
     Ok(())
+}
+
+/// Copies bytes `start..end` of `input` to the same offsets of `output`:
+/// `copy_file_range` (in-kernel; a clone where the filesystem can), or
+/// reads and writes where it cannot cross filesystems.
+fn copy_range(input: &File, output: &File, start: u64, end: u64) -> io::Result<()> {
+    let (ifd, ofd) = (input.as_raw_fd(), output.as_raw_fd());
+    let mut off_in = start as i64;
+    let mut off_out = start as i64;
+    while (off_in as u64) < end {
+        // SAFETY: copy_file_range between two fds we own, with offsets
+        // held in locals that outlive the call.
+        let n = unsafe {
+            libc::copy_file_range(
+                ifd,
+                &mut off_in,
+                ofd,
+                &mut off_out,
+                (end - off_in as u64) as usize,
+                0,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EXDEV) | Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            ) {
+                return copy_range_by_reads(input, output, off_in as u64, end);
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_by_reads(input: &File, output: &File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = start;
+    while at < end {
+        let want = buf.len().min((end - at) as usize);
+        let n = input.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        output.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies the disk image `src` to `dst` (made aside and renamed into
+/// place once whole): a reflink clone sharing
+/// every block where the filesystem has them (true), a sparse copy
+/// otherwise (false).
+pub fn clone_or_copy(src: &Path, dst: &Path) -> Result<bool, DiskError> {
+    let input = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(src)
+        .map_err(io_err("opening", src))?;
+    if !input.metadata().map_err(io_err("reading", src))?.is_file() {
+        return Err(DiskError::Io {
+            what: "copying",
+            path: src.into(),
+            source: io::Error::other("not a regular file"),
+        });
+    }
+    let tmp = dst.with_extension("img.tmp");
+    let output = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("creating", &tmp))?;
+    let cloned = match crate::sandbox_fs::clone_file(&input, &output) {
+        Ok(()) => {
+            output.sync_all().map_err(io_err("syncing", &tmp))?;
+            true
+        }
+        Err(e) if crate::sandbox_fs::is_unsupported(&e) => {
+            drop(output);
+            sparse_copy(src, &tmp)?;
+            false
+        }
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(DiskError::Io {
+                what: "cloning",
+                path: src.into(),
+                source: e,
+            });
+        }
+    };
+    fs::rename(&tmp, dst).map_err(io_err("installing", dst))?;
+    Ok(cloned)
 }
 
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;

@@ -29,6 +29,7 @@ pub mod network;
 pub mod oci;
 pub mod runtime;
 pub mod safe_fs;
+pub mod sandbox_fs;
 pub mod seccomp;
 pub mod spec;
 pub mod userns;

@@ -12,8 +12,8 @@ use crate::oci::registry::{Credentials, RegistryClient, RegistryConfig};
 use crate::oci::unpack::{Compression, UnpackLimits};
 use crate::runtime::{NamespaceRuntime, RuntimeError as HostError};
 use atoll_runtime_api::{
-    BoxedStream, Capacity, DiskState, ImageInfo, ImagePull, Limits, LogSink, NetworkPolicy,
-    Observed, Runtime, RuntimeError, SandboxSpec, SandboxUsage,
+    BoxedStream, Capacity, DiskState, ForkedDisk, ImageInfo, ImagePull, Limits, LogSink,
+    NetworkPolicy, Observed, Runtime, RuntimeError, SandboxSpec, SandboxUsage,
 };
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -543,6 +543,25 @@ impl Runtime for LocalRuntime {
             .map_err(store_error)
     }
 
+    async fn fork(
+        &self,
+        parent: &str,
+        child: &str,
+        image: &str,
+    ) -> Result<ForkedDisk, RuntimeError> {
+        for id in [parent, child] {
+            if !crate::spec::is_safe_id(id) {
+                return Err(RuntimeError::InvalidId(id.into()));
+            }
+        }
+        let rt = self.sandboxes.clone();
+        let images = self.images.clone();
+        let (parent, child, image) = (parent.to_string(), child.to_string(), image.to_string());
+        tokio::task::spawn_blocking(move || fork_blocking(&rt, &images, &parent, &child, &image))
+            .await
+            .map_err(|e| RuntimeError::Failed(format!("fork task: {e}")))?
+    }
+
     async fn commit(
         &self,
         id: &str,
@@ -636,6 +655,26 @@ fn commit_blocking(
     name: &str,
 ) -> Result<ImageInfo, RuntimeError> {
     let pinned = rt.sandbox_image(id).map_err(to_boundary)?;
+    let stats = capture_layer(rt, images, limits, id)?;
+    image_over(
+        images,
+        &pinned,
+        Some((stats.diff_id, stats.file_bytes)),
+        name,
+        format!("sandbox {id}"),
+    )
+}
+
+/// Records image `name`: the layers a sandbox runs over (`pinned`), plus
+/// `extra` (a layer's diff id and size) if given, with the config of the
+/// image the sandbox was made from.
+fn image_over(
+    images: &ImageStore,
+    pinned: &crate::runtime::PinnedImage,
+    extra: Option<(String, u64)>,
+    name: &str,
+    source: String,
+) -> Result<ImageInfo, RuntimeError> {
     let mut layers = Vec::new();
     for l in &pinned.layers {
         layers.push(crate::image::layer_digest_of(l).ok_or_else(|| {
@@ -643,8 +682,11 @@ fn commit_blocking(
         })?);
     }
     let base = images.get(&pinned.image).ok().flatten();
-    let stats = capture_layer(rt, images, limits, id)?;
-    layers.push(stats.diff_id.clone());
+    let mut extra_bytes = 0;
+    if let Some((diff_id, bytes)) = extra {
+        layers.push(diff_id);
+        extra_bytes = bytes;
+    }
     let digest = {
         use sha2::Digest as _;
         let joined = layers.join("\n");
@@ -672,13 +714,45 @@ fn commit_blocking(
             name: name.to_string(),
             digest,
             layers,
-            size_bytes: base_size + stats.file_bytes,
+            size_bytes: base_size + extra_bytes,
             config,
             entrypoint,
-            source: Some(format!("sandbox {id}")),
+            source: Some(source),
         })
         .map(image_info)
         .map_err(store_error)
+}
+
+/// See [`Runtime::fork`]: the parent's disk cloned for the child, and the
+/// child's image (the parent's layers and config).
+fn fork_blocking(
+    rt: &NamespaceRuntime,
+    images: &ImageStore,
+    parent: &str,
+    child: &str,
+    name: &str,
+) -> Result<ForkedDisk, RuntimeError> {
+    let pinned = rt.sandbox_image(parent).map_err(to_boundary)?;
+    let mount_dir = images.scratch().map_err(store_error)?;
+    let copy_on_write = rt
+        .fork_disk(parent, child, &mount_dir.path)
+        .map_err(to_boundary)?;
+    match image_over(
+        images,
+        &pinned,
+        None,
+        name,
+        format!("fork of sandbox {parent}"),
+    ) {
+        Ok(image) => Ok(ForkedDisk {
+            image,
+            copy_on_write,
+        }),
+        Err(e) => {
+            let _ = rt.destroy(child);
+            Err(e)
+        }
+    }
 }
 
 /// An I/O error with host paths scrubbed from its text.

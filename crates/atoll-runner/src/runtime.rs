@@ -160,6 +160,10 @@ pub struct RuntimeConfig {
     pub io_limits: crate::cgroup::IoLimits,
 }
 
+/// Disk templates and ready disks, in the sandboxes directory (a name no
+/// sandbox id can have).
+pub const DISKS_DIR: &str = ".disks";
+
 /// Where runners on this host register sandboxes' uid slices.
 pub const DEFAULT_UID_SLOTS_DIR: &str = "/run/atoll/uids";
 
@@ -230,7 +234,11 @@ impl NamespaceRuntime {
             }
             None => None,
         };
-        let disks = crate::disk::DiskTemplates::new(&cfg.state_dir.join("disk-templates"));
+        // Templates and ready disks sit on the sandboxes' filesystem: a
+        // ready disk is renamed into place, a template cloned where the
+        // filesystem has reflinks. (Before: under the state dir.)
+        let _ = std::fs::remove_dir_all(cfg.state_dir.join("disk-templates"));
+        let disks = crate::disk::DiskTemplates::new(&cfg.sandboxes_dir.join(DISKS_DIR));
         let disk_pool = crate::disk::DiskPoolFiller::start(disks.clone(), cfg.pooled_disk_bytes, 4);
         let archives =
             crate::archive::ArchiveStore::open_with(&cfg.archive_dir, cfg.archive_url.as_deref())?;
@@ -1011,6 +1019,89 @@ impl NamespaceRuntime {
             }
         }
         written.map_err(commit_err)
+    }
+
+    /// Copies sandbox `parent`'s disk and pinned layers to a new sandbox
+    /// directory `child` (which must not exist), for `child` to start
+    /// from. A running parent's processes are frozen and its disk's
+    /// filesystem frozen (journal flushed) for the instant of the copy,
+    /// then thawed: it keeps running. The copy is a reflink clone where
+    /// the sandboxes' filesystem has them (true is returned), a sparse
+    /// byte copy otherwise. `mount_dir` is an empty directory of the
+    /// runner's to mount the parent's disk on while it is frozen.
+    pub fn fork_disk(
+        &self,
+        parent: &str,
+        child: &str,
+        mount_dir: &Path,
+    ) -> Result<bool, RuntimeError> {
+        let from = self.dirs(parent)?;
+        let to = self.dirs(child)?;
+        let pinned = self.sandbox_image(parent)?;
+        std::fs::DirBuilder::new()
+            .mode(0o711)
+            .create(&to.root)
+            .map_err(io("creating", &to.root))?;
+        let copied = (|| {
+            let running = self.running_entry(parent).ok();
+            let fork_err = |source| RuntimeError::Commit {
+                id: parent.into(),
+                source,
+            };
+            let freeze = running.as_ref().is_some_and(|e| !e.paused);
+            if freeze {
+                self.cgroups.freeze(parent, FREEZE_TIMEOUT)?;
+            }
+            atoll_types::failpoint::hit("runtime.fork.frozen");
+            let copied = (|| {
+                // The disk's filesystem frozen through a second mount of
+                // it: everything the sandbox wrote is on the device.
+                let _frozen = match running.as_ref().and_then(|e| e.disk_dev) {
+                    Some((major, minor)) => {
+                        let device = crate::commit::block_device(major, minor).map_err(fork_err)?;
+                        let mount = crate::commit::ReadOnlyMount::new(&device, mount_dir)
+                            .map_err(fork_err)?;
+                        let dir =
+                            std::fs::File::open(mount_dir).map_err(io("opening", mount_dir))?;
+                        let frozen = crate::sandbox_fs::Frozen::new(dir)
+                            .map_err(io("freezing the disk mounted at", mount_dir))?;
+                        Some((frozen, mount))
+                    }
+                    None if running.is_some() => {
+                        return Err(RuntimeError::Unsupported(
+                            "fork a sandbox started before this version (restart it first)",
+                        ))
+                    }
+                    None => None,
+                };
+                crate::disk::clone_or_copy(&from.disk_image(), &to.disk_image()).map_err(|source| {
+                    RuntimeError::Disk {
+                        id: child.into(),
+                        source,
+                    }
+                })
+            })();
+            if freeze {
+                if let Err(err) = self.cgroups.thaw(parent) {
+                    tracing::error!(sandbox = %parent, error = %err, "could not thaw a sandbox after a fork");
+                }
+            }
+            let cloned = copied?;
+            let root = crate::safe_fs::open_dir(&to.root).map_err(io("opening", &to.root))?;
+            let body = serde_json::to_vec(&pinned).unwrap_or_default();
+            crate::safe_fs::write_file(&root, LAYERS_FILE, &body, 0o600)
+                .map_err(io("writing the layers of", &to.root))?;
+            // The new names on disk (not a syncfs: that would flush every
+            // other sandbox's disk too).
+            std::fs::File::open(&to.root)
+                .and_then(|d| d.sync_all())
+                .map_err(io("syncing", &to.root))?;
+            Ok(cloned)
+        })();
+        if copied.is_err() {
+            let _ = std::fs::remove_dir_all(&to.root);
+        }
+        copied
     }
 
     /// The image a sandbox runs over.

@@ -645,6 +645,32 @@ impl Runtime for FakeRuntime {
         Ok(st.images.len() != before)
     }
 
+    async fn fork(
+        &self,
+        parent: &str,
+        child: &str,
+        image: &str,
+    ) -> Result<crate::ForkedDisk, RuntimeError> {
+        let mut st = self.enter("fork", Some(parent))?;
+        running(&mut st, parent)?;
+        let info = ImageInfo {
+            name: image.to_string(),
+            digest: format!("sha256:{:064x}", image.len()),
+            size_bytes: 1 << 20,
+            created_at_ms: 0,
+            entrypoint: vec![],
+            source: None,
+            layers: 1,
+        };
+        st.sandboxes.entry(child.to_string()).or_default().disk = true;
+        st.images.retain(|i| i.name != image);
+        st.images.push(info.clone());
+        Ok(crate::ForkedDisk {
+            image: info,
+            copy_on_write: true,
+        })
+    }
+
     async fn commit(
         &self,
         id: &str,

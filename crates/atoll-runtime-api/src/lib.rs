@@ -17,8 +17,9 @@ pub mod net;
 
 pub use error::RuntimeError;
 pub use model::{
-    Capacity, DiskState, ImageBuild, ImageInfo, ImagePull, Limits, Observed, RegistryCredential,
-    SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumePlacement, VolumeUsage,
+    Capacity, DiskState, ForkedDisk, ImageBuild, ImageInfo, ImagePull, Limits, Observed,
+    RegistryCredential, SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumePlacement,
+    VolumeUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -150,6 +151,19 @@ pub trait Runtime: Send + Sync {
     /// Forgets the image `name`; its layers are collected once no image
     /// or sandbox uses them. True if it was stored.
     async fn remove_image(&self, name: &str) -> Result<bool, RuntimeError>;
+    /// Gives a new sandbox `child` a disk that is running sandbox
+    /// `parent`'s at this instant (its processes frozen for the copy,
+    /// then thawed: it keeps running), and records image `image` (the
+    /// parent's layers and config) for it; starting a spec with id
+    /// `child` over `image` then boots the copy. Copy-on-write where the
+    /// runtime's disks allow (see [`ForkedDisk::copy_on_write`]);
+    /// destroying `child` removes the copy.
+    async fn fork(
+        &self,
+        parent: &str,
+        child: &str,
+        image: &str,
+    ) -> Result<ForkedDisk, RuntimeError>;
     /// Captures a running sandbox's filesystem, its processes frozen
     /// meanwhile, as the new image `name`: the sandbox's image layers plus
     /// one layer of what it changed.

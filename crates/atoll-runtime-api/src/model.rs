@@ -231,6 +231,17 @@ pub struct ImageInfo {
     pub layers: u32,
 }
 
+/// What [`crate::Runtime::fork`] made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ForkedDisk {
+    /// The image the child starts over: the parent's layers and config.
+    pub image: ImageInfo,
+    /// Whether the child's disk shares the parent's blocks until either
+    /// writes them (a reflink clone), or is a byte copy.
+    pub copy_on_write: bool,
+}
+
 /// An image to pull from a registry into a runtime's store.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -48,6 +48,20 @@ pub struct HostArgs {
     /// 0: unlimited.
     #[arg(long, env = "ATOLL_SANDBOX_IO_IOPS", default_value_t = 10_000)]
     pub sandbox_io_iops: u64,
+    /// Where sandbox disks live: `auto` (a host filesystem with reflinks
+    /// as it is; otherwise a loop-backed XFS pool with reflinks,
+    /// <data-dir>/sandboxes.xfs mounted at <data-dir>/sandboxes, made on
+    /// first start if mkfs.xfs is installed), `xfs` (the pool, or fail),
+    /// or `host` (the host filesystem as it is). With reflinks a fork
+    /// clones its parent's disk in milliseconds and shares its blocks;
+    /// without, it copies them.
+    #[arg(long, env = "ATOLL_SANDBOXES_FS", default_value = "auto")]
+    pub sandboxes_fs: atoll_runner::sandbox_fs::Mode,
+    /// Size of the XFS pool when it is made, in GiB (sparse: it takes
+    /// only what sandboxes write). Default: the size of the filesystem
+    /// holding the data dir.
+    #[arg(long, env = "ATOLL_SANDBOXES_FS_GIB")]
+    pub sandboxes_fs_gib: Option<u64>,
     /// Image store directory (default: <data-dir>/images).
     #[arg(long, env = "ATOLL_IMAGES_DIR")]
     pub images_dir: Option<PathBuf>,
@@ -175,9 +189,17 @@ pub fn prepare(args: &HostArgs, data_dir: &Path) -> Result<Host> {
     let default_image = crate::serve::ensure_default_image(&images_dir)?;
     let images = Arc::new(ImageStore::open(&images_dir)?);
     let exe = std::env::current_exe().context("locating the atoll binary")?;
+    let sandboxes_dir = data_dir.join("sandboxes");
+    atoll_runner::sandbox_fs::prepare(
+        &sandboxes_dir,
+        &data_dir.join("sandboxes.xfs"),
+        args.sandboxes_fs_gib.map(|g| g << 30),
+        args.sandboxes_fs,
+    )
+    .context("preparing the sandbox disks' filesystem (--sandboxes-fs)")?;
     let runtime = NamespaceRuntime::new(RuntimeConfig {
         state_dir: data_dir.join("runner"),
-        sandboxes_dir: data_dir.join("sandboxes"),
+        sandboxes_dir,
         helper_exe: exe.clone(),
         daemon_exe: exe,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -221,6 +243,8 @@ pub fn pull_image(a: PullArgs) -> Result<()> {
         sandbox_io_mbps: 0,
         sandbox_io_iops: 0,
         images_dir: None,
+        sandboxes_fs: atoll_runner::sandbox_fs::Mode::Host,
+        sandboxes_fs_gib: None,
         registry_mirrors: a.registry_mirrors,
         insecure_registries: a.insecure_registries,
         image_gc_grace_secs: 0,
