@@ -48,7 +48,7 @@ class Server:
 
     def __enter__(self):
         self.log = open(os.path.join(self.data_dir, "server.log"), "w")
-        env = dict(os.environ, ATOLL_API_KEY=self.key, ATOLL_LOG="warn", **self.extra_env)
+        env = dict(os.environ, ATOLL_API_KEY=self.key, **{"ATOLL_LOG": "warn", **self.extra_env})
         self.proc = subprocess.Popen(
             [self.binary, "serve", "--data-dir", self.data_dir, "--listen", f"127.0.0.1:{self.port}",
              "--images-dir", self.images_dir], stdout=self.log, stderr=self.log, env=env)
@@ -71,6 +71,12 @@ class Server:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+        # The sandbox disk pool (loop-backed XFS at <data>/sandboxes)
+        # outlives the server; never rmtree through it.
+        pool = os.path.join(self.data_dir, "sandboxes")
+        if os.path.ismount(pool) and subprocess.run(["umount", pool]).returncode != 0:
+            print(f"keeping {self.data_dir}: its sandbox pool is still in use", file=sys.stderr)
+            return
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

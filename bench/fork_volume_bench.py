@@ -4,8 +4,9 @@
 1. Fork of a started sandbox with 200 MiB written (POST /api/sandbox/{id}/fork
    until the child is started) against a create of a new sandbox from the
    default image, interleaved.
-2. Disk taken by 10 forks of one unchanged parent (growth of the image
-   store's layers) against 10 full copies of what the parent wrote.
+2. Disk taken by 10 forks of one unchanged parent (growth of the used
+   space of the filesystem sandbox disks live on, the children alive)
+   against 10 full copies of what the parent wrote.
 3. Sequential write and read throughput (dd, 256 MiB, fsync on write) in a
    volume, in the sandbox's own disk, and in a host directory on the same
    filesystem, interleaved.
@@ -26,9 +27,10 @@ sys.path.insert(0, HERE)
 from benchlib import DEFAULT_BIN, Api, Server, fmt_ms, pct  # noqa: E402
 
 
-def du(path: str) -> int:
-    out = subprocess.run(["du", "-s", "-B1", path], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[0])
+def used(path: str) -> int:
+    """Bytes in use on the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
 def exec_(api: Api, sid: str, cmd: str, timeout: int = 300) -> str:
@@ -58,8 +60,8 @@ def main():
         parent = api.call("POST", "/api/sandbox", {"autoStopInterval": 0})
         pid = parent["id"]
         exec_(api, pid, "head -c 209715200 /dev/urandom > /home/daytona/written && sync")
-        layers = os.path.join(args.images_dir, "layers")
-        before = du(layers)
+        pool = os.path.join(srv.data_dir, "sandboxes")
+        kind = subprocess.run(["stat", "-f", "-c", "%T", pool], capture_output=True, text=True).stdout.strip()
         forks, creates, made = [], [], []
         for _ in range(args.n):
             t = time.perf_counter()
@@ -70,21 +72,24 @@ def main():
             sb = api.call("POST", "/api/sandbox", {"autoStopInterval": 0})
             creates.append(time.perf_counter() - t)
             made.append(sb["id"])
-        print("fork of a sandbox with 200 MiB written, and create, interleaved:")
+        print(f"fork of a sandbox with 200 MiB written, and create, interleaved (sandbox disks on {kind}):")
         print(f"  fork    {fmt_ms(forks)}")
         print(f"  create  {fmt_ms(creates)}")
         print(f"  fork/create p50 ratio {pct(forks, 50) / pct(creates, 50):.2f}")
         for sid in made:
             api.call("DELETE", f"/api/sandbox/{sid}")
 
-        # What the forks left in the image store (deleted children's layers
-        # wait for the collector's grace): one capture of the parent's
-        # 200 MiB, shared, against a full copy per fork.
-        grown = du(layers) - before
+        # Ten children alive at once: what they take on the sandboxes'
+        # filesystem beyond the parent, against a full copy per fork.
+        before = used(pool)
+        children = [api.call("POST", f"/api/sandbox/{pid}/fork", {})["id"] for _ in range(args.n)]
+        grown = used(pool) - before
         copies = args.n * (200 << 20)
-        print(f"disk taken by {args.n} forks of one unchanged parent (image store growth):")
+        print(f"disk taken by {args.n} forks of one unchanged parent (used space of the sandboxes' filesystem):")
         print(f"  {args.n} forks   {grown / 2**20:8.1f} MiB")
         print(f"  {args.n} copies  {copies / 2**20:8.1f} MiB   ratio {grown / copies:.3f}")
+        for sid in children:
+            api.call("DELETE", f"/api/sandbox/{sid}")
         api.call("DELETE", f"/api/sandbox/{pid}")
 
         vol = api.call("POST", "/api/volumes", {"name": "bench-volume", "size": 2})

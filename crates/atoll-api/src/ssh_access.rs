@@ -122,3 +122,48 @@ impl AppState {
         Ok(Some(a))
     }
 }
+
+/// What the SSH gateway (`atoll-ssh`) reaches a sandbox through: the same
+/// runtime connections the toolbox and previews use.
+impl AppState {
+    /// The sandbox an access token is for, if it is live and the sandbox
+    /// started: its id.
+    pub async fn ssh_started_sandbox(&self, token: &str) -> Result<SshTarget, ApiError> {
+        let Some(a) = self.ssh_sandbox(token).await? else {
+            return Ok(SshTarget::Refused);
+        };
+        match self.store.sandbox(&a.sandbox_id).await? {
+            Some(r) if r.state == crate::lifecycle::state::STARTED => Ok(SshTarget::Sandbox(r.id)),
+            Some(r) => Ok(SshTarget::NotStarted(r.id, r.state.to_string())),
+            None => Ok(SshTarget::Refused),
+        }
+    }
+
+    /// A new connection to sandbox `id`'s daemon (HTTP/1.1 over it).
+    pub async fn ssh_toolbox_stream(
+        &self,
+        id: &str,
+    ) -> Result<atoll_runtime_api::BoxedStream, atoll_runtime_api::RuntimeError> {
+        self.rt_by_id(id).await?.connect_toolbox(id).await
+    }
+
+    /// A new connection to `127.0.0.1:{port}` inside sandbox `id`.
+    pub async fn ssh_port_stream(
+        &self,
+        id: &str,
+        port: u16,
+    ) -> Result<atoll_runtime_api::BoxedStream, atoll_runtime_api::RuntimeError> {
+        self.rt_by_id(id).await?.connect_port(id, port).await
+    }
+}
+
+/// Where an SSH access token leads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SshTarget {
+    /// A started sandbox, by id.
+    Sandbox(String),
+    /// A sandbox that is not started (its id and state).
+    NotStarted(String, String),
+    /// No live access: unknown, expired or revoked token.
+    Refused,
+}

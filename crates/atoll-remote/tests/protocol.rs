@@ -380,7 +380,9 @@ async fn pulls_and_captures_stream_their_logs_and_outcome() {
     assert!(forked.copy_on_write);
     remote.stop("sb-c").await.unwrap();
     assert!(matches!(
-        remote.fork("sb-c", "sb-child2", "atoll/forks/sb-child2").await,
+        remote
+            .fork("sb-c", "sb-child2", "atoll/forks/sb-child2")
+            .await,
         Err(RuntimeError::NotRunning { .. })
     ));
     assert!(matches!(

@@ -64,6 +64,9 @@ const APT_PACKAGES: &[&str] = &[
     "npm",
     // The Python language server behind the LSP API.
     "python3-pylsp",
+    // What `scp` and `sftp` reach through the SSH gateway (the sftp
+    // subsystem runs it as the sandbox user).
+    "openssh-sftp-server",
     // `python` is Python 3 (code written for Daytona runs `python - <<'PY'`).
     "python-is-python3",
     // What Daytona's default snapshot ships for code-run, from Debian

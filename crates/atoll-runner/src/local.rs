@@ -733,10 +733,7 @@ fn fork_blocking(
     name: &str,
 ) -> Result<ForkedDisk, RuntimeError> {
     let pinned = rt.sandbox_image(parent).map_err(to_boundary)?;
-    let mount_dir = images.scratch().map_err(store_error)?;
-    let copy_on_write = rt
-        .fork_disk(parent, child, &mount_dir.path)
-        .map_err(to_boundary)?;
+    let copy_on_write = rt.fork_disk(parent, child).map_err(to_boundary)?;
     match image_over(
         images,
         &pinned,

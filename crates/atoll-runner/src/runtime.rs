@@ -1024,17 +1024,11 @@ impl NamespaceRuntime {
     /// Copies sandbox `parent`'s disk and pinned layers to a new sandbox
     /// directory `child` (which must not exist), for `child` to start
     /// from. A running parent's processes are frozen and its disk's
-    /// filesystem frozen (journal flushed) for the instant of the copy,
-    /// then thawed: it keeps running. The copy is a reflink clone where
+    /// filesystem flushed for the instant of the copy, then thawed: it
+    /// keeps running. The copy is a reflink clone where
     /// the sandboxes' filesystem has them (true is returned), a sparse
-    /// byte copy otherwise. `mount_dir` is an empty directory of the
-    /// runner's to mount the parent's disk on while it is frozen.
-    pub fn fork_disk(
-        &self,
-        parent: &str,
-        child: &str,
-        mount_dir: &Path,
-    ) -> Result<bool, RuntimeError> {
+    /// byte copy otherwise.
+    pub fn fork_disk(&self, parent: &str, child: &str) -> Result<bool, RuntimeError> {
         let from = self.dirs(parent)?;
         let to = self.dirs(child)?;
         let pinned = self.sandbox_image(parent)?;
@@ -1042,38 +1036,35 @@ impl NamespaceRuntime {
             .mode(0o711)
             .create(&to.root)
             .map_err(io("creating", &to.root))?;
+        let t0 = Instant::now();
+        let mut steps = [0u128; 3];
         let copied = (|| {
             let running = self.running_entry(parent).ok();
-            let fork_err = |source| RuntimeError::Commit {
-                id: parent.into(),
-                source,
-            };
             let freeze = running.as_ref().is_some_and(|e| !e.paused);
             if freeze {
                 self.cgroups.freeze(parent, FREEZE_TIMEOUT)?;
             }
             atoll_types::failpoint::hit("runtime.fork.frozen");
             let copied = (|| {
-                // The disk's filesystem frozen through a second mount of
-                // it: everything the sandbox wrote is on the device.
-                let _frozen = match running.as_ref().and_then(|e| e.disk_dev) {
-                    Some((major, minor)) => {
-                        let device = crate::commit::block_device(major, minor).map_err(fork_err)?;
-                        let mount = crate::commit::ReadOnlyMount::new(&device, mount_dir)
-                            .map_err(fork_err)?;
-                        let dir =
-                            std::fs::File::open(mount_dir).map_err(io("opening", mount_dir))?;
-                        let frozen = crate::sandbox_fs::Frozen::new(dir)
-                            .map_err(io("freezing the disk mounted at", mount_dir))?;
-                        Some((frozen, mount))
-                    }
-                    None if running.is_some() => {
-                        return Err(RuntimeError::Unsupported(
-                            "fork a sandbox started before this version (restart it first)",
-                        ))
-                    }
-                    None => None,
-                };
+                // What the sandbox wrote, flushed to its disk's device:
+                // syncfs of its root (an overlay: that syncs its upper
+                // filesystem, the disk), seen through its PID 1. With its
+                // processes frozen nothing new is written, so the clone
+                // is what a power cut would leave (the journal replays on
+                // the child's first mount), with every write made before
+                // the fork in it.
+                if let Some(e) = &running {
+                    let root = std::fs::File::open(format!("/proc/{}/root", e.pid.unwrap_or(0)))
+                        .ok()
+                        .filter(|_| journal::is_alive(e))
+                        .ok_or_else(|| RuntimeError::NotRunning { id: parent.into() })?;
+                    nix::unistd::syncfs(&root).map_err(|e| RuntimeError::Io {
+                        what: "flushing the disk of",
+                        path: from.root.clone(),
+                        source: e.into(),
+                    })?;
+                }
+                steps[0] = t0.elapsed().as_micros();
                 crate::disk::clone_or_copy(&from.disk_image(), &to.disk_image()).map_err(|source| {
                     RuntimeError::Disk {
                         id: child.into(),
@@ -1081,11 +1072,13 @@ impl NamespaceRuntime {
                     }
                 })
             })();
+            steps[1] = t0.elapsed().as_micros();
             if freeze {
                 if let Err(err) = self.cgroups.thaw(parent) {
                     tracing::error!(sandbox = %parent, error = %err, "could not thaw a sandbox after a fork");
                 }
             }
+            steps[2] = t0.elapsed().as_micros();
             let cloned = copied?;
             let root = crate::safe_fs::open_dir(&to.root).map_err(io("opening", &to.root))?;
             let body = serde_json::to_vec(&pinned).unwrap_or_default();
@@ -1096,6 +1089,16 @@ impl NamespaceRuntime {
             std::fs::File::open(&to.root)
                 .and_then(|d| d.sync_all())
                 .map_err(io("syncing", &to.root))?;
+            tracing::debug!(
+                parent,
+                child,
+                frozen_us = steps[0],
+                cloned_us = steps[1],
+                thawed_us = steps[2],
+                done_us = t0.elapsed().as_micros(),
+                copy_on_write = cloned,
+                "forked a sandbox disk"
+            );
             Ok(cloned)
         })();
         if copied.is_err() {

@@ -101,9 +101,6 @@ pub enum Prepared {
 
 // FICLONE: _IOW(0x94, 9, int), the source descriptor as the argument.
 nix::ioctl_write_int!(ficlone, 0x94, 9);
-// FIFREEZE / FITHAW: _IOWR('X', 119/120, int), the argument unused.
-nix::ioctl_readwrite!(fifreeze, b'X', 119, libc::c_int);
-nix::ioctl_readwrite!(fithaw, b'X', 120, libc::c_int);
 
 /// Makes `dst` share all of `src`'s blocks (copy-on-write). `EOPNOTSUPP`,
 /// `EXDEV` or `EINVAL` when the filesystem cannot.
@@ -122,33 +119,6 @@ pub fn is_unsupported(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EOPNOTSUPP) | Some(libc::EXDEV) | Some(libc::EINVAL) | Some(libc::ENOTTY)
     )
-}
-
-/// A frozen filesystem (every write to it blocks, its journal flushed:
-/// what is on the device is consistent); thawed on drop.
-pub struct Frozen {
-    dir: File,
-}
-
-impl Frozen {
-    /// Freezes the filesystem `dir` (an open directory on it) belongs to.
-    pub fn new(dir: File) -> io::Result<Frozen> {
-        let mut arg: libc::c_int = 0;
-        // SAFETY: FIFREEZE ignores its argument; `arg` outlives the call
-        // and `dir` is an open descriptor we own.
-        unsafe { fifreeze(dir.as_raw_fd(), &mut arg) }.map_err(io::Error::from)?;
-        Ok(Frozen { dir })
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        let mut arg: libc::c_int = 0;
-        // SAFETY: as for FIFREEZE.
-        if let Err(e) = unsafe { fithaw(self.dir.as_raw_fd(), &mut arg) } {
-            tracing::error!(error = %e, "could not thaw a frozen sandbox disk");
-        }
-    }
 }
 
 /// Whether files in `dir` can be cloned: two unnamed temp files there,

@@ -18,6 +18,12 @@ pub struct ServeArgs {
     /// Address to listen on.
     #[arg(long, env = "ATOLL_LISTEN", default_value = "127.0.0.1:3000")]
     listen: String,
+    /// Address of the SSH gateway (`ssh -p PORT <token>@host` with a
+    /// token from `POST /api/sandbox/{id}/ssh-access`), e.g.
+    /// `0.0.0.0:2222`. Off unless given. Its host key is made once at
+    /// <data-dir>/ssh/ssh_host_ed25519_key.
+    #[arg(long, env = "ATOLL_SSH_LISTEN")]
+    ssh_listen: Option<String>,
     /// URL clients reach this server at (default: http://<listen>).
     #[arg(long, env = "ATOLL_PUBLIC_URL")]
     public_url: Option<String>,
@@ -243,6 +249,22 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let tls_config = atoll_remote::tls::server_config(&tls_cert, &tls_key)
             .map_err(|e| anyhow::anyhow!("HTTPS: {e}"))?;
         let state = state.with_storage_url(storage_url(&public_url));
+        let ssh = match &args.ssh_listen {
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("--ssh-listen {addr}"))?;
+                let key = atoll_ssh::load_or_create_host_key(
+                    &data_dir.join("ssh").join("ssh_host_ed25519_key"),
+                )?;
+                Some((listener, key))
+            }
+            None => None,
+        };
+        let mut state = state;
+        if let Some((l, _)) = &ssh {
+            state.ssh_port = Some(l.local_addr()?.port());
+        }
         let state = if args.no_local_runner {
             state.without_embedded_runner()
         } else {
@@ -279,6 +301,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         atoll_api::warm_pool::spawn(state.clone());
         atoll_api::metrics::spawn_sampler(state.clone());
         state.spawn_snapshot_keeper();
+        if let Some((listener, key)) = ssh {
+            tracing::info!(
+                addr = %listener.local_addr()?,
+                host_key = %atoll_ssh::public_key_line(&key),
+                "SSH gateway listening"
+            );
+            tokio::spawn(atoll_ssh::serve(listener, state.clone(), key));
+        }
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -16,6 +16,7 @@ mod preview_routes;
 mod process;
 mod pty_routes;
 mod session_routes;
+mod stream_routes;
 mod transfer;
 
 use std::collections::BTreeMap;
@@ -140,6 +141,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/files/bulk-download", post(transfer::bulk_download))
         .merge(session_routes::routes())
         .merge(pty_routes::routes())
+        .merge(stream_routes::routes())
         .merge(interpreter_routes::routes())
         .merge(git_routes::routes())
         .merge(lsp_routes::routes())

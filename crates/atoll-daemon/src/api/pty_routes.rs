@@ -135,6 +135,9 @@ struct CreateConnectQuery {
     rows: Option<String>,
     #[serde(default)]
     cwd: Option<String>,
+    /// Atoll's own: run this (`shell -c`) instead of a login shell.
+    #[serde(default)]
+    command: Option<String>,
 }
 
 type RouteResult<T> = Result<T, ApiError>;
@@ -181,6 +184,7 @@ async fn create(
         envs: req.envs.unwrap_or_default(),
         size: WindowSize::checked(req.cols, req.rows)?,
         lazy_start: req.lazy_start.unwrap_or(false),
+        command: None,
     };
     let pty = st.ptys.create(&st.process, params)?;
     Ok((
@@ -247,6 +251,7 @@ async fn create_connect(
             envs,
             size,
             lazy_start: false,
+            command: q.command.filter(|c| !c.is_empty()),
         },
     )?;
     Ok(accept(ws, pty))

@@ -12,7 +12,7 @@ pub(crate) mod child;
 pub mod code_run;
 pub mod env;
 pub mod plan;
-mod run;
+pub(crate) mod run;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

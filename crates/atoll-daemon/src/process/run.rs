@@ -223,7 +223,7 @@ async fn feed(stdin: Option<ChildStdin>, bytes: Option<&[u8]>) {
 }
 
 /// A memfd holding `bytes`, for the shell to read its script from.
-fn script_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
+pub(crate) fn script_memfd(bytes: &[u8]) -> io::Result<OwnedFd> {
     // SAFETY: memfd_create takes a NUL-terminated literal name and flags; a
     // non-negative result is a fresh fd nobody else owns.
     let fd = unsafe { libc::memfd_create(c"atoll-command".as_ptr(), libc::MFD_CLOEXEC) };

@@ -126,6 +126,9 @@ pub struct CreateParams {
     pub size: WindowSize,
     /// Start the shell on the first attach instead of now.
     pub lazy_start: bool,
+    /// Run this command (`shell -c`) instead of an interactive login
+    /// shell (Atoll's own: `ssh -t host cmd`).
+    pub command: Option<String>,
 }
 
 /// Every PTY session of this daemon.
@@ -151,7 +154,13 @@ impl Ptys {
             .id
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         plan::check_id(&id)?;
-        let plan = plan::pty_plan(ctx, params.cwd.as_deref(), params.envs, is_executable)?;
+        let plan = plan::pty_plan(
+            ctx,
+            params.cwd.as_deref(),
+            params.command.as_deref(),
+            params.envs,
+            is_executable,
+        )?;
         let mut reg = self.lock();
         if reg.by_id.contains_key(&id) {
             return Err(PtyError::AlreadyExists { id });

@@ -116,10 +116,12 @@ pub fn shell_for(user_shell: &Path, usable: impl Fn(&Path) -> bool) -> PathBuf {
 /// Plans an interactive login shell (`-i -l`, as Daytona starts it) as the
 /// sandbox user in `cwd` (relative to the work dir; default the work dir)
 /// with the layered environment of `process::plan::command_env` plus the
-/// request's `envs` and `TERM=xterm-256color` unless they set it.
+/// request's `envs` and `TERM=xterm-256color` unless they set it; with a
+/// `command`, the shell runs that (`-c`) instead.
 pub fn pty_plan(
     ctx: &ProcessContext,
     cwd: Option<&str>,
+    command: Option<&str>,
     mut envs: BTreeMap<String, String>,
     usable: impl Fn(&Path) -> bool,
 ) -> Result<PtyPlan, PtyError> {
@@ -131,7 +133,10 @@ pub fn pty_plan(
     Ok(PtyPlan {
         exec: ExecPlan {
             program: shell.to_string_lossy().into_owned(),
-            args: vec!["-i".into(), "-l".into()],
+            args: match command {
+                Some(c) => vec!["-c".into(), c.into()],
+                None => vec!["-i".into(), "-l".into()],
+            },
             env,
             cwd,
             credentials: credentials(ctx),
@@ -233,6 +238,7 @@ mod tests {
         let plan = pty_plan(
             &ctx(),
             None,
+            None,
             BTreeMap::from([("FOO".to_string(), "bar".to_string())]),
             |_| true,
         )
@@ -256,6 +262,7 @@ mod tests {
         let plan = pty_plan(
             &ctx(),
             Some("/"),
+            None,
             BTreeMap::from([("TERM".to_string(), "vt100".to_string())]),
             |_| true,
         )
@@ -264,12 +271,15 @@ mod tests {
         assert_eq!(plan.exec.cwd, PathBuf::from("/"));
 
         assert!(matches!(
-            pty_plan(&ctx(), Some("/no/such/dir"), BTreeMap::new(), |_| true),
+            pty_plan(&ctx(), Some("/no/such/dir"), None, BTreeMap::new(), |_| {
+                true
+            }),
             Err(PtyError::Process(ProcessError::BadCwd { .. }))
         ));
         assert!(matches!(
             pty_plan(
                 &ctx(),
+                None,
                 None,
                 BTreeMap::from([("A=B".to_string(), String::new())]),
                 |_| true
