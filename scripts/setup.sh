@@ -23,7 +23,9 @@ PYTHON="${PYTHON:-/usr/bin/python3}"
 APT_PACKAGES=(debootstrap s3fs zstd tar e2fsprogs xfsprogs postgresql iproute2 nftables ca-certificates build-essential pkg-config curl python3-venv python3-pylsp
     # image tests: a registry on loopback, a static busybox to build test images
     # from, htpasswd for its auth; skopeo + umoci are the pull baseline of make bench
-    docker-registry busybox-static apache2-utils skopeo umoci)
+    docker-registry busybox-static apache2-utils skopeo umoci
+    # the web terminal's browser test: Debian's chromium, driven by Playwright
+    chromium)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
@@ -72,6 +74,7 @@ assert version("daytona") == sys.argv[1]
 version("pytest")
 version("moto")
 version("mcp")
+assert version("playwright") == "1.65.3"
 EOF
 }
 if ! venv_ok; then
@@ -79,8 +82,8 @@ if ! venv_ok; then
         say "creating .venv with $PYTHON"
         "$PYTHON" -m venv .venv
     fi
-    say "installing daytona==$DAYTONA_SDK_VERSION, pytest, moto (a local S3 for the archive tests) and mcp (the client of the MCP tests) into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28" "mcp==2.3.0"
+    say "installing daytona==$DAYTONA_SDK_VERSION, pytest, moto (a local S3 for the archive tests), mcp (the client of the MCP tests) and playwright (drives Debian's chromium in the web terminal test; no browser download) into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28" "mcp==2.3.0" "playwright==1.65.3"
     venv_ok || { say "the venv at .venv is still incomplete"; exit 1; }
 fi
 
@@ -108,7 +111,9 @@ fi
 # `npm ci` only when node_modules is missing or package-lock.json changed since the
 # last install (hash kept in a stamp file inside node_modules). Without node the
 # TypeScript tests skip themselves, so this step does too.
-for TS_DIR in tests/e2e-ts tests/e2e-ts-legacy; do
+# web/: the browser code the binary embeds (xterm.js for the web terminal),
+# vendored from npm at build time and compiled in by atoll-api's build script.
+for TS_DIR in web tests/e2e-ts tests/e2e-ts-legacy; do
     [[ -f "$TS_DIR/package-lock.json" ]] || continue
     TS_STAMP="$TS_DIR/node_modules/.atoll-lock.sha256"
     if command -v node >/dev/null && command -v npm >/dev/null; then

@@ -282,7 +282,7 @@ async fn not_found(req: Request) -> ApiError {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        account, preview, runners, sandbox, secrets, snapshots, system, toolbox, volumes,
+        account, preview, runners, sandbox, secrets, snapshots, system, terminal, toolbox, volumes,
         warm_pools,
     };
     let api = Router::new()
@@ -438,6 +438,11 @@ pub fn router(state: AppState) -> Router {
             &format!("{}/{{*rest}}", object_storage::PATH),
             any(object_storage::serve),
         )
+        .route("/terminal/assets/{file}", get(terminal::asset))
+        .route("/terminal/{id}", get(terminal::page))
+        .route("/terminal/{id}/pty", get(terminal::pty))
+        .route("/terminal/{id}/resize", post(terminal::resize))
+        .route("/terminal/{id}/close", post(terminal::close))
         .route("/preview/{id}/{port}", any(preview::forward))
         .route("/preview/{id}/{port}/", any(preview::forward))
         .route("/preview/{id}/{port}/{*path}", any(preview::forward))

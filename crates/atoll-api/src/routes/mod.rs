@@ -8,6 +8,7 @@ pub mod sandbox;
 pub mod secrets;
 pub mod snapshots;
 pub mod system;
+pub mod terminal;
 pub mod toolbox;
 pub mod volumes;
 pub mod warm_pools;
