@@ -25,7 +25,9 @@ APT_PACKAGES=(debootstrap s3fs zstd tar e2fsprogs xfsprogs postgresql iproute2 n
     # from, htpasswd for its auth; skopeo + umoci are the pull baseline of make bench
     docker-registry busybox-static apache2-utils skopeo umoci
     # the web terminal's browser test: Debian's chromium, driven by Playwright
-    chromium)
+    chromium
+    # the SSH bench's baseline: OpenSSH's server, run on loopback by the bench itself
+    openssh-server)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 
