@@ -60,7 +60,17 @@ def test_login_create_exec_and_delete(cli, server):
         # Arguments with spaces and quotes arrive as given.
         p = cli("exec", name, "--", "printf", "%s|", "a b", "it's")
         assert p.stdout == "a b|it's|"
+        assert json.loads(cli("sandbox", "pause", name, "-o", "json").stdout)["state"] == "paused"
+        assert json.loads(cli("sandbox", "start", name, "-o", "json").stdout)["state"] == "started"
         assert json.loads(cli("sandbox", "stop", name, "-o", "json").stdout)["state"] == "stopped"
+        archived = json.loads(cli("sandbox", "archive", name, "-o", "json").stdout)
+        assert archived["state"] in ("archiving", "archived"), archived
+        for _ in range(100):
+            if json.loads(cli("sandbox", "info", name, "-o", "json").stdout)["state"] == "archived":
+                break
+            __import__("time").sleep(0.2)
+        else:
+            raise AssertionError("never archived")
         assert json.loads(cli("sandbox", "start", name, "-o", "json").stdout)["state"] == "started"
         info = cli("sandbox", "info", created["id"]).stdout
         assert created["id"] in info
@@ -153,3 +163,66 @@ def test_yaml_output_and_shell_completions(cli, server, tmp_path):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "#compdef atoll" in cli("completion", "zsh").stdout
     assert cli("completion", "tcsh", check=False).returncode == 2
+
+
+def test_exec_streams_takes_stdin_and_runs_on_a_terminal(cli, server, atoll_bin, tmp_path):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    sb = json.loads(cli("sandbox", "create", "-o", "json").stdout)
+    try:
+        # stdout and stderr apart, the exit code.
+        p = cli("exec", sb["id"], "--", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+        assert (p.returncode, p.stdout, p.stderr) == (3, "out\n", "err\n"), p
+        # Output as it comes: the first line long before the command ends.
+        env = {**os.environ, "ATOLL_CONFIG": str(cli.config)}
+        proc = subprocess.Popen([str(atoll_bin), "exec", sb["id"], "--", "sh", "-c",
+                                 "echo first; sleep 3; echo second"],
+                                stdout=subprocess.PIPE, env=env)
+        t0 = time.time()
+        assert proc.stdout.readline() == b"first\n"
+        first_after = time.time() - t0
+        assert proc.stdout.readline() == b"second\n"
+        assert proc.wait(30) == 0
+        assert first_after < 2.5, first_after
+        # -i: our stdin, binary-clean.
+        blob = os.urandom(300_000)
+        p = subprocess.run([str(atoll_bin), "exec", "-i", sb["id"], "--", "sha256sum"], input=blob,
+                           capture_output=True, env=env, timeout=60)
+        assert p.stdout.split()[0].decode() == __import__("hashlib").sha256(blob).hexdigest(), p
+        # Without -i the command's stdin is empty.
+        p = subprocess.run([str(atoll_bin), "exec", sb["id"], "--", "wc", "-c"], input=b"abc",
+                           capture_output=True, env=env, timeout=60)
+        assert p.stdout.strip() == b"0", p
+        # --timeout kills it.
+        p = cli("exec", "--timeout", "1", sb["id"], "--", "sleep", "30", check=False)
+        assert p.returncode == 124 and "timeout" in p.stderr, p
+        # -t: on a terminal of the local terminal's size; its exit code.
+        pid, fd = pty.fork()
+        if pid == 0:
+            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
+            os.execve(str(atoll_bin), [str(atoll_bin), "exec", "-t", sb["id"], "--", "sh", "-c",
+                                       "tty; stty size; exit 4"], env)
+        seen = b""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+        assert b"/dev/pts/" in seen and b"33 99" in seen, seen
+        assert os.WEXITSTATUS(status) == 4, (status, seen)
+    finally:
+        cli("sandbox", "delete", sb["id"])

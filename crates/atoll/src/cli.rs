@@ -116,6 +116,11 @@ pub enum SandboxCommand {
     Start { sandbox: String },
     /// Stop a sandbox (its disk is kept).
     Stop { sandbox: String },
+    /// Pause a sandbox: its processes frozen, its memory kept (start
+    /// resumes it).
+    Pause { sandbox: String },
+    /// Archive a stopped sandbox: its disk moved to the archive store.
+    Archive { sandbox: String },
     /// Delete a sandbox.
     Delete { sandbox: String },
 }
@@ -307,6 +312,14 @@ impl Client {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         })
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub(crate) fn key(&self) -> &str {
+        &self.key
     }
 
     /// The toolbox base URL of a sandbox: `{toolboxProxyUrl}/{id}`.
@@ -531,6 +544,18 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                     .await?;
                 c.print(&v, SANDBOX_COLUMNS);
             }
+            SandboxCommand::Pause { sandbox } => {
+                let v = c
+                    .api(Method::POST, &format!("/sandbox/{}/pause", enc(&sandbox)), None)
+                    .await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
+            SandboxCommand::Archive { sandbox } => {
+                let v = c
+                    .api(Method::POST, &format!("/sandbox/{}/archive", enc(&sandbox)), None)
+                    .await?;
+                c.print(&v, SANDBOX_COLUMNS);
+            }
             SandboxCommand::Delete { sandbox } => {
                 c.api(Method::DELETE, &format!("/sandbox/{}", enc(&sandbox)), None)
                     .await?;
@@ -642,20 +667,32 @@ fn shell_join(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// `atoll exec SANDBOX -- CMD…`: runs the command in the sandbox, prints
-/// its output, and returns its exit code.
+/// How `atoll exec` runs its command.
+#[derive(Clone, Copy, Default)]
+pub struct ExecMode {
+    /// On a terminal (`-t`).
+    pub tty: bool,
+    /// With this process's stdin (`-i`).
+    pub interactive: bool,
+}
+
+/// `atoll exec SANDBOX -- CMD…`: runs the command in the sandbox, its
+/// output streamed as it comes (or, with `-o json|yaml`, the whole result
+/// at the end), and returns its exit code.
 pub fn exec(
     e: Endpoint,
     sandbox: String,
     cwd: Option<String>,
     timeout: u64,
+    mode: ExecMode,
     argv: Vec<String>,
 ) -> Result<i32> {
     if argv.is_empty() {
         bail!("give the command after `--`, e.g. atoll exec my-sandbox -- ls -la");
     }
     let c = Client::new(&e)?;
-    runtime()?.block_on(async {
+    let rt = runtime()?;
+    let code = rt.block_on(async {
         use reqwest::Method;
         let toolbox = c.toolbox_of(&sandbox).await?;
         let command = if argv.len() == 1 {
@@ -663,6 +700,25 @@ pub fn exec(
         } else {
             shell_join(&argv)
         };
+        if mode.tty {
+            return crate::cli_stream::pty_exec(&c, &toolbox, &command, cwd.as_deref()).await;
+        }
+        if c.output == Format::Table {
+            let streamed = crate::cli_stream::stream_exec(
+                &c,
+                &toolbox,
+                &command,
+                cwd.as_deref(),
+                mode.interactive,
+                std::time::Duration::from_secs(timeout.max(1)),
+            )
+            .await?;
+            if let Some(code) = streamed {
+                return Ok(code);
+            }
+            // A server without exec-stream (Daytona): the whole output at
+            // the end.
+        }
         let mut body =
             json!({ "command": format!("sh -c {}", shell_join(&[command])), "timeout": timeout });
         if let Some(cwd) = cwd {
@@ -684,7 +740,11 @@ pub fn exec(
             let _ = out.flush();
         }
         Ok(r["exitCode"].as_i64().unwrap_or(1) as i32)
-    })
+    });
+    // A read of our stdin may still be pending on a blocking thread (a
+    // terminal that never ends): do not wait for it.
+    rt.shutdown_background();
+    code
 }
 
 pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {

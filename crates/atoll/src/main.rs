@@ -3,6 +3,7 @@
 //! single static file is all a host needs.
 
 mod cli;
+mod cli_stream;
 mod host;
 mod mcp;
 mod progress;
@@ -96,6 +97,13 @@ enum Command {
         /// Seconds before the command is stopped.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
+        /// Run it on a terminal (raw keystrokes, window size followed),
+        /// as `ssh -t` and `docker exec -t` do.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Pass this process's stdin to the command.
+        #[arg(short = 'i', long)]
+        interactive: bool,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -227,8 +235,17 @@ fn main() {
             sandbox,
             cwd,
             timeout,
+            tty,
+            interactive,
             command,
-        } => match cli::exec(endpoint, sandbox, cwd, timeout, command) {
+        } => match cli::exec(
+            endpoint,
+            sandbox,
+            cwd,
+            timeout,
+            cli::ExecMode { tty, interactive },
+            command,
+        ) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
