@@ -13,6 +13,9 @@ Prints medians, p95 and ratios; asserts nothing.
 Usage: bench/ssh_bench.py [--atoll BIN] [--images-dir DIR] [-n 20]
 """
 import argparse
+import fcntl
+import struct
+import termios
 import os
 import pty
 import select
@@ -74,6 +77,7 @@ def to_prompt(argv, marker: bytes) -> float:
     t = time.perf_counter()
     pid, fd = pty.fork()
     if pid == 0:
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         os.execvp(argv[0], argv)
     seen = b""
     try:

@@ -124,3 +124,57 @@ def test_mcp_config_and_init(atoll_bin, server, tmp_path):
     assert set(merged["mcpServers"]) == {"other", "atoll"}
     p = subprocess.run([str(atoll_bin), "mcp", "init", "vim"], env=env, capture_output=True, text=True)
     assert p.returncode == 1 and "unknown client" in p.stderr
+
+
+def test_mcp_over_streamable_http(atoll_bin, server):
+    """`atoll mcp start --http`: the same tools through the official SDK's
+    streamable HTTP client; a foreign Host (DNS rebinding) is refused."""
+    import socket
+    import time
+    import urllib.error
+    import urllib.request
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "ATOLL_API_"))}
+    env.update({"ATOLL_API_URL": server.api_url, "ATOLL_API_KEY": server.api_key,
+                "ATOLL_CONFIG": "/nonexistent/atoll.json"})
+    proc = subprocess.Popen([str(atoll_bin), "mcp", "start", "--http", f"127.0.0.1:{port}"],
+                            env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+        async def scenario():
+            async with streamable_http_client(f"http://127.0.0.1:{port}/mcp") as (read, write, *_):
+                async with ClientSession(read, write) as s:
+                    await s.initialize()
+                    names = {t.name for t in (await s.list_tools()).tools}
+                    assert EXPECTED_TOOLS <= names, names
+                    r = await s.call_tool("list_sandboxes", {})
+                    assert not r.is_error, text_of(r)
+                    r = await s.call_tool("execute_command", {"sandbox": "no-such-box", "command": "true"})
+                    assert r.is_error and "404" in text_of(r), text_of(r)
+
+        asyncio.run(scenario())
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/mcp", method="POST",
+            data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "ping"}).encode(),
+            headers={"Host": "evil.example", "Content-Type": "application/json",
+                     "Accept": "application/json, text/event-stream"})
+        try:
+            status = urllib.request.urlopen(req, timeout=10).status
+        except urllib.error.HTTPError as e:
+            status = e.code
+        assert status in (400, 403, 421), status
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -231,12 +231,42 @@ where
                 } else {
                     (req, None)
                 };
-                match sender.try_send_request(out).await {
+                // A request queued just as the connection's task ends (it
+                // read the server's EOF) can be stranded in hyper's queue:
+                // nothing answers it, and it is only handed back unsent
+                // once the last handle of the connection goes. So the send
+                // races the connection's end, and the handle is dropped
+                // when it ends first.
+                let sent = sender.try_send_request(out);
+                tokio::pin!(sent);
+                let ended = std::future::poll_fn(|cx| match sender.poll_ready(cx) {
+                    std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(()),
+                    _ => std::task::Poll::Pending,
+                });
+                let raced = tokio::select! {
+                    biased;
+                    r = &mut sent => Some(r),
+                    () = ended => None,
+                };
+                let (result, sender) = match raced {
+                    Some(r) => (r, Some(sender)),
+                    None => {
+                        drop(sender);
+                        (sent.await, None)
+                    }
+                };
+                match result {
                     Ok(resp) => {
                         if let Some((_, rec)) = &recorded {
                             rec.answered();
                         }
-                        return Ok(self.track(key, sender, resp));
+                        return Ok(match sender {
+                            Some(sender) => self.track(key, sender, resp),
+                            None => resp.map(|inner| PooledBody {
+                                inner,
+                                release: None,
+                            }),
+                        });
                     }
                     Err(mut e) => {
                         let closed = closed_before_answer(e.error());

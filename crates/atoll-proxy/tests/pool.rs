@@ -439,26 +439,31 @@ async fn streamed_body_racing_the_close_of_its_pooled_connection_is_retried() {
     let (accepted, close_all) = serve_until_told(&socket.0);
     let pool = DaemonPool::default();
     for round in 0..300 {
-        assert_eq!(get_text(&pool, &socket.0, "/small").await, "ok");
-        let (done, closed) = tokio::sync::oneshot::channel();
-        close_all.send(done).await.unwrap();
-        closed.await.unwrap();
-        let chunks = [&b"+a"[..], b"+b", b"+c"]
-            .map(Bytes::from_static)
-            .into_iter()
-            .collect();
-        let req = Request::post("/").body(Chunks(chunks)).unwrap();
-        let resp = pool
-            .forward(
-                &atoll_proxy::Endpoint::unchecked(&socket.0),
-                req,
-                "/echo",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"ok+a+b+c", "round {round}");
+        // A round that hangs fails (a stranded request once did).
+        tokio::time::timeout(Duration::from_secs(20), async {
+            assert_eq!(get_text(&pool, &socket.0, "/small").await, "ok");
+            let (done, closed) = tokio::sync::oneshot::channel();
+            close_all.send(done).await.unwrap();
+            closed.await.unwrap();
+            let chunks = [&b"+a"[..], b"+b", b"+c"]
+                .map(Bytes::from_static)
+                .into_iter()
+                .collect();
+            let req = Request::post("/").body(Chunks(chunks)).unwrap();
+            let resp = pool
+                .forward(
+                    &atoll_proxy::Endpoint::unchecked(&socket.0),
+                    req,
+                    "/echo",
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok+a+b+c", "round {round}");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round} hung for 20 s"));
     }
     assert!(accepted.load(Ordering::SeqCst) >= 301);
 }

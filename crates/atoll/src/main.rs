@@ -125,8 +125,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum McpCommand {
-    /// Serve MCP on stdin/stdout.
-    Start,
+    /// Serve MCP on stdin/stdout, or with --http over streamable HTTP.
+    ///
+    /// Example: atoll mcp start --http 127.0.0.1:8765   (then http://127.0.0.1:8765/mcp)
+    Start {
+        /// Serve streamable HTTP on this address (path /mcp) instead of
+        /// stdio. Only loopback Host names are accepted unless
+        /// ATOLL_MCP_ALLOWED_HOSTS lists others.
+        #[arg(long)]
+        http: Option<String>,
+    },
     /// Print the JSON an MCP client's config takes.
     Config,
     /// Add atoll to an MCP client's config file: claude, cursor or windsurf.
@@ -250,7 +258,7 @@ fn main() {
             Err(e) => Err(e),
         },
         Command::Mcp { endpoint, command } => match command {
-            McpCommand::Start => mcp::start(endpoint),
+            McpCommand::Start { http } => mcp::start(endpoint, http),
             McpCommand::Config => mcp::config(endpoint),
             McpCommand::Init { client } => mcp::init(endpoint, &client),
         },

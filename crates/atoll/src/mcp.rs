@@ -589,7 +589,7 @@ impl ServerHandler for Server {
 }
 
 /// `atoll mcp start`: serves MCP on stdin/stdout until the client closes.
-pub fn start(e: Endpoint) -> Result<()> {
+pub fn start(e: Endpoint, http: Option<String>) -> Result<()> {
     let client = Arc::new(Client::new(&e)?);
     let server = Server {
         client,
@@ -601,6 +601,9 @@ pub fn start(e: Endpoint) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
+        if let Some(addr) = http {
+            return serve_http(server, &addr).await;
+        }
         let running = server
             .serve(rmcp::transport::stdio())
             .await
@@ -611,6 +614,46 @@ pub fn start(e: Endpoint) -> Result<()> {
             .map_err(|e| anyhow!("the MCP session failed: {e}"))?;
         Ok(())
     })
+}
+
+/// MCP over streamable HTTP at `http://{addr}/mcp`: one session per
+/// client (rmcp's session manager), Host checked against loopback names
+/// (rmcp's default, against DNS rebinding) unless `ATOLL_MCP_ALLOWED_HOSTS`
+/// lists others (comma-separated). Whoever reaches it acts with this
+/// CLI's API key: keep it on loopback or behind your own auth.
+async fn serve_http(server: Server, addr: &str) -> Result<()> {
+    use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+    use rmcp::transport::streamable_http_server::{
+        StreamableHttpServerConfig, StreamableHttpService,
+    };
+    let mut config = StreamableHttpServerConfig::default();
+    if let Ok(hosts) = std::env::var("ATOLL_MCP_ALLOWED_HOSTS") {
+        config.allowed_hosts = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    let app = axum::Router::new().nest_service("/mcp", service);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--http {addr}"))?;
+    eprintln!(
+        "MCP over streamable HTTP at http://{}/mcp",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .context("serving MCP over HTTP")
 }
 
 /// The `mcpServers` entry Claude Desktop, Cursor and Windsurf read.
