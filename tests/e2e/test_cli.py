@@ -87,7 +87,7 @@ def test_login_create_exec_and_delete(cli, server):
     assert not cli.config.exists()
 
 
-def test_volumes_from_the_cli(cli, server):
+def test_volumes_from_the_cli(cli, server, tmp_path):
     cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
     name = f"clivol-{secrets.token_hex(3)}"
     vol = json.loads(cli("volume", "create", name, "--size", "1", "-o", "json").stdout)
@@ -104,6 +104,16 @@ def test_volumes_from_the_cli(cli, server):
     finally:
         cli("sandbox", "delete", sb["id"])
         cli("sandbox", "delete", ro["id"])
+    # Files in and out of the volume with no sandbox at all.
+    local = tmp_path / "in.bin"
+    blob = os.urandom(2 << 20)
+    local.write_bytes(blob)
+    cli("volume", "cp", str(local), f"{name}:/sub/in.bin")
+    cli("volume", "cp", f"{name}:/sub/in.bin", str(tmp_path / "out.bin"))
+    assert (tmp_path / "out.bin").read_bytes() == blob
+    assert cli("volume", "cp", f"{name}:/f", str(tmp_path / "f")) and (tmp_path / "f").read_text() == "shared\n"
+    p = cli("volume", "cp", f"{name}:/missing", str(tmp_path / "x"), check=False)
+    assert p.returncode == 1 and "404" in p.stderr and not (tmp_path / "x").exists()
     cli("volume", "delete", name)
     assert name not in cli("volume", "list").stdout
 

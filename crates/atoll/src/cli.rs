@@ -190,6 +190,10 @@ pub enum VolumeCommand {
     Get { volume: String },
     /// Delete a volume (by id or name).
     Delete { volume: String },
+    /// Copy a file into a volume or out of one, no sandbox needed.
+    ///
+    /// Example: atoll volume cp data.csv my-volume:/datasets/data.csv
+    Cp { from: String, to: String },
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -320,6 +324,40 @@ impl Client {
 
     pub(crate) fn key(&self) -> &str {
         &self.key
+    }
+
+    /// Streams the body of GET `url` into the local file `to` (written
+    /// aside, renamed into place once whole); the bytes written.
+    pub(crate) async fn download(&self, url: &str, to: &str) -> Result<u64> {
+        use futures_util::StreamExt;
+        let resp = self
+            .http
+            .get(url)
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            bail!("{status}: {}", resp.text().await.unwrap_or_default());
+        }
+        let tmp = format!("{to}.atoll-part");
+        let mut out = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {tmp}"))?;
+        let mut stream = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("reading the download")?;
+            n += chunk.len() as u64;
+            tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut out).await?;
+        drop(out);
+        tokio::fs::rename(&tmp, to)
+            .await
+            .with_context(|| format!("writing {to}"))?;
+        Ok(n)
     }
 
     /// The toolbox base URL of a sandbox: `{toolboxProxyUrl}/{id}`.
@@ -645,6 +683,52 @@ pub fn volume(e: Endpoint, cmd: VolumeCommand) -> Result<()> {
                     .await?;
                 eprintln!("Deleted volume {volume}");
             }
+            VolumeCommand::Cp { from, to } => match (remote_path(&from), remote_path(&to)) {
+                (None, Some((volume, path))) => {
+                    let v = find(volume.to_string()).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    let file = tokio::fs::File::open(&from)
+                        .await
+                        .with_context(|| format!("opening {from}"))?;
+                    let size = file.metadata().await?.len();
+                    let url = format!(
+                        "{}/volumes/{}/files/upload?path={}",
+                        c.api,
+                        enc(&id),
+                        enc(path)
+                    );
+                    let resp = c
+                        .http
+                        .post(&url)
+                        .bearer_auth(&c.key)
+                        .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                        .header(reqwest::header::CONTENT_LENGTH, size)
+                        .body(reqwest::Body::wrap_stream(
+                            tokio_util::io::ReaderStream::new(file),
+                        ))
+                        .send()
+                        .await
+                        .with_context(|| format!("reaching {url}"))?;
+                    if !resp.status().is_success() {
+                        let status = resp.status();
+                        bail!("{status}: {}", resp.text().await.unwrap_or_default());
+                    }
+                    eprintln!("Copied {from} to {to} ({size} bytes)");
+                }
+                (Some((volume, path)), None) => {
+                    let v = find(volume.to_string()).await?;
+                    let id = v["id"].as_str().unwrap_or_default().to_string();
+                    let url = format!(
+                        "{}/volumes/{}/files/download?path={}",
+                        c.api,
+                        enc(&id),
+                        enc(path)
+                    );
+                    let n = c.download(&url, &to).await?;
+                    eprintln!("Copied {from} to {to} ({n} bytes)");
+                }
+                _ => bail!("one side must be VOLUME:/path and the other a local file"),
+            },
         }
         Ok(())
     })
@@ -876,33 +960,7 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
             }
             (Some((sandbox, path)), None) => {
                 let url = format!("{}/files/download?path={}", c.toolbox_of(sandbox).await?, enc(path));
-                let resp = c
-                    .http
-                    .get(&url)
-                    .bearer_auth(&c.key)
-                    .send()
-                    .await
-                    .with_context(|| format!("reaching {url}"))?;
-                if !resp.status().is_success() {
-                    let status = resp.status();
-                    bail!("{status}: {}", resp.text().await.unwrap_or_default());
-                }
-                let tmp = format!("{to}.atoll-part");
-                let mut out = tokio::fs::File::create(&tmp)
-                    .await
-                    .with_context(|| format!("creating {tmp}"))?;
-                let mut stream = resp.bytes_stream();
-                let mut n = 0u64;
-                while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.context("reading the download")?;
-                    n += chunk.len() as u64;
-                    tokio::io::AsyncWriteExt::write_all(&mut out, &chunk).await?;
-                }
-                tokio::io::AsyncWriteExt::flush(&mut out).await?;
-                drop(out);
-                tokio::fs::rename(&tmp, &to)
-                    .await
-                    .with_context(|| format!("writing {to}"))?;
+                let n = c.download(&url, &to).await?;
                 eprintln!("Copied {from} to {to} ({n} bytes)");
             }
             _ => bail!("one side must be SANDBOX:/absolute/path and the other a local file"),
