@@ -485,3 +485,46 @@ def test_a_server_killed_mid_pull_or_mid_capture_leaves_nothing_stuck(atoll_bin,
     finally:
         restart(atoll_bin, {})
         srv.cleanup()
+
+
+@store_independent
+def test_the_cli_creates_sandboxes_from_an_image_and_a_dockerfile(atoll_bin, server, registry, base_layer,
+                                                                  tmp_path):
+    import json
+    import subprocess
+    repo = unique("test/clibase")
+    push_image(registry, repo, "1", [base_layer])
+    base = f"{registry.host}/{repo}:1"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "ATOLL_API_"))}
+    env.update({"ATOLL_API_URL": server.api_url, "ATOLL_API_KEY": server.api_key,
+                "ATOLL_CONFIG": str(tmp_path / "none.json")})
+
+    def atoll(*args, check=True):
+        p = subprocess.run([str(atoll_bin), *args], capture_output=True, text=True, env=env, timeout=600)
+        assert not check or p.returncode == 0, p
+        return p
+
+    made = []
+    try:
+        sb = json.loads(atoll("sandbox", "create", "--image", base, "-o", "json").stdout)
+        made.append(sb["id"])
+        assert sb["state"] == "started", sb
+        # It runs the image's own files (a busybox base, not the default image).
+        assert atoll("exec", sb["id"], "--", "test", "-x", "/bin/busybox", check=False).returncode == 0
+        assert atoll("exec", sb["id"], "--", "test", "-e", "/usr/bin/python3", check=False).returncode == 1
+        dockerfile = tmp_path / "Dockerfile"
+        dockerfile.write_text(f"FROM {base}\nRUN echo from-cli > /made\n")
+        sb = json.loads(atoll("sandbox", "create", "--dockerfile", str(dockerfile), "-o", "json").stdout)
+        made.append(sb["id"])
+        assert atoll("exec", sb["id"], "--", "cat", "/made").stdout == "from-cli\n"
+        # A failing build is an error with its reason, exit code 1.
+        dockerfile.write_text(f"FROM {base}\nRUN exit 3\n")
+        p = atoll("sandbox", "create", "--dockerfile", str(dockerfile), check=False)
+        assert p.returncode == 1 and "build" in p.stderr.lower(), p
+        # COPY needs an upload the CLI does not make: refused before anything is sent.
+        dockerfile.write_text(f"FROM {base}\nCOPY x /x\n")
+        p = atoll("sandbox", "create", "--dockerfile", str(dockerfile), check=False)
+        assert p.returncode == 1 and "COPY" in p.stderr, p
+    finally:
+        for sid in made:
+            atoll("sandbox", "delete", sid, check=False)

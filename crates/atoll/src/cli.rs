@@ -131,8 +131,15 @@ pub struct CreateArgs {
     #[arg(long)]
     name: Option<String>,
     /// Snapshot to start from.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["image", "dockerfile"])]
     snapshot: Option<String>,
+    /// An image to build the sandbox from (`FROM IMAGE`), e.g. python:3.12.
+    #[arg(long, conflicts_with = "dockerfile")]
+    image: Option<String>,
+    /// A Dockerfile to build the sandbox from (no COPY/ADD of local
+    /// files: the SDKs' Image.from_dockerfile uploads those).
+    #[arg(long)]
+    dockerfile: Option<PathBuf>,
     #[arg(long)]
     cpu: Option<i64>,
     /// GiB.
@@ -631,7 +638,59 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                         body[k] = v;
                     }
                 }
-                let v = c.api(Method::POST, "/sandbox", Some(body)).await?;
+                let dockerfile = match (&a.image, &a.dockerfile) {
+                    (Some(image), _) => Some(format!("FROM {image}\n")),
+                    (None, Some(path)) => {
+                        let text = std::fs::read_to_string(path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        if text.lines().any(|l| {
+                            let w = l.trim_start().split_whitespace().next().unwrap_or("");
+                            w.eq_ignore_ascii_case("COPY") || w.eq_ignore_ascii_case("ADD")
+                        }) {
+                            bail!(
+                                "{}: COPY and ADD need their files uploaded, which the CLI does not do yet; use the SDKs' Image.from_dockerfile",
+                                path.display()
+                            );
+                        }
+                        Some(text)
+                    }
+                    (None, None) => None,
+                };
+                if let Some(content) = dockerfile {
+                    body["buildInfo"] = json!({ "dockerfileContent": content });
+                }
+                let mut v = c.api(Method::POST, "/sandbox", Some(body)).await?;
+                // A build runs first: wait for it, dots on stderr.
+                let id = v["id"].as_str().unwrap_or_default().to_string();
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+                let mut waited = false;
+                while !matches!(
+                    v["state"].as_str(),
+                    Some("started" | "error" | "build_failed" | "stopped")
+                ) {
+                    if std::time::Instant::now() > deadline {
+                        bail!("sandbox {id} is still {} after an hour", v["state"]);
+                    }
+                    if !waited {
+                        eprint!("Building ");
+                        waited = true;
+                    }
+                    eprint!(".");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    v = c
+                        .api(Method::GET, &format!("/sandbox/{}", enc(&id)), None)
+                        .await?;
+                }
+                if waited {
+                    eprintln!();
+                }
+                if matches!(v["state"].as_str(), Some("error" | "build_failed")) {
+                    bail!(
+                        "sandbox {id} is {}: {}",
+                        v["state"].as_str().unwrap_or_default(),
+                        v["errorReason"].as_str().unwrap_or("no reason given")
+                    );
+                }
                 c.print(&v, SANDBOX_COLUMNS);
             }
         }
