@@ -107,7 +107,7 @@ pub enum SandboxCommand {
     /// Create a sandbox and wait until it runs.
     ///
     /// Example: atoll sandbox create --snapshot general --cpu 2 --env A=1 --label team=ml
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List sandboxes.
     List,
     /// Show one sandbox.
@@ -644,7 +644,7 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                         let text = std::fs::read_to_string(path)
                             .with_context(|| format!("reading {}", path.display()))?;
                         if text.lines().any(|l| {
-                            let w = l.trim_start().split_whitespace().next().unwrap_or("");
+                            let w = l.split_whitespace().next().unwrap_or("");
                             w.eq_ignore_ascii_case("COPY") || w.eq_ignore_ascii_case("ADD")
                         }) {
                             bail!(
