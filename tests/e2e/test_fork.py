@@ -144,3 +144,38 @@ def test_bad_forks_are_refused(daytona, server):
         assert status in (400, 404), body
     finally:
         sb.delete()
+
+
+def test_a_fork_the_quota_refuses_copies_nothing(server):
+    """The child's row is admitted against the organization's quota before
+    any disk is copied: a refused fork leaves no row, no directory."""
+    import json
+    import os
+    d = server.client()
+    parent = d.create()
+    try:
+        status, body = api(server, "GET", "/sandbox")
+        count = len(body["items"])
+        status, _, _ = server.http("PUT", "/api/admin/organizations/default/quota",
+                                   json={"maxSandboxes": count})
+        assert status == 200
+        try:
+            before = sorted(e for e in os.listdir(os.path.join(str(server.data_dir), "sandboxes"))
+                            if not e.startswith("."))
+            status, body = api(server, "POST", f"/sandbox/{parent.id}/fork", {})
+            assert status == 403 and "maxSandboxes" in body["message"], (status, body)
+            after = sorted(e for e in os.listdir(os.path.join(str(server.data_dir), "sandboxes"))
+                           if not e.startswith("."))
+            assert after == before
+            assert api(server, "GET", f"/sandbox/{parent.id}/forks")[1] == []
+            assert len(api(server, "GET", "/sandbox")[1]["items"]) == count
+        finally:
+            status, _, b = server.http("PUT", "/api/admin/organizations/default/quota",
+                                       json={"maxSandboxes": None})
+            assert status == 200, b
+        # With room again the fork goes through.
+        child = parent.fork()
+        assert child.state == "started"
+        child.delete()
+    finally:
+        parent.delete()

@@ -62,35 +62,23 @@ impl AppState {
             ));
         }
         let image = format!("{FORK_IMAGE_PREFIX}{child_id}");
-        // The parent's lock is held while its files are captured: no stop,
+        // The parent's lock is held while its disk is copied: no stop,
         // delete or second fork of it meanwhile.
-        let (parent, rt) = {
-            let lock = self.locks.get(&found.id);
-            let _guard = lock.lock().await;
-            let parent = self
-                .store
-                .sandbox(&found.id)
-                .await?
-                .ok_or_else(|| ApiError::sandbox_not_found(id_or_name))?;
-            if parent.state != state::STARTED {
-                return Err(ApiError::BadRequest(
-                    "Sandbox must be in started state to fork".into(),
-                ));
-            }
-            let rt = self.rt(&parent).await?;
-            let started = std::time::Instant::now();
-            let forked = rt.fork(&parent.id, &child_id, &image).await?;
-            tracing::info!(
-                parent = %parent.id,
-                child = %child_id,
-                ms = started.elapsed().as_millis() as u64,
-                copy_on_write = forked.copy_on_write,
-                "copied a sandbox's disk for a fork"
-            );
-            (parent, rt)
-        };
+        let lock = self.locks.get(&found.id);
+        let parent_guard = lock.lock().await;
+        let parent = self
+            .store
+            .sandbox(&found.id)
+            .await?
+            .ok_or_else(|| ApiError::sandbox_not_found(id_or_name))?;
+        if parent.state != state::STARTED {
+            return Err(ApiError::BadRequest(
+                "Sandbox must be in started state to fork".into(),
+            ));
+        }
+        let rt = self.rt(&parent).await?;
         let now = now_millis();
-        let child = SandboxRecord {
+        let mut child = SandboxRecord {
             id: child_id.clone(),
             name,
             state: state::CREATING,
@@ -109,11 +97,33 @@ impl AppState {
             runner_id: parent.runner_id.clone(),
             ..parent.clone()
         };
+        // The child's row first, within the organization's quota: a fork
+        // the quota refuses copies nothing.
+        let child_lock = self.locks.get(&child_id);
+        let _child_guard = child_lock.lock().await;
+        self.insert_within_quota(&child).await?;
+        let started = std::time::Instant::now();
+        let forked = match rt.fork(&parent.id, &child_id, &image).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = self.store.delete_sandbox(&child_id).await;
+                self.locks.forget(&child_id);
+                return Err(e.into());
+            }
+        };
+        drop(parent_guard);
+        tracing::info!(
+            parent = %parent.id,
+            child = %child_id,
+            ms = started.elapsed().as_millis() as u64,
+            copy_on_write = forked.copy_on_write,
+            "copied a sandbox's disk for a fork"
+        );
         self.store
             .insert_fork(&p.organization_id, &child_id, &parent.id, now)
             .await?;
-        match self.launch(child).await {
-            Ok(dto) => Ok(dto),
+        match self.start_created(&mut child).await {
+            Ok(()) => Ok(self.to_dto(&child)),
             Err(e) => {
                 // The fork did not come to be: its disk and image go.
                 if self.store.sandbox(&child_id).await?.is_none() {

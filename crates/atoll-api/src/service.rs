@@ -37,7 +37,7 @@ impl SandboxLocks {
         map.entry(id.to_string()).or_default().clone()
     }
 
-    fn forget(&self, id: &str) {
+    pub(crate) fn forget(&self, id: &str) {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(id);
     }
