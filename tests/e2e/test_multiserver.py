@@ -51,7 +51,9 @@ def test_any_server_serves_every_sandbox_and_the_survivor_takes_over(atoll_bin, 
         b.start()
         runners = json.loads(a.http("GET", "/api/runners")[2])
         assert len(runners) == 2 and all(r["local"] for r in runners), runners
-        edge = AtollRunner(a, "edge")
+        # The edge reports to B, the survivor: a runner whose only control
+        # plane URL dies goes unresponsive, and its sandboxes `unknown`.
+        edge = AtollRunner(b, "edge")
         edge.extra_env.update(FAST)
         edge.start()
 
@@ -68,9 +70,6 @@ def test_any_server_serves_every_sandbox_and_the_survivor_takes_over(atoll_bin, 
         on_a = da.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
         only(local_b)
         on_other = da.create(CreateSandboxFromSnapshotParams(auto_stop_interval=0))
-        only(edge.id)
-        idle = db.create(CreateSandboxFromSnapshotParams(auto_stop_interval=1))
-        assert (on_a.runner_id, on_other.runner_id, idle.runner_id) == (local_a, local_b, edge.id)
 
         # Each server drives every sandbox, wherever it runs.
         for d in (da, db):
@@ -80,6 +79,11 @@ def test_any_server_serves_every_sandbox_and_the_survivor_takes_over(atoll_bin, 
         db.get(on_a.id).fs.upload_file(b"written through B", "/home/daytona/via-b.txt")
         assert da.get(on_a.id).fs.download_file("/home/daytona/via-b.txt") == b"written through B"
 
+        # Made just before the kill, so A cannot be killed in the middle of
+        # its own auto-stop of it (due 2 s after its start).
+        only(edge.id)
+        idle = db.create(CreateSandboxFromSnapshotParams(auto_stop_interval=1))
+        assert (on_a.runner_id, on_other.runner_id, idle.runner_id) == (local_a, local_b, edge.id)
         # SIGKILL A: B serves what is not on A's host, and its scheduler
         # (the lease moved) auto-stops the idle sandbox.
         a.kill()
