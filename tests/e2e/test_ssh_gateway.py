@@ -234,3 +234,37 @@ def test_bad_revoked_and_foreign_tokens_get_nowhere(ssh_server, box):
         assert r.returncode == 255, r
     finally:
         other.delete()
+
+
+def test_exec_stream_refuses_a_bad_start_frame(ssh_server, box):
+    """The daemon's `/process/exec-stream` (behind the gateway and the CLI)
+    answers a malformed or unknown start frame with an error frame and runs
+    nothing."""
+    import json
+    import websocket  # websocket-client, a dependency of the SDK
+    sb, _ = box
+    url = ssh_server.url.replace("http", "ws", 1) + f"/toolbox/{sb.id}/process/exec-stream"
+    headers = [f"Authorization: Bearer {ssh_server.api_key}"]
+    for first in ("not json", json.dumps({"command": "touch /tmp/ran", "rm": "-rf"}),
+                  json.dumps({"cmd": "touch /tmp/ran"})):
+        ws = websocket.create_connection(url, header=headers, timeout=10)
+        try:
+            ws.send(first)
+            reply = json.loads(ws.recv())
+            assert reply["type"] == "error" and reply["message"], reply
+        finally:
+            ws.close()
+    assert sb.process.exec("test -e /tmp/ran && echo ran || echo no").result.strip() == "no"
+    # A good one runs, and its exit code comes back.
+    ws = websocket.create_connection(url, header=headers, timeout=10)
+    try:
+        ws.send(json.dumps({"command": "echo hi; exit 6"}))
+        frames = []
+        while True:
+            m = ws.recv()
+            frames.append(m)
+            if isinstance(m, str):
+                break
+        assert frames[0] == b"\x01hi\n" and json.loads(frames[-1]) == {"type": "exit", "exitCode": 6}, frames
+    finally:
+        ws.close()

@@ -362,31 +362,18 @@ async fn pty_session(
         o = output => o,
         () = input => Ok(None),
     };
-    match outcome {
-        Ok(Some(code)) => Ok(code),
-        Ok(None) => {
-            // The client left with the shell still running: end it (a
-            // detached PTY session would otherwise live on).
-            let _ = toolbox_call(
-                state,
-                sandbox,
-                http::Method::DELETE,
-                &format!("/process/pty/{id}"),
-                None,
-            )
-            .await;
-            Ok(255)
-        }
-        Err(e) => {
-            let _ = toolbox_call(
-                state,
-                sandbox,
-                http::Method::DELETE,
-                &format!("/process/pty/{id}"),
-                None,
-            )
-            .await;
-            Err(e)
-        }
+    if let Ok(Some(code)) = outcome {
+        return Ok(code);
     }
+    // The client left with the shell still running, or the terminal
+    // broke: end the session (a detached PTY would otherwise live on).
+    let _ = toolbox_call(
+        state,
+        sandbox,
+        http::Method::DELETE,
+        &format!("/process/pty/{id}"),
+        None,
+    )
+    .await;
+    outcome.map(|_| 255)
 }

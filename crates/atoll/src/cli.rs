@@ -566,6 +566,14 @@ pub(crate) fn enc(s: &str) -> String {
 
 pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
     let c = Client::new(&e)?;
+    // The lifecycle calls differ only in their path's last segment.
+    let action = match &cmd {
+        SandboxCommand::Start { .. } => "start",
+        SandboxCommand::Stop { .. } => "stop",
+        SandboxCommand::Pause { .. } => "pause",
+        SandboxCommand::Archive { .. } => "archive",
+        _ => "",
+    };
     runtime()?.block_on(async {
         use reqwest::Method;
         match cmd {
@@ -577,27 +585,16 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                 let v = c.api(Method::GET, &format!("/sandbox/{}", enc(&sandbox)), None).await?;
                 c.print(&v, SANDBOX_COLUMNS);
             }
-            SandboxCommand::Start { sandbox } => {
+            SandboxCommand::Start { sandbox }
+            | SandboxCommand::Stop { sandbox }
+            | SandboxCommand::Pause { sandbox }
+            | SandboxCommand::Archive { sandbox } => {
                 let v = c
-                    .api(Method::POST, &format!("/sandbox/{}/start", enc(&sandbox)), None)
-                    .await?;
-                c.print(&v, SANDBOX_COLUMNS);
-            }
-            SandboxCommand::Stop { sandbox } => {
-                let v = c
-                    .api(Method::POST, &format!("/sandbox/{}/stop", enc(&sandbox)), None)
-                    .await?;
-                c.print(&v, SANDBOX_COLUMNS);
-            }
-            SandboxCommand::Pause { sandbox } => {
-                let v = c
-                    .api(Method::POST, &format!("/sandbox/{}/pause", enc(&sandbox)), None)
-                    .await?;
-                c.print(&v, SANDBOX_COLUMNS);
-            }
-            SandboxCommand::Archive { sandbox } => {
-                let v = c
-                    .api(Method::POST, &format!("/sandbox/{}/archive", enc(&sandbox)), None)
+                    .api(
+                        Method::POST,
+                        &format!("/sandbox/{}/{action}", enc(&sandbox)),
+                        None,
+                    )
                     .await?;
                 c.print(&v, SANDBOX_COLUMNS);
             }
