@@ -77,6 +77,7 @@ version("pytest")
 version("moto")
 version("mcp")
 assert version("playwright") == "1.65.3"
+version("websocket-client")
 EOF
 }
 if ! venv_ok; then
@@ -84,8 +85,8 @@ if ! venv_ok; then
         say "creating .venv with $PYTHON"
         "$PYTHON" -m venv .venv
     fi
-    say "installing daytona==$DAYTONA_SDK_VERSION, pytest, moto (a local S3 for the archive tests), mcp (the client of the MCP tests) and playwright (drives Debian's chromium in the web terminal test; no browser download) into .venv"
-    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28" "mcp==2.3.0" "playwright==1.65.3"
+    say "installing daytona==$DAYTONA_SDK_VERSION, pytest, moto (a local S3 for the archive tests), mcp (the client of the MCP tests) playwright (drives Debian's chromium in the web terminal test; no browser download) and websocket-client (raw WebSocket checks) into .venv"
+    .venv/bin/python -m pip install -q --disable-pip-version-check "daytona==$DAYTONA_SDK_VERSION" pytest "moto[server]==5.0.28" "mcp==2.3.0" "playwright==1.65.3" "websocket-client==1.9.2"
     venv_ok || { say "the venv at .venv is still incomplete"; exit 1; }
 fi
 

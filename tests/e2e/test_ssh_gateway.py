@@ -241,7 +241,7 @@ def test_exec_stream_refuses_a_bad_start_frame(ssh_server, box):
     answers a malformed or unknown start frame with an error frame and runs
     nothing."""
     import json
-    import websocket  # websocket-client, a dependency of the SDK
+    import websocket  # websocket-client, installed by scripts/setup.sh
     sb, _ = box
     url = ssh_server.url.replace("http", "ws", 1) + f"/toolbox/{sb.id}/process/exec-stream"
     headers = [f"Authorization: Bearer {ssh_server.api_key}"]
