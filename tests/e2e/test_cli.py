@@ -236,3 +236,75 @@ def test_exec_streams_takes_stdin_and_runs_on_a_terminal(cli, server, atoll_bin,
         assert os.WEXITSTATUS(status) == 4, (status, seen)
     finally:
         cli("sandbox", "delete", sb["id"])
+
+
+def test_logs_of_a_session_command(cli, server, daytona):
+    """`atoll logs --session S --command C`: stdout and stderr apart, whole
+    or followed until the command ends; `--build` and the entrypoint's log
+    of a sandbox of the default snapshot (its entrypoint prints nothing)."""
+    import time
+    from daytona import SessionExecuteRequest
+
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    sb = daytona.create()
+    try:
+        sb.process.create_session("logs")
+        cmd = sb.process.execute_session_command("logs", SessionExecuteRequest(
+            command="echo one; echo bad >&2; sleep 2; echo two", run_async=True))
+        t0 = time.time()
+        p = cli("logs", sb.id, "--session", "logs", "--command", cmd.cmd_id, "-f")
+        assert time.time() - t0 > 1.0, "follow returned before the command ended"
+        assert (p.stdout, p.stderr) == ("one\ntwo\n", "bad\n"), p
+        p = cli("logs", sb.id, "--session", "logs", "--command", cmd.cmd_id)
+        assert (p.stdout, p.stderr) == ("one\ntwo\n", "bad\n"), p
+        assert json.loads(cli("logs", sb.id, "--session", "logs", "--command", cmd.cmd_id,
+                              "-o", "json").stdout)["stderr"] == "bad\n"
+        p = cli("logs", sb.id, "--session", "logs", "--command", "nope", check=False)
+        assert p.returncode == 1 and "404" in p.stderr, p
+        p = cli("logs", sb.id, "--session", "logs", check=False)
+        assert p.returncode == 2, p  # --session needs --command
+        assert cli("logs", sb.id).stdout == ""
+        assert cli("logs", sb.id, "--build", "-f").returncode == 0
+    finally:
+        daytona.delete(sb)
+
+
+def test_colour_on_a_terminal_only_and_never_with_no_color(cli, server, atoll_bin):
+    import pty
+    import select
+    import time
+
+    cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env.update({"ATOLL_CONFIG": str(cli.config), "TERM": "xterm"})
+
+    def on_a_terminal(*args: str, extra: dict | None = None) -> bytes:
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execve(str(atoll_bin), [str(atoll_bin), *args], {**env, **(extra or {})})
+        seen = b""
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            r, _, _ = select.select([fd], [], [], 0.5)
+            if r:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        os.waitpid(pid, 0)
+        os.close(fd)
+        return seen
+
+    # A table on a terminal: a bold header, states in colour.
+    assert b"\x1b[1mID" in on_a_terminal("snapshot", "list")
+    assert b"\x1b[" not in on_a_terminal("snapshot", "list", "--no-color")
+    assert b"\x1b[" not in on_a_terminal("snapshot", "list", extra={"NO_COLOR": "1"})
+    # Errors: a red prefix on a terminal, plain with --no-color.
+    assert b"\x1b[31matoll:" in on_a_terminal("sandbox", "info", "no-such-sandbox")
+    assert b"\x1b[" not in on_a_terminal("--no-color", "sandbox", "info", "no-such-sandbox")
+    # Never into a pipe.
+    p = cli("snapshot", "list")
+    assert "\x1b[" not in p.stdout and p.stdout.startswith("ID")

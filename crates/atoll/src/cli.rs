@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::style;
+
 #[derive(clap::Args, Clone)]
 pub struct Endpoint {
     /// The API's URL, e.g. http://127.0.0.1:3000/api.
@@ -430,26 +432,52 @@ impl Client {
                     .unwrap_or(0)
             })
             .collect();
-        let line = |cells: Vec<String>| {
+        // Padded first, painted after: escape codes take no columns.
+        let line = |cells: Vec<(String, &str)>| {
+            let last = cells.len().saturating_sub(1);
             cells
                 .iter()
                 .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
+                .enumerate()
+                .map(|(i, ((c, code), w))| {
+                    let padded = if i == last {
+                        c.clone()
+                    } else {
+                        format!("{c:<w$}")
+                    };
+                    style::paint(style::Stream::Stdout, code, &padded)
+                })
                 .collect::<Vec<_>>()
                 .join("  ")
-                .trim_end()
-                .to_string()
         };
         let _ = writeln!(
             out,
             "{}",
-            line(columns.iter().map(|(t, _)| t.to_string()).collect())
+            line(
+                columns
+                    .iter()
+                    .map(|(t, _)| (t.to_string(), style::BOLD))
+                    .collect()
+            )
         );
         for r in rows {
             let _ = writeln!(
                 out,
                 "{}",
-                line(columns.iter().map(|(_, k)| cell(r, k)).collect())
+                line(
+                    columns
+                        .iter()
+                        .map(|(_, k)| {
+                            let c = cell(r, k);
+                            let code = if *k == "state" {
+                                style::state_code(&c)
+                            } else {
+                                ""
+                            };
+                            (c, code)
+                        })
+                        .collect()
+                )
             );
         }
     }
@@ -660,7 +688,7 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                 // A build runs first: wait for it, dots on stderr.
                 let id = v["id"].as_str().unwrap_or_default().to_string();
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-                let mut waited = false;
+                let mut waiting = style::Waiting::new(format!("Creating {id}"));
                 while !matches!(
                     v["state"].as_str(),
                     Some("started" | "error" | "build_failed" | "stopped")
@@ -668,19 +696,13 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                     if std::time::Instant::now() > deadline {
                         bail!("sandbox {id} is still {} after an hour", v["state"]);
                     }
-                    if !waited {
-                        eprint!("Building ");
-                        waited = true;
-                    }
-                    eprint!(".");
+                    waiting.tick(v["state"].as_str().unwrap_or("?"));
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     v = c
                         .api(Method::GET, &format!("/sandbox/{}", enc(&id)), None)
                         .await?;
                 }
-                if waited {
-                    eprintln!();
-                }
+                drop(waiting);
                 if matches!(v["state"].as_str(), Some("error" | "build_failed")) {
                     bail!(
                         "sandbox {id} is {}: {}",
@@ -905,7 +927,7 @@ pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {
                     )
                     .await?;
                 let id = v["id"].as_str().unwrap_or_default().to_string();
-                eprint!("Pulling {image} ");
+                let mut waiting = style::Waiting::new(format!("Pulling {image}"));
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
                 while !matches!(
                     v["state"].as_str(),
@@ -914,13 +936,13 @@ pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {
                     if std::time::Instant::now() > deadline {
                         bail!("snapshot {name} is still {} after 30 minutes", v["state"]);
                     }
-                    eprint!(".");
+                    waiting.tick(v["state"].as_str().unwrap_or("?"));
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     v = c
                         .api(Method::GET, &format!("/snapshots/{}", enc(&id)), None)
                         .await?;
                 }
-                eprintln!();
+                drop(waiting);
                 if v["state"] != "active" {
                     bail!(
                         "snapshot {name} failed: {}",
@@ -1023,4 +1045,171 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// What `atoll logs` reads.
+pub enum LogSource {
+    /// The output of the sandbox's entrypoint (as `docker logs`).
+    Entrypoint,
+    /// The log of the image build or pull the sandbox waited for.
+    Build,
+    /// One command of a session.
+    Command { session: String, command: String },
+}
+
+/// Splits a session log marked with Daytona's stream prefixes (three 0x01
+/// bytes before stdout, three 0x02 before stderr) into its two streams;
+/// marks split across chunks are carried over.
+#[derive(Default)]
+pub(crate) struct Demux {
+    stderr: bool,
+    /// A run of mark bytes at the end of the last chunk, kept back.
+    held: Vec<u8>,
+}
+
+impl Demux {
+    /// The stdout and stderr bytes of `chunk`.
+    pub(crate) fn feed(&mut self, chunk: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let mut data = std::mem::take(&mut self.held);
+        data.extend_from_slice(chunk);
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            if b == 1 || b == 2 {
+                let run = data[i..].iter().take(3).take_while(|&&x| x == b).count();
+                if run == 3 {
+                    self.stderr = b == 2;
+                    i += 3;
+                    continue;
+                }
+                if i + run == data.len() {
+                    // Maybe the start of a mark the next chunk completes.
+                    self.held = data[i..].to_vec();
+                    break;
+                }
+            }
+            if self.stderr {
+                err.push(b);
+            } else {
+                out.push(b);
+            }
+            i += 1;
+        }
+        (out, err)
+    }
+}
+
+/// `atoll logs`: prints a sandbox's logs; `follow` streams them until the
+/// command (or build) ends.
+pub fn logs(e: Endpoint, sandbox: String, source: LogSource, follow: bool) -> Result<()> {
+    use futures_util::StreamExt;
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        let (url, marked) = match &source {
+            LogSource::Build => {
+                let sb = c
+                    .api(
+                        reqwest::Method::GET,
+                        &format!("/sandbox/{}", enc(&sandbox)),
+                        None,
+                    )
+                    .await?;
+                let id = sb["id"].as_str().unwrap_or(&sandbox).to_string();
+                (format!("{}/sandbox/{}/build-logs", c.api, enc(&id)), false)
+            }
+            LogSource::Entrypoint => (
+                format!(
+                    "{}/process/session/entrypoint/logs",
+                    c.toolbox_of(&sandbox).await?
+                ),
+                true,
+            ),
+            LogSource::Command { session, command } => (
+                format!(
+                    "{}/process/session/{}/command/{}/logs",
+                    c.toolbox_of(&sandbox).await?,
+                    enc(session),
+                    enc(command)
+                ),
+                true,
+            ),
+        };
+        if marked && !follow {
+            // The whole log as JSON, its streams already apart.
+            let v = c.call(reqwest::Method::GET, &url, None).await?;
+            if c.output != Format::Table {
+                c.print(&v, &[]);
+            } else {
+                let _ = std::io::stdout().write_all(v["stdout"].as_str().unwrap_or("").as_bytes());
+                let _ = std::io::stderr().write_all(v["stderr"].as_str().unwrap_or("").as_bytes());
+            }
+            return Ok(());
+        }
+        let url = if follow {
+            format!("{url}?follow=true")
+        } else {
+            url
+        };
+        let resp = c
+            .http()
+            .get(&url)
+            .bearer_auth(c.key())
+            .header("X-Daytona-Split-Output", "true")
+            .send()
+            .await
+            .with_context(|| format!("reaching {url}"))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("{status}: {message}");
+        }
+        let mut demux = Demux::default();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.context("reading the log")?;
+            let (out, err) = if marked {
+                demux.feed(&chunk)
+            } else {
+                (chunk.to_vec(), Vec::new())
+            };
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&out);
+            let _ = stdout.flush();
+            let _ = std::io::stderr().write_all(&err);
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Demux;
+
+    #[test]
+    fn demux_splits_streams_across_chunk_boundaries() {
+        let log = b"\x01\x01\x01out1\n\x02\x02\x02err1\n\x01\x01\x01out2\n";
+        // Every split point, including inside a mark.
+        for cut in 0..log.len() {
+            let mut d = Demux::default();
+            let (mut out, mut err) = d.feed(&log[..cut]);
+            let (o2, e2) = d.feed(&log[cut..]);
+            out.extend(o2);
+            err.extend(e2);
+            assert_eq!(out, b"out1\nout2\n", "cut {cut}");
+            assert_eq!(err, b"err1\n", "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn demux_keeps_lone_control_bytes() {
+        let mut d = Demux::default();
+        let (out, err) = d.feed(b"a\x01b\x02\x02c");
+        assert_eq!(out, b"a\x01b\x02\x02c");
+        assert!(err.is_empty());
+    }
 }

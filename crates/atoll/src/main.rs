@@ -9,6 +9,7 @@ mod mcp;
 mod progress;
 mod runner;
 mod serve;
+mod style;
 mod tenancy;
 mod tls;
 
@@ -22,6 +23,9 @@ use std::path::PathBuf;
     about = "Self-hostable, Daytona-compatible sandboxes for AI-generated code"
 )]
 struct Cli {
+    /// No colour in output (also NO_COLOR=1, or TERM=dumb).
+    #[arg(long, global = true)]
+    no_color: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -108,6 +112,29 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// A sandbox's logs: its entrypoint's output (as `docker logs`), the
+    /// build of its image (`--build`), or one session command's.
+    ///
+    /// Example: atoll logs my-sandbox -f
+    /// Example: atoll logs my-sandbox --session web --command 3f2a… -f
+    Logs {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        /// The sandbox (id or name).
+        sandbox: String,
+        /// Keep streaming until the command (or build) ends.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// The log of the image build or pull the sandbox waited for.
+        #[arg(long, conflicts_with_all = ["session", "command"])]
+        build: bool,
+        /// A session id (with --command).
+        #[arg(long, requires = "command")]
+        session: Option<String>,
+        /// A command id of that session.
+        #[arg(long, requires = "session")]
+        command: Option<String>,
+    },
     /// The Model Context Protocol server agents (Claude Desktop, Cursor,
     /// Windsurf) drive sandboxes through.
     Mcp {
@@ -191,7 +218,15 @@ fn main() {
         "atoll-sandbox-init" => atoll_runner::init::init_main(),
         _ => {}
     }
+    // Colour off before parsing, so even a usage error is plain (clap
+    // itself is built without colour).
+    if style::disabled_by(std::env::args_os()) {
+        style::disable();
+    }
     let cli = Cli::parse();
+    if cli.no_color {
+        style::disable();
+    }
     let result = match cli.command {
         Command::Image {
             command:
@@ -257,6 +292,23 @@ fn main() {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
         },
+        Command::Logs {
+            endpoint,
+            sandbox,
+            follow,
+            build,
+            session,
+            command,
+        } => {
+            let source = match (build, session, command) {
+                (true, _, _) => cli::LogSource::Build,
+                (false, Some(session), Some(command)) => {
+                    cli::LogSource::Command { session, command }
+                }
+                _ => cli::LogSource::Entrypoint,
+            };
+            cli::logs(endpoint, sandbox, source, follow)
+        }
         Command::Mcp { endpoint, command } => match command {
             McpCommand::Start { http } => mcp::start(endpoint, http),
             McpCommand::Config => mcp::config(endpoint),
@@ -274,7 +326,10 @@ fn main() {
         }
     };
     if let Err(e) = result {
-        eprintln!("atoll: {e:#}");
+        eprintln!(
+            "{} {e:#}",
+            style::paint(style::Stream::Stderr, style::RED, "atoll:")
+        );
         std::process::exit(1);
     }
 }
