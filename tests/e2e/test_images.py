@@ -9,6 +9,7 @@ import os
 import secrets
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from daytona import CreateSandboxFromImageParams, CreateSandboxFromSnapshotParams, CreateSnapshotParams
@@ -521,10 +522,39 @@ def test_the_cli_creates_sandboxes_from_an_image_and_a_dockerfile(atoll_bin, ser
         dockerfile.write_text(f"FROM {base}\nRUN exit 3\n")
         p = atoll("sandbox", "create", "--dockerfile", str(dockerfile), check=False)
         assert p.returncode == 1 and "build" in p.stderr.lower(), p
-        # COPY needs an upload the CLI does not make: refused before anything is sent.
-        dockerfile.write_text(f"FROM {base}\nCOPY x /x\n")
-        p = atoll("sandbox", "create", "--dockerfile", str(dockerfile), check=False)
-        assert p.returncode == 1 and "COPY" in p.stderr, p
+        # COPY and ADD: the files are uploaded (signed S3 requests to the
+        # server's object store) and copied in, modes kept; a 20 MiB file
+        # goes in parts.
+        ctx = tmp_path / "ctx"
+        (ctx / "lib" / "sub").mkdir(parents=True)
+        (ctx / "lib" / "sub" / "run.sh").write_text("#!/bin/sh\necho ran\n")
+        (ctx / "lib" / "sub" / "run.sh").chmod(0o755)
+        (ctx / "main.txt").write_text("main\n")
+        big = os.urandom(20 << 20)
+        (ctx / "big.bin").write_bytes(big)
+        (ctx / "Dockerfile").write_text(
+            f"FROM {base}\nCOPY ./lib/ /app/lib\nADD main.txt big.bin /app/\n")
+        env["ATOLL_TLS_CA_FILE"] = str(Path(server.data_dir) / "tls" / "ca.pem")
+        sb = json.loads(atoll("sandbox", "create", "--dockerfile", str(ctx / "Dockerfile"),
+                              "-o", "json").stdout)
+        made.append(sb["id"])
+        assert atoll("exec", sb["id"], "--", "/app/lib/sub/run.sh").stdout == "ran\n"
+        assert atoll("exec", sb["id"], "--", "cat", "/app/main.txt").stdout == "main\n"
+        digest = atoll("exec", sb["id"], "--", "sha256sum", "/app/big.bin").stdout.split()[0]
+        assert digest == __import__("hashlib").sha256(big).hexdigest()
+        # A second create with the same files uploads nothing new (the
+        # objects are content-addressed) and builds from the cache.
+        sb = json.loads(atoll("sandbox", "create", "--dockerfile", str(ctx / "Dockerfile"),
+                              "-o", "json").stdout)
+        made.append(sb["id"])
+        assert atoll("exec", sb["id"], "--", "cat", "/app/main.txt").stdout == "main\n"
+        # Sources the builder would refuse are refused before any upload.
+        (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY *.txt /app/\n")
+        p = atoll("sandbox", "create", "--dockerfile", str(ctx / "Dockerfile"), check=False)
+        assert p.returncode == 1 and "wildcards" in p.stderr, p
+        (ctx / "Dockerfile").write_text(f"FROM {base}\nCOPY missing.txt /app/\n")
+        p = atoll("sandbox", "create", "--dockerfile", str(ctx / "Dockerfile"), check=False)
+        assert p.returncode == 1 and "missing.txt" in p.stderr, p
     finally:
         for sid in made:
             atoll("sandbox", "delete", sid, check=False)

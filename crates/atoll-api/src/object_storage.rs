@@ -237,6 +237,74 @@ fn xml(status: StatusCode, body: String) -> Response {
 
 // ---- Signature V4 ------------------------------------------------------
 
+/// The Signature V4 signature (hex) of a request to this endpoint, as
+/// both sides compute it: `amz_date` is the `x-amz-date` value (its first
+/// eight characters the credential's date), `path` the request path as
+/// sent, `query` the raw query, `headers` the signed headers (lowercase
+/// names, in the order `SignedHeaders` lists them), `payload_hash` the
+/// `x-amz-content-sha256` value.
+pub fn signature(
+    secret: &str,
+    amz_date: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    payload_hash: &str,
+) -> String {
+    let date = amz_date.get(..8).unwrap_or_default();
+    let canonical_headers: String = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = value.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{name}:{value}\n")
+        })
+        .collect();
+    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    let canonical_request = format!(
+        "{method}\n{path}\n{}\n{canonical_headers}\n{}\n{payload_hash}",
+        canonical_query(query),
+        names.join(";"),
+    );
+    let scope = format!("{date}/{REGION}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical_request.as_bytes()))
+    );
+    let step = |key: &[u8], data: &[u8]| -> Vec<u8> {
+        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
+            .as_ref()
+            .to_vec()
+    };
+    let k = step(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    let k = step(&k, REGION.as_bytes());
+    let k = step(&k, b"s3");
+    let k = step(&k, b"aws4_request");
+    hex::encode(step(&k, to_sign.as_bytes()))
+}
+
+/// The `Authorization` header of a client request signed with
+/// push-access credentials (see [`signature`] for the arguments).
+#[allow(clippy::too_many_arguments)]
+pub fn authorization(
+    access_key: &str,
+    secret: &str,
+    amz_date: &str,
+    method: &str,
+    path: &str,
+    query: &str,
+    headers: &[(String, String)],
+    payload_hash: &str,
+) -> String {
+    let date = amz_date.get(..8).unwrap_or_default();
+    let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+    format!(
+        "AWS4-HMAC-SHA256 Credential={access_key}/{date}/{REGION}/s3/aws4_request, SignedHeaders={}, Signature={}",
+        names.join(";"),
+        signature(secret, amz_date, method, path, query, headers, payload_hash)
+    )
+}
+
 /// Percent-encodes as SigV4 wants: everything but unreserved characters.
 fn uri_encode(s: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
@@ -425,7 +493,7 @@ async fn authenticate(
             "a malformed x-amz-content-sha256",
         ));
     };
-    let mut canonical_headers = String::new();
+    let mut signed = Vec::with_capacity(auth.signed_headers.len());
     for name in &auth.signed_headers {
         let values: Vec<String> = headers
             .get_all(*name)
@@ -440,31 +508,17 @@ async fn authenticate(
         if values.is_empty() {
             return Err(denied(&format!("signed header {name} is missing")));
         }
-        canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
+        signed.push((name.to_string(), values.join(",")));
     }
-    let canonical_request = format!(
-        "{method}\n{path}\n{}\n{canonical_headers}\n{}\n{declared}",
-        canonical_query(query),
-        auth.signed_headers.join(";"),
+    let expected = signature(
+        &creds.secret,
+        amz_date,
+        method.as_str(),
+        path,
+        query,
+        &signed,
+        declared,
     );
-    let scope = format!("{}/{REGION}/s3/aws4_request", auth.date);
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex::encode(Sha256::digest(canonical_request.as_bytes()))
-    );
-    let step = |key: &[u8], data: &[u8]| -> Vec<u8> {
-        hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), data)
-            .as_ref()
-            .to_vec()
-    };
-    let k = step(
-        format!("AWS4{}", creds.secret).as_bytes(),
-        auth.date.as_bytes(),
-    );
-    let k = step(&k, REGION.as_bytes());
-    let k = step(&k, b"s3");
-    let k = step(&k, b"aws4_request");
-    let expected = hex::encode(step(&k, to_sign.as_bytes()));
     if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
         return Err(S3Error::new(
             StatusCode::FORBIDDEN,

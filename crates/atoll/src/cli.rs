@@ -138,10 +138,14 @@ pub struct CreateArgs {
     /// An image to build the sandbox from (`FROM IMAGE`), e.g. python:3.12.
     #[arg(long, conflicts_with = "dockerfile")]
     image: Option<String>,
-    /// A Dockerfile to build the sandbox from (no COPY/ADD of local
-    /// files: the SDKs' Image.from_dockerfile uploads those).
+    /// A Dockerfile to build the sandbox from; the files its COPY and ADD
+    /// steps name are uploaded from the context directory first.
     #[arg(long)]
     dockerfile: Option<PathBuf>,
+    /// The directory COPY and ADD sources are relative to (default: the
+    /// Dockerfile's).
+    #[arg(long, requires = "dockerfile")]
+    context: Option<PathBuf>,
     #[arg(long)]
     cpu: Option<i64>,
     /// GiB.
@@ -663,26 +667,25 @@ pub fn sandbox(e: Endpoint, cmd: SandboxCommand) -> Result<()> {
                         body[k] = v;
                     }
                 }
-                let dockerfile = match (&a.image, &a.dockerfile) {
-                    (Some(image), _) => Some(format!("FROM {image}\n")),
+                match (&a.image, &a.dockerfile) {
+                    (Some(image), _) => {
+                        body["buildInfo"] = json!({ "dockerfileContent": format!("FROM {image}\n") });
+                    }
                     (None, Some(path)) => {
                         let text = std::fs::read_to_string(path)
                             .with_context(|| format!("reading {}", path.display()))?;
-                        if text.lines().any(|l| {
-                            let w = l.split_whitespace().next().unwrap_or("");
-                            w.eq_ignore_ascii_case("COPY") || w.eq_ignore_ascii_case("ADD")
-                        }) {
-                            bail!(
-                                "{}: COPY and ADD need their files uploaded, which the CLI does not do yet; use the SDKs' Image.from_dockerfile",
-                                path.display()
-                            );
-                        }
-                        Some(text)
+                        let dir = match &a.context {
+                            Some(d) => d.clone(),
+                            None => match path.parent() {
+                                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                                _ => PathBuf::from("."),
+                            },
+                        };
+                        let hashes = upload_contexts(&c, &text, &dir).await?;
+                        body["buildInfo"] =
+                            json!({ "dockerfileContent": text, "contextHashes": hashes });
                     }
-                    (None, None) => None,
-                };
-                if let Some(content) = dockerfile {
-                    body["buildInfo"] = json!({ "dockerfileContent": content });
+                    (None, None) => {}
                 }
                 let mut v = c.api(Method::POST, "/sandbox", Some(body)).await?;
                 // A build runs first: wait for it, dots on stderr.
@@ -1045,6 +1048,33 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Uploads the build contexts the COPY and ADD steps of `dockerfile` name
+/// (relative to `dir`); their hashes, for `buildInfo.contextHashes`.
+async fn upload_contexts(
+    c: &Client,
+    dockerfile: &str,
+    dir: &std::path::Path,
+) -> Result<Vec<String>> {
+    let sources = crate::cli_upload::context_sources(dockerfile)?;
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    let access = crate::cli_upload::PushAccess::get(c).await?;
+    let mut hashes = Vec::new();
+    for rel in sources {
+        let mut tar = crate::cli_upload::context_tar(dir, &rel)?;
+        let shown = if rel.is_empty() { "." } else { rel.as_str() };
+        let mut waiting = style::Waiting::new(format!("Uploading {shown}"));
+        let hash = access
+            .upload(c, &mut tar, |sent, total| {
+                waiting.tick(&format!("{} of {} KiB", sent >> 10, total >> 10))
+            })
+            .await?;
+        hashes.push(hash);
+    }
+    Ok(hashes)
 }
 
 /// What `atoll logs` reads.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod cli_stream;
+mod cli_upload;
 mod host;
 mod mcp;
 mod progress;
