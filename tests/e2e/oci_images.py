@@ -288,6 +288,95 @@ def push_image(registry: Registry, repo: str, tag: str, layers: list[bytes], *,
     return registry.push_manifest(repo, tag, index, "application/vnd.oci.image.index.v1+json")
 
 
+def _image_config(raw_layers: list[bytes], entrypoint, cmd, env) -> bytes:
+    return json.dumps({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                   "Cmd": cmd, "Entrypoint": entrypoint, "WorkingDir": ""},
+        "rootfs": {"type": "layers",
+                   "diff_ids": ["sha256:" + hashlib.sha256(r).hexdigest() for r in raw_layers]},
+    }).encode()
+
+
+def _tar_of(files: dict[str, bytes], symlinks: dict[str, str] | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (symlinks or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def oci_archive(layers: list[bytes], *, entrypoint=None, cmd=None, env=None,
+                as_index: bool = False, corrupt_layer: bool = False) -> bytes:
+    """An OCI image layout as a tar (what `skopeo copy … oci-archive:` and
+    `docker save` since Docker 25 write): gzip layers, `index.json` naming
+    the manifest (or, with `as_index`, an index of an arm64 and an amd64
+    image)."""
+    blobs: dict[str, bytes] = {}
+
+    def put(data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        blobs[f"blobs/sha256/{digest[7:]}"] = data
+        return digest
+
+    descs = []
+    for raw in layers:
+        blob, media = compress(raw, "gzip")
+        descs.append({"mediaType": media, "digest": put(blob), "size": len(blob)})
+    config = _image_config(layers, entrypoint, cmd, env)
+    manifest_type = "application/vnd.oci.image.manifest.v1+json"
+
+    def manifest_for(cfg: bytes) -> bytes:
+        return json.dumps({"schemaVersion": 2, "mediaType": manifest_type,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": put(cfg), "size": len(cfg)},
+                           "layers": descs}).encode()
+
+    manifest = manifest_for(config)
+    top = {"mediaType": manifest_type, "digest": put(manifest), "size": len(manifest)}
+    if as_index:
+        arm = manifest_for(json.dumps({**json.loads(config), "architecture": "arm64"}).encode())
+        index = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                            "manifests": [
+                                {"mediaType": manifest_type, "digest": put(arm), "size": len(arm),
+                                 "platform": {"architecture": "arm64", "os": "linux"}},
+                                {**top, "platform": {"architecture": "amd64", "os": "linux"}}]}).encode()
+        top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": put(index),
+               "size": len(index)}
+    if corrupt_layer:
+        key = f"blobs/sha256/{descs[-1]['digest'][7:]}"
+        blobs[key] = gzip.compress(layers[-1] + b"\0" * 512, mtime=0)
+    files = {"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+             "index.json": json.dumps({"schemaVersion": 2, "manifests": [top]}).encode(), **blobs}
+    return _tar_of(files)
+
+
+def docker_save_archive(layers: list[bytes], *, entrypoint=None, cmd=None, env=None,
+                        tag: str = "app:1", layer_paths: list[str] | None = None,
+                        symlinks: dict[str, str] | None = None) -> bytes:
+    """The older `docker save` format: `manifest.json`, the config as
+    `<id>.json`, each layer an uncompressed `<id>/layer.tar`."""
+    config = _image_config(layers, entrypoint, cmd, env)
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    files = {config_name: config}
+    paths = []
+    for raw in layers:
+        path = f"{hashlib.sha256(raw).hexdigest()}/layer.tar"
+        files[path] = raw
+        paths.append(path)
+    manifest = [{"Config": config_name, "RepoTags": [tag], "Layers": layer_paths or paths}]
+    files["manifest.json"] = json.dumps(manifest).encode()
+    return _tar_of(files, symlinks)
+
+
 def gzip_bomb_layer(name: str, size: int) -> bytes:
     """A gzip stream of a tar holding `size` zero bytes (a multiple of 1
     MiB), compressed as it is made (about 1000:1): the raw tar never sits in
@@ -338,4 +427,5 @@ def wait_snapshot(server, ident: str, timeout: float = 120) -> dict:
 
 
 __all__ = ["Registry", "Layer", "busybox_base", "push_image", "raw_tar_entry", "END_OF_TAR",
+           "oci_archive", "docker_save_archive",
            "gzip_bomb_layer", "api", "wait_snapshot", "os"]

@@ -227,6 +227,11 @@ pub struct CreateSnapshot {
     pub disk: Option<i64>,
     #[serde(default)]
     pub build_info: Option<CreateBuildInfo>,
+    /// Atoll: an image archive (an OCI image layout or `docker save` tar)
+    /// uploaded through the object storage endpoint as a build context,
+    /// by its context hash; instead of `imageName` or `buildInfo`.
+    #[serde(default)]
+    pub image_archive: Option<String>,
     #[serde(default)]
     pub region_id: Option<String>,
     #[serde(default)]

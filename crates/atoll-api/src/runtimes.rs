@@ -137,6 +137,13 @@ impl Runtime for NoRuntime {
     ) -> Result<ImageInfo, RuntimeError> {
         Err(none_here())
     }
+    async fn import_image(
+        &self,
+        _: &atoll_runtime_api::ImageImport,
+        _: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        Err(none_here())
+    }
     async fn create_volume(
         &self,
         _: &str,

@@ -180,13 +180,17 @@ impl AppState {
                     .get("dockerfileContent")
                     .and_then(|v| v.as_str())
                     .map(str::to_string),
-                context_hashes: b.get("contextHashes").and_then(|v| {
-                    v.as_array().map(|a| {
-                        a.iter()
-                            .filter_map(|h| h.as_str().map(str::to_string))
-                            .collect()
+                // An imported archive shows as its one context.
+                context_hashes: b
+                    .get("contextHashes")
+                    .and_then(|v| {
+                        v.as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|h| h.as_str().map(str::to_string))
+                                .collect()
+                        })
                     })
-                }),
+                    .or_else(|| archive_of(r).map(|h| vec![h])),
                 created_at: rfc3339_millis(r.created_at),
                 updated_at: rfc3339_millis(r.updated_at),
                 snapshot_ref: r.image_ref.clone(),
@@ -214,19 +218,26 @@ impl AppState {
                 "{name} is the built-in snapshot's name"
             )));
         }
-        let (image_name, build_info) = match (&req.image_name, &req.build_info) {
-            (Some(_), Some(_)) => {
+        let (image_name, build_info) = match (&req.image_name, &req.build_info, &req.image_archive)
+        {
+            (None, None, Some(archive)) => {
+                // Uploaded first, as a build context is.
+                self.build_contexts(&p.organization_id, std::slice::from_ref(archive))
+                    .await?;
+                (None, Some(serde_json::json!({ "imageArchive": archive })))
+            }
+            (None, None, None) => {
                 return Err(ApiError::BadRequest(
-                    "give either imageName or buildInfo, not both".into(),
+                    "imageName, buildInfo or imageArchive is required".into(),
                 ))
             }
-            (None, None) => {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
                 return Err(ApiError::BadRequest(
-                    "imageName or buildInfo is required".into(),
+                    "give one of imageName, buildInfo and imageArchive".into(),
                 ))
             }
-            (Some(i), None) => (Some(i.trim().to_string()), None),
-            (None, Some(b)) => {
+            (Some(i), None, None) => (Some(i.trim().to_string()), None),
+            (None, Some(b), None) => {
                 let base = self.base_of_build(b)?;
                 // Every context must have been uploaded.
                 self.build_contexts(
@@ -411,6 +422,9 @@ impl AppState {
         if rec.image_name.is_some() {
             return self.pull_on(rt, rec, log_owner).await;
         }
+        if let Some(archive) = archive_of(rec) {
+            return self.import_on(rt, rec, &archive, log_owner).await;
+        }
         let dockerfile = rec
             .build_info
             .as_ref()
@@ -477,6 +491,56 @@ impl AppState {
             RuntimeError::Failed(m) => ApiError::BadRequest(m),
             e => ApiError::from(e),
         })
+    }
+
+    /// Imports `rec`'s uploaded image archive on `rt` (sent to it first
+    /// if it lacks it).
+    async fn import_on(
+        &self,
+        rt: &Arc<dyn Runtime>,
+        rec: &SnapshotRecord,
+        archive: &str,
+        log_owner: &str,
+    ) -> Result<ImageInfo, ApiError> {
+        let objects = self
+            .build_contexts(&rec.organization_id, &[archive.to_string()])
+            .await?;
+        self.ship_contexts(rt, &objects).await?;
+        let import = atoll_runtime_api::ImageImport {
+            name: rec.image_ref.clone(),
+            archive: objects[0].sha256.clone(),
+        };
+        let (log, writer) = self.log_writer(log_owner);
+        let result = rt.import_image(&import, &log).await;
+        drop(log);
+        let _ = writer.await;
+        result.map_err(|e| match e {
+            RuntimeError::Failed(m) => ApiError::BadRequest(m),
+            e => ApiError::from(e),
+        })
+    }
+
+    /// Marks the uploaded objects active snapshots were made from as used,
+    /// so the collector keeps what a runner without the image needs.
+    pub(crate) async fn keep_snapshot_objects(&self) -> Result<(), ApiError> {
+        let now = now_millis();
+        for rec in self.store.snapshots_in_state(ACTIVE).await? {
+            let Some(b) = &rec.build_info else { continue };
+            let mut hashes: Vec<String> = b
+                .get("contextHashes")
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default();
+            hashes.extend(archive_of(&rec));
+            for h in hashes {
+                if crate::object_storage::valid_context_hash(&h) {
+                    let key = crate::object_storage::context_key(&rec.organization_id, &h);
+                    self.store
+                        .touch_object(&rec.organization_id, &key, now)
+                        .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A log sink whose lines go to the store under `owner`, and the task
@@ -760,11 +824,21 @@ impl AppState {
         let s = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(keeper_interval());
+            let mut last_kept = None;
             loop {
                 tick.tick().await;
                 s.resume_snapshot_work().await;
                 s.resume_volume_work().await;
-                // Build contexts unused for a week, uploads never finished.
+                // Build contexts unused for a week, uploads never finished;
+                // those of active snapshots count as used (checked hourly).
+                if last_kept.is_none_or(|t: std::time::Instant| {
+                    t.elapsed() >= std::time::Duration::from_secs(3600)
+                }) {
+                    match s.keep_snapshot_objects().await {
+                        Ok(()) => last_kept = Some(std::time::Instant::now()),
+                        Err(e) => tracing::warn!(error = %e, "marking snapshots' uploads used"),
+                    }
+                }
                 let now = now_millis();
                 match s
                     .store
@@ -1183,6 +1257,15 @@ fn build_info_json(b: &dto::CreateBuildInfo) -> serde_json::Value {
         "dockerfileContent": b.dockerfile_content,
         "contextHashes": b.context_hashes.clone().unwrap_or_default(),
     })
+}
+
+/// The context hash of the image archive a snapshot is imported from.
+fn archive_of(rec: &SnapshotRecord) -> Option<String> {
+    rec.build_info
+        .as_ref()?
+        .get("imageArchive")?
+        .as_str()
+        .map(str::to_string)
 }
 
 #[cfg(test)]

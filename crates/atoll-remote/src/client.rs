@@ -518,6 +518,15 @@ impl Runtime for RemoteRuntime {
             .await
     }
 
+    async fn import_image(
+        &self,
+        import: &atoll_runtime_api::ImageImport,
+        log: atoll_runtime_api::LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        self.streamed_call(&self.root("/v1/images/import"), json(import), log)
+            .await
+    }
+
     async fn create_volume(
         &self,
         id: &str,

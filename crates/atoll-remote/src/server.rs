@@ -106,6 +106,7 @@ pub fn router(runtime: Arc<dyn Runtime>, verifier: ControlVerifier) -> Router {
         .route("/v1/images/remove", post(remove_image))
         .route("/v1/images/pull", post(pull_image))
         .route("/v1/images/build", post(build_image))
+        .route("/v1/images/import", post(import_image))
         .route(
             "/v1/volumes/{id}",
             get(volume_usage).put(create_volume).delete(delete_volume),
@@ -232,6 +233,13 @@ async fn build_image(
     Json(build): Json<atoll_runtime_api::ImageBuild>,
 ) -> Response {
     streamed(move |log| Box::pin(async move { s.runtime.build_image(&build, log).await }))
+}
+
+async fn import_image(
+    State(s): State<Served>,
+    Json(import): Json<atoll_runtime_api::ImageImport>,
+) -> Response {
+    streamed(move |log| Box::pin(async move { s.runtime.import_image(&import, log).await }))
 }
 
 #[derive(serde::Deserialize)]

@@ -441,6 +441,26 @@ async fn build_contexts_stream_to_the_runner_before_a_build() {
         remote.build_image(&build(vec!["cd".repeat(32)]), &log).await,
         Err(RuntimeError::Failed(m)) if m.contains("not stored")
     ));
+    // An image archive stored the same way is imported by name, its log
+    // streamed back; one never stored fails with the runner's reason.
+    let lines = std::sync::Mutex::new(Vec::new());
+    let log = |l: &str| lines.lock().unwrap().push(l.to_string());
+    let import = |archive: &str| atoll_runtime_api::ImageImport {
+        name: "atoll/snapshots/i1".into(),
+        archive: archive.into(),
+    };
+    let info = remote.import_image(&import(&sha), &log).await.unwrap();
+    assert_eq!(info.name, "atoll/snapshots/i1");
+    assert!(lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("Importing")));
+    assert!(remote.image("atoll/snapshots/i1").await.unwrap().is_some());
+    assert!(matches!(
+        remote.import_image(&import(&"ef".repeat(32)), &log).await,
+        Err(RuntimeError::Failed(m)) if m.contains("not stored")
+    ));
 }
 
 #[tokio::test]

@@ -391,6 +391,30 @@ impl Runtime for LocalRuntime {
         builder.build(build, log).await.map(image_info)
     }
 
+    async fn import_image(
+        &self,
+        import: &atoll_runtime_api::ImageImport,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError> {
+        if !atoll_runtime_api::is_sha256_hex(&import.archive) {
+            return Err(RuntimeError::InvalidId(import.archive.clone()));
+        }
+        let root = self
+            .images
+            .layer(&format!("sha256:{}", import.archive))
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                RuntimeError::Failed(format!(
+                    "image archive {} is not stored here",
+                    import.archive
+                ))
+            })?;
+        crate::oci::import::import(&self.images, &root, &import.name, self.limits, log)
+            .await
+            .map(image_info)
+            .map_err(|e| pull_error(&import.name, e))
+    }
+
     async fn create_volume(
         &self,
         id: &str,

@@ -17,9 +17,9 @@ pub mod net;
 
 pub use error::RuntimeError;
 pub use model::{
-    Capacity, DiskState, ForkedDisk, ImageBuild, ImageInfo, ImagePull, Limits, Observed,
-    RegistryCredential, SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry, VolumePlacement,
-    VolumeUsage,
+    Capacity, DiskState, ForkedDisk, ImageBuild, ImageImport, ImageInfo, ImagePull, Limits,
+    Observed, RegistryCredential, SandboxSpec, SandboxUsage, VolumeAttachment, VolumeEntry,
+    VolumePlacement, VolumeUsage,
 };
 
 /// Where a long call (a pull, a commit) reports progress, one line at a time.
@@ -109,6 +109,14 @@ pub trait Runtime: Send + Sync {
     async fn build_image(
         &self,
         build: &ImageBuild,
+        log: LogSink<'_>,
+    ) -> Result<ImageInfo, RuntimeError>;
+    /// Imports an image archive stored with `put_build_context` as
+    /// `import.name` (layers it already has are reused), its progress line
+    /// by line to `log`.
+    async fn import_image(
+        &self,
+        import: &ImageImport,
         log: LogSink<'_>,
     ) -> Result<ImageInfo, RuntimeError>;
     /// Creates volume `id` (a UUID) with a quota of `size_bytes`; done

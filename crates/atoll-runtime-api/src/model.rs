@@ -276,6 +276,17 @@ impl std::fmt::Debug for RegistryCredential {
     }
 }
 
+/// An image archive to import into a runtime's store: an OCI image layout
+/// or a `docker save` tar, stored first with `put_build_context`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageImport {
+    /// The name to store it under.
+    pub name: String,
+    /// The sha256 (hex) the archive was stored under.
+    pub archive: String,
+}
+
 /// An image to build from a Dockerfile into a runtime's store.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -182,6 +182,28 @@ pub enum SnapshotCommand {
         #[arg(long)]
         image: String,
     },
+    /// Make a snapshot from a local image: an OCI image layout (a
+    /// directory, or a tar as `skopeo copy … oci-archive:app.tar` writes)
+    /// or a `docker save` tar (gzip-compressed too). The archive is
+    /// uploaded to the server, which imports it; no registry needed.
+    ///
+    /// Example: docker save myapp:1 -o myapp.tar && atoll snapshot push myapp.tar --name myapp
+    Push {
+        /// The archive file or OCI layout directory.
+        archive: PathBuf,
+        /// The snapshot's name.
+        #[arg(long)]
+        name: String,
+        /// Default vCPUs of its sandboxes.
+        #[arg(long)]
+        cpu: Option<i64>,
+        /// Default memory (GiB) of its sandboxes.
+        #[arg(long)]
+        memory: Option<i64>,
+        /// Default disk (GiB) of its sandboxes.
+        #[arg(long)]
+        disk: Option<i64>,
+    },
     /// List snapshots.
     List,
     /// Delete a snapshot (by name or id).
@@ -922,36 +944,42 @@ pub fn snapshot(e: Endpoint, cmd: SnapshotCommand) -> Result<()> {
                 c.print(&v, SNAPSHOT_COLUMNS);
             }
             SnapshotCommand::Create { name, image } => {
-                let mut v = c
+                let v = c
                     .api(
                         Method::POST,
                         "/snapshots",
                         Some(json!({ "name": name, "imageName": image })),
                     )
                     .await?;
-                let id = v["id"].as_str().unwrap_or_default().to_string();
-                let mut waiting = style::Waiting::new(format!("Pulling {image}"));
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
-                while !matches!(
-                    v["state"].as_str(),
-                    Some("active" | "error" | "build_failed")
-                ) {
-                    if std::time::Instant::now() > deadline {
-                        bail!("snapshot {name} is still {} after 30 minutes", v["state"]);
+                let v = wait_snapshot(&c, v, &format!("Pulling {image}")).await?;
+                c.print(&v, SNAPSHOT_COLUMNS);
+            }
+            SnapshotCommand::Push {
+                archive,
+                name,
+                cpu,
+                memory,
+                disk,
+            } => {
+                let mut file = crate::cli_upload::image_archive(&archive)?;
+                let access = crate::cli_upload::PushAccess::get(&c).await?;
+                let hash = {
+                    let mut waiting =
+                        style::Waiting::new(format!("Uploading {}", archive.display()));
+                    access
+                        .upload(&c, &mut file, |sent, total| {
+                            waiting.tick(&format!("{} of {} MiB", sent >> 20, total >> 20))
+                        })
+                        .await?
+                };
+                let mut body = json!({ "name": name, "imageArchive": hash });
+                for (k, v) in [("cpu", cpu), ("memory", memory), ("disk", disk)] {
+                    if let Some(v) = v {
+                        body[k] = v.into();
                     }
-                    waiting.tick(v["state"].as_str().unwrap_or("?"));
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    v = c
-                        .api(Method::GET, &format!("/snapshots/{}", enc(&id)), None)
-                        .await?;
                 }
-                drop(waiting);
-                if v["state"] != "active" {
-                    bail!(
-                        "snapshot {name} failed: {}",
-                        v["errorReason"].as_str().unwrap_or("no reason given")
-                    );
-                }
+                let v = c.api(Method::POST, "/snapshots", Some(body)).await?;
+                let v = wait_snapshot(&c, v, &format!("Importing {name}")).await?;
                 c.print(&v, SNAPSHOT_COLUMNS);
             }
             SnapshotCommand::Delete { snapshot } => {
@@ -1048,6 +1076,37 @@ pub fn cp(e: Endpoint, from: String, to: String) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// Waits (a spinner on stderr) until the snapshot `v` is active; the
+/// failure's reason otherwise.
+async fn wait_snapshot(c: &Client, mut v: Value, what: &str) -> Result<Value> {
+    use reqwest::Method;
+    let id = v["id"].as_str().unwrap_or_default().to_string();
+    let name = v["name"].as_str().unwrap_or_default().to_string();
+    let mut waiting = style::Waiting::new(what);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1800);
+    while !matches!(
+        v["state"].as_str(),
+        Some("active" | "error" | "build_failed")
+    ) {
+        if std::time::Instant::now() > deadline {
+            bail!("snapshot {name} is still {} after 30 minutes", v["state"]);
+        }
+        waiting.tick(v["state"].as_str().unwrap_or("?"));
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        v = c
+            .api(Method::GET, &format!("/snapshots/{}", enc(&id)), None)
+            .await?;
+    }
+    drop(waiting);
+    if v["state"] != "active" {
+        bail!(
+            "snapshot {name} failed: {}",
+            v["errorReason"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(v)
 }
 
 /// Uploads the build contexts the COPY and ADD steps of `dockerfile` name

@@ -297,6 +297,40 @@ pub(crate) fn context_tar(dir: &std::path::Path, rel: &str) -> Result<std::fs::F
     Ok(file)
 }
 
+/// The image archive to upload for `path`, as one uncompressed tar: a
+/// tar as it is, a gzip-compressed one decompressed, an OCI layout (or
+/// unpacked `docker save`) directory archived.
+pub(crate) fn image_archive(path: &std::path::Path) -> Result<std::fs::File> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    if meta.is_dir() {
+        if !path.join("index.json").is_file() && !path.join("manifest.json").is_file() {
+            bail!(
+                "{} is neither an OCI image layout (index.json) nor a docker save directory (manifest.json)",
+                path.display()
+            );
+        }
+        return context_tar(path, "");
+    }
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic)?;
+    f.seek(SeekFrom::Start(0))?;
+    match &magic[..n] {
+        [0x1f, 0x8b, ..] => {
+            let mut out = tempfile_in_tmp()?;
+            std::io::copy(&mut flate2::read::GzDecoder::new(f), &mut out)
+                .with_context(|| format!("decompressing {}", path.display()))?;
+            out.seek(SeekFrom::Start(0))?;
+            Ok(out)
+        }
+        [0x28, 0xb5, 0x2f, 0xfd] => bail!(
+            "{} is zstd-compressed: decompress it first (zstd -d)",
+            path.display()
+        ),
+        _ => Ok(f),
+    }
+}
+
 /// An unnamed temporary file (gone when closed).
 pub(crate) fn tempfile_in_tmp() -> Result<std::fs::File> {
     let dir = std::env::temp_dir();

@@ -6,6 +6,7 @@
 //! share a base share its layers on disk.
 
 pub use atoll_types::image_ref as reference;
+pub mod import;
 pub mod registry;
 pub mod unpack;
 
@@ -38,6 +39,8 @@ pub enum PullError {
     },
     #[error(transparent)]
     Store(#[from] ImageError),
+    #[error("image archive: {0}")]
+    Archive(String),
 }
 
 impl PullError {
@@ -204,24 +207,7 @@ pub async fn pull(
         .await?;
     let config: ConfigFile = serde_json::from_slice(&config_bytes)
         .map_err(|e| PullError::manifest(&r, format!("image config: {e}")))?;
-    if config.os.as_deref().is_some_and(|o| o != "linux")
-        || config.architecture.as_deref().is_some_and(|a| a != "amd64")
-    {
-        return Err(PullError::manifest(
-            &r,
-            format!(
-                "is for {}/{}, not linux/amd64",
-                config.os.as_deref().unwrap_or("?"),
-                config.architecture.as_deref().unwrap_or("?")
-            ),
-        ));
-    }
-    if config.rootfs.kind != "layers" || config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(PullError::manifest(
-            &r,
-            "config's diff_ids do not match the manifest's layers",
-        ));
-    }
+    check_config(&config, manifest.layers.len()).map_err(|e| PullError::manifest(&r, e))?;
     // Check every descriptor first; then fetch what the store lacks, a
     // few layers at once (download of one overlaps the unpack of another).
     let total = manifest.layers.len();
@@ -315,13 +301,7 @@ pub async fn pull(
         digest: fetched.digest.clone(),
         layers: layer_digests,
         size_bytes,
-        config: ImageConfig {
-            env: run.env.unwrap_or_default(),
-            entrypoint: run.entrypoint.unwrap_or_default(),
-            cmd: run.cmd.unwrap_or_default(),
-            workdir: run.working_dir.filter(|w| !w.is_empty()),
-            user: run.user.filter(|u| !u.is_empty()),
-        },
+        config: image_config(run),
         entrypoint: Vec::new(),
         source: Some(r.to_string()),
     };
@@ -332,6 +312,38 @@ pub async fn pull(
         .map_err(|e| PullError::manifest(&r, format!("store task: {e}")))??;
     log(&format!("Digest: {}", fetched.digest));
     Ok(image)
+}
+
+/// An image config fit to run here: linux/amd64 (or unsaid), one diff id
+/// per layer, 1 to [`MAX_LAYERS`] layers.
+fn check_config(config: &ConfigFile, layers: usize) -> Result<(), String> {
+    if config.os.as_deref().is_some_and(|o| o != "linux")
+        || config.architecture.as_deref().is_some_and(|a| a != "amd64")
+    {
+        return Err(format!(
+            "is for {}/{}, not linux/amd64",
+            config.os.as_deref().unwrap_or("?"),
+            config.architecture.as_deref().unwrap_or("?")
+        ));
+    }
+    if config.rootfs.kind != "layers" || config.rootfs.diff_ids.len() != layers {
+        return Err("config's diff_ids do not match the manifest's layers".into());
+    }
+    if layers == 0 || layers > MAX_LAYERS {
+        return Err(format!("an image has 1 to {MAX_LAYERS} layers"));
+    }
+    Ok(())
+}
+
+/// What a sandbox of the image runs with, from its config.
+fn image_config(run: RunConfig) -> ImageConfig {
+    ImageConfig {
+        env: run.env.unwrap_or_default(),
+        entrypoint: run.entrypoint.unwrap_or_default(),
+        cmd: run.cmd.unwrap_or_default(),
+        workdir: run.working_dir.filter(|w| !w.is_empty()),
+        user: run.user.filter(|u| !u.is_empty()),
+    }
 }
 
 fn is_index(media_type: &str, m: &Manifest) -> bool {
