@@ -14,6 +14,8 @@ use sha2::{Digest, Sha256};
 
 pub const ROLE_ADMIN: &str = "admin";
 pub const ROLE_OWNER: &str = "owner";
+/// Keys made with `POST /api/api-keys`: limited to their permissions.
+pub const ROLE_MEMBER: &str = "member";
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -21,6 +23,8 @@ pub struct Principal {
     pub organization_id: String,
     pub key_id: String,
     pub role: String,
+    /// What the key is limited to (`None`: everything).
+    pub permissions: Option<Vec<String>>,
 }
 
 impl Principal {
@@ -67,9 +71,31 @@ impl FromRequestParts<AppState> for Principal {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(p) = parts.extensions.get::<Principal>() {
-            return Ok(p.clone());
+        let p = match parts.extensions.get::<Principal>() {
+            Some(p) => p.clone(),
+            None => authenticate(parts, state).await?,
+        };
+        // The whole path: a router nested under `/api` sees it stripped.
+        let path = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| u.0.path().to_string())
+            .unwrap_or_else(|| parts.uri.path().to_string());
+        let needed = crate::permissions::required(&parts.method, &path);
+        if !crate::permissions::allows(p.permissions.as_deref(), needed) {
+            return Err(ApiError::Forbidden(format!(
+                "this API key lacks the permission {}",
+                needed.join(" or ")
+            )));
         }
+        Ok(p)
+    }
+}
+
+/// The caller a request's bearer key names (not yet checked against what
+/// the request needs).
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <api key>".into())
         })?;
@@ -89,6 +115,7 @@ impl FromRequestParts<AppState> for Principal {
             organization_id: key.organization_id,
             key_id: key.id,
             role: key.role,
+            permissions: key.permissions,
         })
     }
 }
@@ -134,7 +161,7 @@ pub async fn limit_rate(State(s): State<AppState>, req: Request, next: Next) -> 
     };
     let (mut parts, body) = req.into_parts();
     if bearer(&parts).is_some() {
-        if let Ok(p) = Principal::from_request_parts(&mut parts, &s).await {
+        if let Ok(p) = authenticate(&parts, &s).await {
             if let Err(limited) = limiter.check(&p.key_id) {
                 tracing::debug!(key = %p.key_id, retry_after = limited.retry_after_secs, "rate limited");
                 return ApiError::from(limited).into_response();

@@ -819,3 +819,59 @@ pub struct RunnerHealthcheck {
     pub api_url: Option<String>,
     pub app_version: String,
 }
+
+/// Daytona's `CreateApiKey`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateApiKey {
+    pub name: String,
+    /// Daytona permission names (`write:sandboxes`, …); at most the
+    /// calling key's own.
+    pub permissions: Vec<String>,
+    /// RFC 3339; absent or null: never.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+}
+
+/// Daytona's `ApiKeyResponse`: the new key, shown this once.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyResponse {
+    pub name: String,
+    pub value: String,
+    pub created_at: String,
+    pub permissions: Vec<String>,
+    pub expires_at: Option<String>,
+}
+
+/// Daytona's `ApiKeyList` item: the key masked.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeyList {
+    pub name: String,
+    /// The key's first characters, the rest masked.
+    pub value: String,
+    pub created_at: String,
+    pub permissions: Vec<String>,
+    pub last_used_at: Option<String>,
+    pub expires_at: Option<String>,
+    /// The key's id (Atoll has keys, not users).
+    pub user_id: String,
+    pub organization_id: String,
+    /// Atoll: `admin`, `owner` or `member`.
+    pub role: String,
+}
+
+/// Daytona's `Organization` (the fields Atoll has).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Organization {
+    pub id: String,
+    pub name: String,
+    pub created_by: String,
+    pub personal: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub suspended: bool,
+    pub default_region_id: String,
+}

@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod object_storage;
 pub mod openapi;
+pub mod permissions;
 pub mod preview;
 pub mod quota;
 pub mod ratelimit;
@@ -282,8 +283,8 @@ async fn not_found(req: Request) -> ApiError {
 
 pub fn router(state: AppState) -> Router {
     use routes::{
-        account, preview, runners, sandbox, secrets, snapshots, system, terminal, toolbox, volumes,
-        warm_pools,
+        account, api_keys, preview, runners, sandbox, secrets, snapshots, system, terminal,
+        toolbox, volumes, warm_pools,
     };
     let api = Router::new()
         .route("/health", get(system::health))
@@ -291,6 +292,14 @@ pub fn router(state: AppState) -> Router {
         .route("/regions", get(account::regions))
         .route("/shared-regions", get(account::shared_regions))
         .route("/openapi.json", get(system::openapi))
+        .route("/api-keys", get(api_keys::list).post(api_keys::create))
+        .route("/api-keys/current", get(api_keys::current))
+        .route(
+            "/api-keys/{name}",
+            get(api_keys::get).delete(api_keys::delete),
+        )
+        .route("/organizations", get(api_keys::organizations))
+        .route("/organizations/{id}", get(api_keys::organization_get))
         .route("/admin/organizations", post(system::create_organization))
         .route(
             "/admin/organizations/{id}/quota",

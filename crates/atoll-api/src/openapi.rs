@@ -32,6 +32,9 @@ use utoipa::OpenApi;
         snapshots::build_logs, snapshots::build_logs_url, snapshots::push_access, volumes::list, volumes::create, volumes::get, volumes::by_name, volumes::delete, volumes::list_files, volumes::download, volumes::upload, volumes::delete_file, snapshots::create_registry,
         snapshots::list_registries, snapshots::get_registry, snapshots::update_registry,
         snapshots::delete_registry, sandbox::snapshot, sandbox::fork, sandbox::create_ssh_access, sandbox::revoke_ssh_access, sandbox::validate_ssh_access, sandbox::forks, sandbox::parent, sandbox::ancestors, sandbox::build_logs, sandbox::build_logs_url,
+        crate::routes::api_keys::list, crate::routes::api_keys::current, crate::routes::api_keys::get,
+        crate::routes::api_keys::create, crate::routes::api_keys::delete,
+        crate::routes::api_keys::organizations, crate::routes::api_keys::organization_get,
     ),
     components(schemas(
         dto::CreateSandbox, dto::Sandbox, dto::SandboxVolume, dto::ListSandboxesResponse,
@@ -47,6 +50,7 @@ use utoipa::OpenApi;
         dto::RunnerDraining, dto::RunnerHealthMetrics, dto::RunnerHealthcheck,
         dto::CreateSnapshot, dto::CreateBuildInfo, dto::BuildInfo, dto::CreateSandboxSnapshot,
         dto::Url, dto::DockerRegistry, dto::CreateDockerRegistry, dto::UpdateDockerRegistry,
+        dto::CreateApiKey, dto::ApiKeyResponse, dto::ApiKeyList, dto::Organization,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))

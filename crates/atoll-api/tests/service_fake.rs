@@ -57,6 +57,7 @@ async fn api() -> Api {
             created_at: 0,
             expires_at: None,
             revoked_at: None,
+            permissions: None,
         })
         .await
         .unwrap();

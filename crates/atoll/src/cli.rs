@@ -231,6 +231,146 @@ pub enum VolumeCommand {
     Cp { from: String, to: String },
 }
 
+#[derive(clap::Subcommand)]
+pub enum KeyCommand {
+    /// List the organization's API keys (masked).
+    List,
+    /// Show the key this CLI is using.
+    Current,
+    /// Make an API key; it is printed once, on stdout.
+    ///
+    /// Example: atoll key create ci --permission write:sandboxes --permission delete:sandboxes --expires-in-days 30
+    Create {
+        name: String,
+        /// A permission it gets (repeatable; at most the calling key's):
+        /// write:sandboxes, delete:sandboxes, write:snapshots,
+        /// delete:snapshots, read:volumes, write:volumes, delete:volumes,
+        /// write:registries, delete:registries, manage:secrets,
+        /// manage:api_keys, …
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+        /// Every permission the calling key holds.
+        #[arg(long, conflicts_with = "permissions")]
+        all: bool,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+    },
+    /// Revoke an API key (by name); it stops working at once.
+    Delete { name: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum OrgCommand {
+    /// The organization of this key (every one, with the admin key).
+    List,
+    /// Show one organization (by id or name).
+    Get { organization: String },
+    /// Make an organization and its owner key (the server's admin key
+    /// only); the key is printed once.
+    Create { name: String },
+}
+
+const KEY_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("KEY", "value"),
+    ("ROLE", "role"),
+    ("CREATED", "createdAt"),
+    ("EXPIRES", "expiresAt"),
+];
+
+const ORG_COLUMNS: &[(&str, &str)] = &[("ID", "id"), ("NAME", "name"), ("CREATED", "createdAt")];
+
+pub fn key(e: Endpoint, cmd: KeyCommand) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        match cmd {
+            KeyCommand::List => {
+                let v = c.api(Method::GET, "/api-keys", None).await?;
+                c.print(&v, KEY_COLUMNS);
+            }
+            KeyCommand::Current => {
+                let v = c.api(Method::GET, "/api-keys/current", None).await?;
+                c.print(&v, KEY_COLUMNS);
+            }
+            KeyCommand::Create {
+                name,
+                permissions,
+                all,
+                expires_in_days,
+            } => {
+                let permissions = if all {
+                    c.api(Method::GET, "/api-keys/current", None).await?["permissions"].clone()
+                } else {
+                    json!(permissions)
+                };
+                let mut body = json!({ "name": name, "permissions": permissions });
+                if let Some(days) = expires_in_days {
+                    let at = std::time::SystemTime::now()
+                        + std::time::Duration::from_secs(u64::from(days) * 86_400);
+                    body["expiresAt"] = atoll_types::time::rfc3339(at).into();
+                }
+                let v = c.api(Method::POST, "/api-keys", Some(body)).await?;
+                if c.output == Format::Table {
+                    println!("{}", v["value"].as_str().unwrap_or_default());
+                    eprintln!("Created API key {name}: it is shown only now, keep it safe");
+                } else {
+                    c.print(&v, &[]);
+                }
+            }
+            KeyCommand::Delete { name } => {
+                c.api(Method::DELETE, &format!("/api-keys/{}", enc(&name)), None)
+                    .await?;
+                eprintln!("Revoked API key {name}");
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn org(e: Endpoint, cmd: OrgCommand) -> Result<()> {
+    let c = Client::new(&e)?;
+    runtime()?.block_on(async {
+        use reqwest::Method;
+        match cmd {
+            OrgCommand::List => {
+                let v = c.api(Method::GET, "/organizations", None).await?;
+                c.print(&v, ORG_COLUMNS);
+            }
+            OrgCommand::Get { organization } => {
+                let v = c
+                    .api(
+                        Method::GET,
+                        &format!("/organizations/{}", enc(&organization)),
+                        None,
+                    )
+                    .await?;
+                c.print(&v, ORG_COLUMNS);
+            }
+            OrgCommand::Create { name } => {
+                let v = c
+                    .api(
+                        Method::POST,
+                        "/admin/organizations",
+                        Some(json!({ "name": name })),
+                    )
+                    .await?;
+                if c.output == Format::Table {
+                    println!("{}", v["apiKey"].as_str().unwrap_or_default());
+                    eprintln!(
+                        "Created organization {name} ({}); its owner key is shown only now",
+                        v["organization"]["id"].as_str().unwrap_or_default()
+                    );
+                } else {
+                    c.print(&v, &[]);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
 fn key_value(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -58,12 +58,27 @@ enum Command {
         #[command(subcommand)]
         command: cli::SandboxCommand,
     },
-    /// Snapshots: create (from a registry image), list, delete.
+    /// Snapshots: create (from a registry image), push (a local image
+    /// archive), list, delete.
     Snapshot {
         #[command(flatten)]
         endpoint: cli::Endpoint,
         #[command(subcommand)]
         command: cli::SnapshotCommand,
+    },
+    /// API keys of your organization: list, current, create, delete.
+    Key {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: cli::KeyCommand,
+    },
+    /// Organizations: list, get, create (admin).
+    Org {
+        #[command(flatten)]
+        endpoint: cli::Endpoint,
+        #[command(subcommand)]
+        command: cli::OrgCommand,
     },
     /// Copy a file into or out of a sandbox.
     ///
@@ -269,6 +284,8 @@ fn main() {
         Command::Volume { endpoint, command } => cli::volume(endpoint, command),
         Command::Snapshot { endpoint, command } => cli::snapshot(endpoint, command),
         Command::Cp { endpoint, from, to } => cli::cp(endpoint, from, to),
+        Command::Key { endpoint, command } => cli::key(endpoint, command),
+        Command::Org { endpoint, command } => cli::org(endpoint, command),
         Command::PreviewUrl {
             endpoint,
             sandbox,

@@ -405,6 +405,7 @@ async fn bootstrap(store: &Store) -> Result<Option<String>> {
                     created_at: now,
                     expires_at: None,
                     revoked_at: None,
+                    permissions: None,
                 })
                 .await
         }

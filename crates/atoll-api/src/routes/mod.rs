@@ -2,6 +2,7 @@
 //! render; rules live in `service`.
 
 pub mod account;
+pub mod api_keys;
 pub mod preview;
 pub mod runners;
 pub mod sandbox;

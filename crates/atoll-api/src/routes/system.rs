@@ -83,6 +83,7 @@ pub async fn create_organization(
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            permissions: None,
         })
         .await?;
     Ok(Json(CreatedOrganization {
