@@ -268,3 +268,62 @@ def test_exec_stream_refuses_a_bad_start_frame(ssh_server, box):
         assert frames[0] == b"\x01hi\n" and json.loads(frames[-1]) == {"type": "exit", "exitCode": 6}, frames
     finally:
         ws.close()
+
+
+def test_sftp_and_scp_work_in_an_image_without_openssh(ssh_server, atoll_bin, tmp_path):
+    """A busybox image has no `sftp-server`: the daemon's built-in SFTP
+    server answers instead, as the sandbox user."""
+    import json
+    import secrets
+    from pathlib import Path
+
+    from daytona import CreateSandboxFromSnapshotParams
+    from oci_images import busybox_base, oci_archive
+
+    archive = tmp_path / "busybox.tar"
+    archive.write_bytes(oci_archive([busybox_base().raw()]))
+    name = f"nossh-{secrets.token_hex(3)}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAYTONA_", "ATOLL_API_"))}
+    env.update({"ATOLL_API_URL": ssh_server.api_url, "ATOLL_API_KEY": ssh_server.api_key,
+                "ATOLL_CONFIG": str(tmp_path / "none.json"),
+                "ATOLL_TLS_CA_FILE": str(Path(ssh_server.data_dir) / "tls" / "ca.pem")})
+    p = subprocess.run([str(atoll_bin), "snapshot", "push", str(archive), "--name", name, "-o", "json"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0 and json.loads(p.stdout)["state"] == "active", p
+    client = ssh_server.client()
+    sb = client.create(CreateSandboxFromSnapshotParams(snapshot=name))
+    try:
+        assert sb.process.exec("test -e /usr/lib/openssh/sftp-server || echo none").result.strip() == "none"
+        token = sb.create_ssh_access(expires_in_minutes=10).token
+        opts = ["-P", str(ssh_server.ssh_port), "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                "-o", "PubkeyAuthentication=no"]
+        data = os.urandom(3 << 20)
+        src = tmp_path / "up.bin"
+        src.write_bytes(data)
+        r = subprocess.run(["scp", *opts, str(src), f"{token}@127.0.0.1:up.bin"],
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r
+        got = sb.process.exec("sha256sum /home/daytona/up.bin; stat -c %U /home/daytona/up.bin").result.split()
+        assert got[0] == hashlib.sha256(data).hexdigest() and got[-1] == "daytona", got
+        back = tmp_path / "back.bin"
+        r = subprocess.run(["scp", *opts, f"{token}@127.0.0.1:/home/daytona/up.bin", str(back)],
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0 and back.read_bytes() == data, r
+        batch = tmp_path / "batch"
+        batch.write_text(f"mkdir d\nput {src} d/x\nrename d/x d/y\nchmod 600 d/y\nls -l d\n"
+                         f"get d/y {tmp_path / 'y'}\nsymlink y d/link\nrm d/y\nrm d/link\nrmdir d\n"
+                         "-ls /etc/shadow-missing\n")
+        r = subprocess.run(["sftp", *opts, "-b", str(batch), f"{token}@127.0.0.1"],
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r
+        assert b"-rw-------" in r.stdout and b" d/y" in r.stdout, r.stdout
+        assert (tmp_path / "y").read_bytes() == data
+        assert sb.process.exec("test -e /home/daytona/d || echo gone").result.strip() == "gone"
+        # Only the user's rights: root's files stay out of reach.
+        batch.write_text("put /etc/hostname /etc/atoll-sftp-test\n")
+        r = subprocess.run(["sftp", *opts, "-b", str(batch), f"{token}@127.0.0.1"],
+                           capture_output=True, timeout=60)
+        assert r.returncode != 0 and b"ermission denied" in r.stderr + r.stdout, r
+    finally:
+        client.delete(sb)

@@ -22,6 +22,7 @@ pub mod lsp;
 pub mod process;
 pub mod pty;
 pub mod session;
+pub mod sftp;
 
 use std::path::Path;
 
@@ -47,6 +48,12 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// (when it is PID 1: fork, the parent reaps and forwards signals, the child
 /// serves) or serves directly.
 pub fn main_entry() -> ! {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == sftp::SUBCOMMAND)
+    {
+        sftp::main_stdio();
+    }
     // Exec'd from a memfd, the kernel names us "memfd:atoll-dae"; ps and
     // /proc/<pid>/status should say what we are.
     let _ = nix::sys::prctl::set_name(c"atoll-daemon");

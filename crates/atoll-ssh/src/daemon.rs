@@ -130,11 +130,28 @@ pub async fn run_channel(
     let (reader, writer) = channel.split();
     let code = match (what, pty) {
         (Launch::Sftp, _) => {
-            let cmd = format!("exec {}", crate::SFTP_SERVER);
-            exec_stream(&state, &sandbox, reader, &writer, cmd, env).await
+            // The image's OpenSSH sftp-server when it has one; the
+            // daemon's own otherwise.
+            let info = format!(
+                "/files/info?path={}",
+                percent_encoding::utf8_percent_encode(
+                    crate::SFTP_SERVER,
+                    percent_encoding::NON_ALPHANUMERIC
+                )
+            );
+            let has_openssh = toolbox_call(&state, &sandbox, http::Method::GET, &info, None)
+                .await
+                .is_ok_and(|s| s.is_success());
+            let start = if has_openssh {
+                serde_json::json!({ "command": format!("exec {}", crate::SFTP_SERVER), "envs": env })
+            } else {
+                serde_json::json!({ "builtin": "sftp", "envs": env })
+            };
+            exec_stream(&state, &sandbox, reader, &writer, start).await
         }
         (Launch::Command(cmd), None) => {
-            exec_stream(&state, &sandbox, reader, &writer, cmd, env).await
+            let start = serde_json::json!({ "command": cmd, "envs": env });
+            exec_stream(&state, &sandbox, reader, &writer, start).await
         }
         (Launch::Shell, pty) => {
             let pty = pty.unwrap_or(PtyRequest {
@@ -169,12 +186,11 @@ async fn exec_stream(
     sandbox: &str,
     mut reader: russh::ChannelReadHalf,
     writer: &russh::ChannelWriteHalf<Msg>,
-    command: String,
-    envs: BTreeMap<String, String>,
+    start: serde_json::Value,
 ) -> Result<u32, String> {
     let ws = websocket(state, sandbox, "/process/exec-stream", &[]).await?;
     let (mut sink, mut stream) = ws.split();
-    let start = serde_json::json!({ "command": command, "envs": envs }).to_string();
+    let start = start.to_string();
     sink.send(Message::Text(start.into()))
         .await
         .map_err(|e| e.to_string())?;

@@ -13,6 +13,11 @@
 //! "exitCode":N}` (128+signal when killed by one) and a close. A bad
 //! start frame gets `{"type":"error","message":...}`. A client that goes
 //! away has the process group killed.
+//!
+//! Instead of a command, `{"builtin": "sftp"}` runs the daemon's own SFTP
+//! server ([`crate::sftp`]) the same way, as the sandbox user: images
+//! without OpenSSH's `sftp-server` (or without a shell) still serve
+//! `sftp` and `scp`.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -52,7 +57,11 @@ pub fn routes() -> Router<Arc<AppState>> {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct Start {
-    command: String,
+    #[serde(default)]
+    command: Option<String>,
+    /// A program of the daemon itself to run instead: `sftp`.
+    #[serde(default)]
+    builtin: Option<String>,
     #[serde(default)]
     cwd: Option<String>,
     #[serde(default)]
@@ -115,8 +124,16 @@ async fn serve(mut socket: WebSocket, st: Arc<AppState>) {
         Ok(s) => s,
         Err(m) => return refuse(socket, m).await,
     };
+    let (command, builtin) = match (start.command, start.builtin.as_deref()) {
+        (Some(command), None) => (command, false),
+        (None, Some("sftp")) => ("sftp".to_string(), true),
+        (None, Some(other)) => return refuse(socket, format!("no builtin {other:?}")).await,
+        _ => {
+            return refuse(socket, "give either a command or a builtin".into()).await;
+        }
+    };
     let params = ExecuteParams {
-        command: start.command,
+        command,
         cwd: start.cwd,
         envs: start.envs,
         timeout: None,
@@ -125,6 +142,13 @@ async fn serve(mut socket: WebSocket, st: Arc<AppState>) {
         Ok(p) => p,
         Err(e) => return refuse(socket, e.to_string()).await,
     };
+    if builtin {
+        // This very binary, by the link the kernel keeps to it (no path
+        // in the sandbox names it).
+        plan.program = "/proc/self/exe".into();
+        plan.args = vec![crate::sftp::SUBCOMMAND.into()];
+        plan.script = None;
+    }
     plan.stdin = StdinSource::Bytes(Vec::new());
     let script = match &plan.script {
         Some(bytes) => match crate::process::run::script_memfd(bytes) {
@@ -138,6 +162,9 @@ async fn serve(mut socket: WebSocket, st: Arc<AppState>) {
         Ok(c) => c,
         Err(e) => return refuse(socket, format!("preparing the command: {e}")).await,
     };
+    if builtin {
+        cmd.arg0("atoll-daemon");
+    }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
