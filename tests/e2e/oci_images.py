@@ -361,10 +361,12 @@ def oci_archive(layers: list[bytes], *, entrypoint=None, cmd=None, env=None,
 
 def docker_save_archive(layers: list[bytes], *, entrypoint=None, cmd=None, env=None,
                         tag: str = "app:1", layer_paths: list[str] | None = None,
-                        symlinks: dict[str, str] | None = None) -> bytes:
+                        symlinks: dict[str, str] | None = None,
+                        claimed: list[bytes] | None = None) -> bytes:
     """The older `docker save` format: `manifest.json`, the config as
-    `<id>.json`, each layer an uncompressed `<id>/layer.tar`."""
-    config = _image_config(layers, entrypoint, cmd, env)
+    `<id>.json`, each layer an uncompressed `<id>/layer.tar`. `claimed`:
+    the layers the config's diff ids name instead (a lie)."""
+    config = _image_config(claimed or layers, entrypoint, cmd, env)
     config_name = hashlib.sha256(config).hexdigest() + ".json"
     files = {config_name: config}
     paths = []

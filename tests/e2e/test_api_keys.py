@@ -59,6 +59,19 @@ def test_keys_have_their_permissions_and_no_more(atoll, org, server):
         assert p.returncode == 1 and "403" in p.stderr, p
         p = atoll(ci, "sandbox", "delete", sb["id"], check=False)
         assert p.returncode == 1 and "delete:sandboxes" in p.stderr, p
+        # Preview tokens open apps and the web terminal: not for a
+        # read-only key, nor is the sandbox's app with its key.
+        assert api_as(server, ro, "GET", f"/sandbox/{sb['id']}/ports/3000/preview-url")[0] == 403
+        assert api_as(server, ci, "GET", f"/sandbox/{sb['id']}/ports/3000/preview-url")[0] == 200
+        # What a body brings in needs its own permission: secrets' values
+        # and volumes' files become readable inside.
+        status, body = api_as(server, ci, "POST", "/sandbox", {"secrets": [{"name": "x"}]})
+        assert status == 403 and "manage:secrets" in body["message"], body
+        status, body = api_as(server, ci, "POST", "/sandbox",
+                              {"volumes": [{"volumeId": "v", "mountPath": "/v"}]})
+        assert status == 403 and "read:volumes" in body["message"], body
+        status, body = api_as(server, ci, "PUT", f"/sandbox/{sb['id']}/secrets", {"secrets": []})
+        assert status == 403 and "manage:secrets" in body["message"], body
         # No manage:api_keys: no keys made or listed.
         p = atoll(ci, "key", "create", "more", check=False)
         assert p.returncode == 1 and "manage:api_keys" in p.stderr, p
@@ -117,7 +130,15 @@ def test_an_expiring_key_stops_at_its_time(org, server):
                           {"name": "brief", "permissions": [], "expiresAt": at})
     assert status == 201 and made["expiresAt"].startswith(at[:19]), made
     assert api_as(server, made["value"], "GET", "/sandbox")[0] == 200
+    # A key that expires makes keys that expire no later than itself.
+    status, mgr = api_as(server, owner, "POST", "/api-keys",
+                         {"name": "mgr-brief", "permissions": ["manage:api_keys"], "expiresAt": at})
+    assert status == 201, mgr
+    status, child = api_as(server, mgr["value"], "POST", "/api-keys",
+                           {"name": "child", "permissions": []})
+    assert status == 201 and child["expiresAt"] == mgr["expiresAt"], child
     time.sleep(4.5)
+    assert api_as(server, child["value"], "GET", "/sandbox")[0] == 401
     status, body = api_as(server, made["value"], "GET", "/sandbox")
     assert status == 401 and "expired" in body["message"], body
 

@@ -118,6 +118,13 @@ def test_hostile_archives_fail_the_snapshot_and_read_nothing_outside(atoll, tmp_
         "corrupt": oci_archive([base, app_layer("x")], corrupt_layer=True),
         # No image at all.
         "nothing": None,
+        # Claims a layer the store already has (the busybox base, pushed
+        # above or by another organization) with other bytes.
+        "claim": docker_save_archive([Layer().file("evil", "x").raw()],
+                                     claimed=[busybox_base().raw()]),
+        # The same claim, its layer path leading nowhere.
+        "claim-missing": docker_save_archive([busybox_base().raw()],
+                                             layer_paths=["../../x/layer.tar"]),
     }
     for kind, data in cases.items():
         path = tmp_path / f"{kind}.tar"
@@ -132,7 +139,8 @@ def test_hostile_archives_fail_the_snapshot_and_read_nothing_outside(atoll, tmp_
         assert p.returncode == 1 and "failed" in p.stderr, (kind, p)
         reason = p.stderr.lower()
         expected = {"escape": "etc/passwd", "symlink": "layer.tar", "corrupt": "hashes to",
-                    "nothing": "neither"}[kind]
+                    "nothing": "neither", "claim": "the config says",
+                    "claim-missing": "no such file"}[kind]
         assert expected in reason, (kind, p.stderr)
         # Host paths are never shown.
         assert str(server.data_dir) not in p.stderr

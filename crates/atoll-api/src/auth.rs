@@ -28,6 +28,18 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// 403 unless the key holds `permission` (for what the method and path
+    /// alone do not tell: secrets or volumes named in a body).
+    pub fn require(&self, permission: &str) -> Result<(), ApiError> {
+        if crate::permissions::allows(self.permissions.as_deref(), &[permission]) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this API key lacks the permission {permission}"
+            )))
+        }
+    }
+
     pub fn require_admin(&self) -> Result<(), ApiError> {
         if self.role == ROLE_ADMIN {
             Ok(())
@@ -94,7 +106,7 @@ impl FromRequestParts<AppState> for Principal {
 
 /// The caller a request's bearer key names (not yet checked against what
 /// the request needs).
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::Unauthorized("missing Authorization: Bearer <api key>".into())

@@ -6,8 +6,12 @@
 //!
 //! Reads need no permission (but volumes', and secrets need
 //! `manage:secrets` for anything); changing a sandbox, running anything
-//! in one through the toolbox, or reading its preview signing key needs
-//! `write:sandboxes`; deleting one, `delete:sandboxes`; and so on.
+//! in one through the toolbox, getting a preview token (it opens the
+//! sandbox's apps and web terminal) or its preview signing key needs
+//! `write:sandboxes`; deleting one, `delete:sandboxes`; and so on. What a
+//! body adds is checked by its handler with `Principal::require`: a
+//! sandbox made with secrets needs `manage:secrets`, with volumes
+//! `read:volumes` (and `write:volumes` unless mounted read-only).
 
 use axum::http::Method;
 
@@ -49,7 +53,8 @@ pub fn required(method: &Method, path: &str) -> &'static [&'static str] {
     let segments: Vec<&str> = p.trim_matches('/').split('/').collect();
     let delete = *method == Method::DELETE;
     match segments.as_slice() {
-        ["sandbox", _, "signing-key", ..] => &["write:sandboxes"],
+        // Preview tokens open the sandbox's apps and its web terminal.
+        ["sandbox", _, "signing-key", ..] | ["sandbox", _, "ports", ..] => &["write:sandboxes"],
         ["sandbox", "ssh-access", "validate"] => &[],
         ["sandbox", _] if delete => &["delete:sandboxes"],
         ["sandbox", ..] | ["warm-pools", ..] if !read => &["write:sandboxes"],
@@ -64,7 +69,7 @@ pub fn required(method: &Method, path: &str) -> &'static [&'static str] {
         ["volumes", _] if delete => &["delete:volumes"],
         ["volumes", ..] => &["write:volumes"],
         ["secret", ..] => &["manage:secrets"],
-        ["api-keys", "current"] => &[],
+        ["api-keys", "current"] if read => &[],
         ["api-keys", ..] => &["manage:api_keys"],
         _ => &[],
     }
@@ -103,6 +108,17 @@ mod tests {
                 &["write:sandboxes"],
             ),
             (Method::GET, "/api/sandbox/ssh-access/validate", &[]),
+            (
+                Method::GET,
+                "/api/sandbox/abc/ports/3000/preview-url",
+                &["write:sandboxes"],
+            ),
+            (
+                Method::GET,
+                "/api/sandbox/abc/ports/3000/signed-preview-url",
+                &["write:sandboxes"],
+            ),
+            (Method::POST, "/api/api-keys/current", &["manage:api_keys"]),
             (
                 Method::POST,
                 "/toolbox/abc/process/execute",

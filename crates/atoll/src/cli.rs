@@ -1327,6 +1327,12 @@ impl Demux {
         }
         (out, err)
     }
+
+    /// What was held back at the end of the stream (a partial mark that
+    /// never completed is output).
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
+    }
 }
 
 /// `atoll logs`: prints a sandbox's logs; `follow` streams them until the
@@ -1411,6 +1417,12 @@ pub fn logs(e: Endpoint, sandbox: String, source: LogSource, follow: bool) -> Re
             let _ = stdout.flush();
             let _ = std::io::stderr().write_all(&err);
         }
+        let rest = demux.finish();
+        if demux.stderr {
+            let _ = std::io::stderr().write_all(&rest);
+        } else {
+            let _ = std::io::stdout().write_all(&rest);
+        }
         Ok(())
     })
 }
@@ -1440,5 +1452,9 @@ mod tests {
         let (out, err) = d.feed(b"a\x01b\x02\x02c");
         assert_eq!(out, b"a\x01b\x02\x02c");
         assert!(err.is_empty());
+        // A partial mark at the very end is output, not lost.
+        let (out, _) = d.feed(b"end\x02\x02");
+        assert_eq!(out, b"end");
+        assert_eq!(d.finish(), b"\x02\x02");
     }
 }

@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 
 use crate::cli::Client;
 
@@ -274,13 +275,24 @@ fn xml_field(xml: &str, name: &str) -> Option<String> {
 /// `COPY lib …`, the directory's contents at the root for `COPY . …`),
 /// modes kept, symbolic links kept as links.
 pub(crate) fn context_tar(dir: &std::path::Path, rel: &str) -> Result<std::fs::File> {
-    let path = if rel.is_empty() {
-        dir.to_path_buf()
-    } else {
-        dir.join(rel)
-    };
-    let meta = std::fs::symlink_metadata(&path)
-        .with_context(|| format!("COPY source {}", path.display()))?;
+    // Resolved as the builder (and Docker) resolve sources: symbolic links
+    // followed, but never out of the context directory.
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("the context directory {}", dir.display()))?;
+    let path = root
+        .join(rel)
+        .canonicalize()
+        .with_context(|| format!("COPY source {rel} in {}", root.display()))?;
+    if !path.starts_with(&root) {
+        bail!(
+            "COPY source {rel} leads out of the context directory {} (to {})",
+            root.display(),
+            path.display()
+        );
+    }
+    let meta =
+        std::fs::metadata(&path).with_context(|| format!("COPY source {}", path.display()))?;
     let file = tempfile_in_tmp()?;
     let mut b = tar::Builder::new(file);
     b.follow_symlinks(false);
@@ -339,6 +351,7 @@ pub(crate) fn tempfile_in_tmp() -> Result<std::fs::File> {
         .read(true)
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let _ = std::fs::remove_file(&path);
@@ -418,6 +431,11 @@ mod tests {
             v
         };
         assert_eq!(names("main.py"), ["main.py"]);
+        // A link out of the context is refused; one inside is followed.
+        std::os::unix::fs::symlink("/etc", dir.join("out")).unwrap();
+        assert!(context_tar(&dir, "out/hostname").is_err());
+        std::os::unix::fs::symlink("lib", dir.join("alias")).unwrap();
+        assert!(names("alias").contains(&"alias/sub/a.txt".to_string()));
         assert!(names("lib").contains(&"lib/sub/a.txt".to_string()));
         assert!(
             names("").contains(&"./main.py".to_string())

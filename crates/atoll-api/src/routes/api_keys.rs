@@ -129,6 +129,18 @@ pub async fn create(
             Some(at)
         }
     };
+    // Never outliving its maker: a key that expires makes keys that
+    // expire no later.
+    let maker_expiry = s
+        .store
+        .api_key_by_id(&p.key_id)
+        .await?
+        .and_then(|k| k.expires_at);
+    let expires_at = match (expires_at, maker_expiry) {
+        (Some(a), Some(m)) => Some(a.min(m)),
+        (None, m) => m,
+        (a, None) => a,
+    };
     let existing = s.store.api_keys_of_org(&p.organization_id).await?;
     if existing.iter().any(|k| k.name == name) {
         return Err(ApiError::Conflict(format!(

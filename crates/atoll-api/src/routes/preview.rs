@@ -17,7 +17,7 @@ use crate::service::state;
 use crate::AppState;
 use atoll_proxy::pool::ConnPool;
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -211,9 +211,11 @@ async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response,
                 .map(str::to_string)
         })
         .or_else(|| q.get(TOKEN_QUERY).map(str::to_string));
-    let (mut head, body) = req.into_parts();
+    let (head, body) = req.into_parts();
+    // Any valid key (whatever it may do) is recognised, so it is never
+    // forwarded; it opens a private sandbox only with write:sandboxes.
     let by_key = match head.headers.contains_key(header::AUTHORIZATION) {
-        true => Principal::from_request_parts(&mut head, s).await.ok(),
+        true => crate::auth::authenticate(&head, s).await.ok(),
         false => None,
     };
     // An Atoll API key never reaches the app; any other Authorization
@@ -224,7 +226,12 @@ async fn serve(s: &AppState, t: PreviewTarget, req: Request) -> Result<Response,
     };
     if !r.public {
         let allowed = match (&by_key, &offered) {
-            (Some(p), _) if p.organization_id == r.organization_id => true,
+            (Some(p), _)
+                if p.organization_id == r.organization_id
+                    && p.require("write:sandboxes").is_ok() =>
+            {
+                true
+            }
             (_, Some(token)) => s.preview_token_ok(&r, port, token).await?,
             _ => false,
         };

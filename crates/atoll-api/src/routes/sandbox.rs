@@ -21,6 +21,17 @@ pub async fn create(
     p: Principal,
     JsonBody(req): JsonBody<CreateSandbox>,
 ) -> Result<Json<Sandbox>, ApiError> {
+    // What the body brings in: secrets' values and volumes' files become
+    // readable (and writable) from inside the sandbox.
+    if req.secrets.as_ref().is_some_and(|s| !s.is_empty()) {
+        p.require("manage:secrets")?;
+    }
+    for v in req.volumes.iter().flatten() {
+        p.require("read:volumes")?;
+        if !v.read_only.unwrap_or(false) {
+            p.require("write:volumes")?;
+        }
+    }
     Ok(Json(s.create_sandbox(&p, req).await?))
 }
 
@@ -600,6 +611,7 @@ pub async fn secrets(
     Path(id): Path<String>,
     JsonBody(req): JsonBody<UpdateSandboxSecrets>,
 ) -> Result<Json<Sandbox>, ApiError> {
+    p.require("manage:secrets")?;
     Ok(Json(s.update_sandbox_secrets(&p, &id, req.secrets).await?))
 }
 

@@ -235,6 +235,40 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Checks that the archive's file of `layer` has its blob digest (when
+/// the archive names one) and decodes to its diff id, unpacking nothing.
+fn verify_layer(root: &OwnedFd, layer: &LayerFile, limits: UnpackLimits) -> Result<(), PullError> {
+    let mut file = open_file(root, &layer.path)?;
+    let compression = match layer.compression {
+        Some(c) => c,
+        None => sniff(&mut file)?,
+    };
+    let mut reader = Hashing {
+        inner: file,
+        hash: Sha256::new(),
+    };
+    let diff_id = unpack::diff_id_of(&mut reader, compression, limits).map_err(|source| {
+        PullError::Unpack {
+            digest: layer.diff_id.clone(),
+            source,
+        }
+    })?;
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
+    if let Some(want) = &layer.blob_digest {
+        let got = format!("sha256:{}", hex::encode(reader.hash.finalize()));
+        if &got != want {
+            return Err(bad(format!("layer blob {want} hashes to {got}")));
+        }
+    }
+    if diff_id != layer.diff_id {
+        return Err(bad(format!(
+            "layer {} decodes to {diff_id}, the config says {}",
+            layer.path, layer.diff_id
+        )));
+    }
+    Ok(())
+}
+
 /// Imports the archive unpacked at `archive` as the image `name`.
 pub async fn import(
     store: &Arc<ImageStore>,
@@ -266,6 +300,13 @@ pub async fn import(
         diff_ids.push(layer.diff_id.clone());
         let short = layer.diff_id[7..19].to_string();
         if let Some(path) = store.layer(&layer.diff_id)? {
+            // Stored already (by any organization): reused only once the
+            // archive's own bytes prove they are that layer, so claiming
+            // a diff id is never a way to another's layer.
+            let root2 = root.clone();
+            tokio::task::spawn_blocking(move || verify_layer(&root2, &layer, limits))
+                .await
+                .map_err(|e| bad(format!("import task: {e}")))??;
             log(&format!("[{}/{total}] {short}: already present", i + 1));
             size_bytes += crate::image::dir_size(&path);
             continue;

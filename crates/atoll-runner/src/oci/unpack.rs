@@ -212,27 +212,7 @@ pub fn unpack_layer(
         Mode::empty(),
     )
     .map_err(sys_err("opening", &dest_s))?;
-    let compressed = Arc::new(AtomicU64::new(0));
-    let counted = Counting {
-        inner: io::BufReader::with_capacity(1 << 16, blob),
-        count: compressed.clone(),
-    };
-    let decoded: Box<dyn Read> = match compression {
-        Compression::None => Box::new(counted),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
-        Compression::Zstd => Box::new(
-            ruzstd::decoding::StreamingDecoder::new(counted)
-                .map_err(|e| UnpackError::Format(format!("zstd: {e}")))?,
-        ),
-    };
-    let mut guarded = Guarded {
-        inner: decoded,
-        hash: Sha256::new(),
-        bytes: 0,
-        compressed,
-        limits,
-        tripped: None,
-    };
+    let mut guarded = guarded(blob, compression, limits)?;
     let mut stats = UnpackStats::default();
     let result = apply_entries(&mut guarded, &root, &limits, &mut stats, progress);
     if let Some(tripped) = guarded.tripped.take() {
@@ -248,6 +228,51 @@ pub fn unpack_layer(
     stats.bytes = guarded.bytes;
     stats.diff_id = format!("sha256:{}", hex::encode(guarded.hash.finalize()));
     Ok(stats)
+}
+
+/// The decoded stream of `blob`, hashed and held to `limits` as it is read.
+fn guarded<'a>(
+    blob: impl Read + 'a,
+    compression: Compression,
+    limits: UnpackLimits,
+) -> Result<Guarded<Box<dyn Read + 'a>>, UnpackError> {
+    let compressed = Arc::new(AtomicU64::new(0));
+    let counted = Counting {
+        inner: io::BufReader::with_capacity(1 << 16, blob),
+        count: compressed.clone(),
+    };
+    let decoded: Box<dyn Read + 'a> = match compression {
+        Compression::None => Box::new(counted),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(counted)),
+        Compression::Zstd => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(counted)
+                .map_err(|e| UnpackError::Format(format!("zstd: {e}")))?,
+        ),
+    };
+    Ok(Guarded {
+        inner: decoded,
+        hash: Sha256::new(),
+        bytes: 0,
+        compressed,
+        limits,
+        tripped: None,
+    })
+}
+
+/// The diff id of a layer blob (the sha256 of its decoded tar stream),
+/// decoded under the same limits as an unpack, nothing written.
+pub fn diff_id_of(
+    blob: impl Read,
+    compression: Compression,
+    limits: UnpackLimits,
+) -> Result<String, UnpackError> {
+    let mut g = guarded(blob, compression, limits)?;
+    let drained = io::copy(&mut g, &mut io::sink());
+    if let Some(tripped) = g.tripped.take() {
+        return Err(tripped);
+    }
+    drained.map_err(|e| UnpackError::Format(e.to_string()))?;
+    Ok(format!("sha256:{}", hex::encode(g.hash.finalize())))
 }
 
 fn apply_entries(
