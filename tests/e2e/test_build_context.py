@@ -14,6 +14,7 @@ import hmac
 import http.client
 import json
 import os
+import re
 import secrets
 import ssl
 import subprocess
@@ -380,6 +381,25 @@ def test_the_endpoint_checks_signatures_keys_payloads_and_expiry(server, tmp_pat
     listing = f"{base}/?list-type=2&prefix=some-other-org%2F"
     status, xml = s3(server, "GET", listing, sign("GET", listing, access))
     assert status == 200 and b"<Contents>" not in xml
+    # Listings page: one key at a time, a continuation token to the next.
+    for h in ("a1", "a2"):
+        k = f"{base}/{access['organizationId']}/{h * 16}/context.tar"
+        assert s3(server, "PUT", k, sign("PUT", k, access, b"p"), b"p")[0] == 200
+    prefix = urllib.parse.quote(access['organizationId'] + '/a', safe='')
+    seen, token = [], None
+    for _ in range(5):
+        q = f"{base}/?list-type=2&max-keys=1&prefix={prefix}"
+        if token:
+            q += "&continuation-token=" + urllib.parse.quote(token, safe="")
+        status, xml = s3(server, "GET", q, sign("GET", q, access))
+        assert status == 200, xml
+        seen += re.findall(rb"<Key>([^<]+)</Key>", xml)
+        more = re.search(rb"<NextContinuationToken>([^<]+)</NextContinuationToken>", xml)
+        assert (b"<IsTruncated>true</IsTruncated>" in xml) == bool(more), xml
+        if not more:
+            break
+        token = more.group(1).decode()
+    assert [k.decode().split("/")[1] for k in seen] == ["a1" * 16, "a2" * 16, "ab" * 16], seen
 
     # buildInfo naming a context nobody uploaded: 400 at create.
     status, body = api(server, "POST", "/snapshots", {"name": f"noctx-{secrets.token_hex(3)}", "buildInfo": {

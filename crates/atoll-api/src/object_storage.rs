@@ -639,7 +639,20 @@ async fn handle(s: AppState, req: Request) -> Result<Response, S3Error> {
     let param = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
     if key.is_empty() {
         return match parts.method {
-            Method::GET => list(&s, &org, param("prefix").unwrap_or(""), param("max-keys")).await,
+            Method::GET => {
+                // ListObjectsV2 pages on: the continuation token is the last
+                // key of the page before (opaque to clients), or start-after.
+                let after = param("continuation-token").or(param("start-after"));
+                list(
+                    &s,
+                    &org,
+                    param("prefix").unwrap_or(""),
+                    param("max-keys"),
+                    after,
+                    param("continuation-token"),
+                )
+                .await
+            }
             Method::HEAD => Ok(StatusCode::OK.into_response()),
             _ => Err(S3Error::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -1027,6 +1040,8 @@ async fn list(
     org: &str,
     prefix: &str,
     max_keys: Option<&str>,
+    after: Option<&str>,
+    token: Option<&str>,
 ) -> Result<Response, S3Error> {
     let max: i64 = match max_keys {
         Some(m) => m
@@ -1037,16 +1052,35 @@ async fn list(
         None => 1000,
     };
     // Only the organization's own keys are listed.
-    let objects = if prefix.starts_with(&format!("{org}/")) {
-        s.store.list_objects(org, prefix, max).await?
+    // One more than asked for tells whether there is a next page.
+    let mut objects = if prefix.starts_with(&format!("{org}/")) {
+        s.store
+            .list_objects(org, prefix, after.unwrap_or(""), max + 1)
+            .await?
     } else {
         Vec::new()
     };
+    let truncated = objects.len() as i64 > max;
+    objects.truncate(max as usize);
     let mut body = format!(
-        "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{BUCKET}</Name><Prefix>{}</Prefix><KeyCount>{}</KeyCount><MaxKeys>{max}</MaxKeys><IsTruncated>false</IsTruncated>",
+        "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>{BUCKET}</Name><Prefix>{}</Prefix><KeyCount>{}</KeyCount><MaxKeys>{max}</MaxKeys><IsTruncated>{truncated}</IsTruncated>",
         xml_escape(prefix),
         objects.len()
     );
+    if let Some(t) = token {
+        body.push_str(&format!(
+            "<ContinuationToken>{}</ContinuationToken>",
+            xml_escape(t)
+        ));
+    }
+    if truncated {
+        if let Some(last) = objects.last() {
+            body.push_str(&format!(
+                "<NextContinuationToken>{}</NextContinuationToken>",
+                xml_escape(&last.object_key)
+            ));
+        }
+    }
     for o in &objects {
         body.push_str(&format!(
             "<Contents><Key>{}</Key><LastModified>{}</LastModified><ETag>{}</ETag><Size>{}</Size><StorageClass>STANDARD</StorageClass></Contents>",

@@ -243,15 +243,19 @@ impl Store {
         &self,
         org: &str,
         prefix: &str,
+        after: &str,
         limit: i64,
     ) -> Result<Vec<ObjectRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT object_key FROM objects WHERE organization_id = $1              AND substr(object_key, 1, CAST($2 AS INTEGER)) = $3 ORDER BY object_key LIMIT $4",
+            "SELECT object_key FROM objects WHERE organization_id = $1 \
+             AND substr(object_key, 1, CAST($2 AS INTEGER)) = $3 AND object_key > $5 \
+             ORDER BY object_key LIMIT $4",
         )
         .bind(org)
         .bind(prefix.chars().count() as i64)
         .bind(prefix)
         .bind(limit)
+        .bind(after)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::new();

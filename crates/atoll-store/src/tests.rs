@@ -721,10 +721,19 @@ async fn objects_are_assembled_from_listed_parts_replaced_and_collected() {
         .await
         .unwrap()
         .is_none());
-    let listed = store.list_objects("org-a", "org-a/h/", 10).await.unwrap();
+    let listed = store
+        .list_objects("org-a", "org-a/h/", "", 10)
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 1);
+    // Listing after the last key pages on: nothing more.
     assert!(store
-        .list_objects("org-a", "org-a/x", 10)
+        .list_objects("org-a", "org-a/h/", "org-a/h/context.tar", 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .list_objects("org-a", "org-a/x", "", 10)
         .await
         .unwrap()
         .is_empty());
