@@ -393,6 +393,9 @@ class AtollRunner:
         self.proc: subprocess.Popen | None = None
         self.extra_env: dict[str, str] = {"ATOLL_RUNNER_HEALTH_SECS": "0.5"}
         self.extra_args: list[str] = []
+        # Every API server of the deployment (default: the one it was
+        # registered with).
+        self.api_urls: list[str] = [server.api_url]
         # The server's image store unless a test gives the runner its own.
         self.images_dir = server.images_dir
 
@@ -404,7 +407,7 @@ class AtollRunner:
         env.update(self.extra_env)
         cmd = [
             str(self.server.bin_path), "runner",
-            "--api-url", self.server.api_url,
+            "--api-url", ",".join(self.api_urls),
             "--data-dir", str(self.data_dir),
             "--listen", f"127.0.0.1:{self.port}",
             "--images-dir", self.images_dir,

@@ -51,9 +51,10 @@ def test_any_server_serves_every_sandbox_and_the_survivor_takes_over(atoll_bin, 
         b.start()
         runners = json.loads(a.http("GET", "/api/runners")[2])
         assert len(runners) == 2 and all(r["local"] for r in runners), runners
-        # The edge reports to B, the survivor: a runner whose only control
-        # plane URL dies goes unresponsive, and its sandboxes `unknown`.
+        # The edge knows both servers, A first: when A dies it reports to
+        # B, so it never looks dead to the survivor.
         edge = AtollRunner(b, "edge")
+        edge.api_urls = [a.api_url, b.api_url]
         edge.extra_env.update(FAST)
         edge.start()
 
@@ -92,6 +93,11 @@ def test_any_server_serves_every_sandbox_and_the_survivor_takes_over(atoll_bin, 
         # A's embedded runner went silent: its sandbox is unknown, not stopped.
         gone = wait_for("unknown", lambda: (s := state_of(b, on_a.id)) and s["state"] == "unknown" and s)
         assert "stopped responding" in gone["errorReason"], gone
+        # The edge moved its reports to B: still ready, its sandbox stopped
+        # (not unknown) by then.
+        assert edge.state() == "ready", edge.log_tail()
+        assert state_of(b, idle.id)["state"] == "stopped"
+        assert "now reporting to this API server" in edge.log_tail(200)
 
         # A returns: its runner reports again and its sandbox reconciles.
         a.start()

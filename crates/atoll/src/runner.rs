@@ -4,6 +4,11 @@
 //! sandboxes it ran before a restart, serves the runner API (`/v1/…`, only
 //! to requests the control plane signed for this runner) and reports its
 //! health and address every 10 s (`POST /api/runners/healthcheck`).
+//!
+//! A deployment of several API servers (one database) can be given to it
+//! as several URLs: each call goes to the one that answered last, and on
+//! to the next when that one cannot be reached or answers 5xx, so a dead
+//! server does not make its runners look dead to the others.
 
 use anyhow::{Context, Result};
 use atoll_remote::ControlVerifier;
@@ -18,9 +23,10 @@ use std::time::Duration;
 #[derive(clap::Args)]
 pub struct RunnerArgs {
     /// The control plane's API, as the SDKs are given it
-    /// (`http://host:port/api`).
-    #[arg(long, env = "ATOLL_API_URL")]
-    api_url: String,
+    /// (`http://host:port/api`); several API servers of one deployment
+    /// comma-separated, tried in turn.
+    #[arg(long, env = "ATOLL_API_URL", value_delimiter = ',', required = true)]
+    api_url: Vec<String>,
     /// This runner's key, from `POST /api/runners`. Never logged.
     #[arg(long, env = "ATOLL_RUNNER_TOKEN", hide_env_values = true)]
     token: String,
@@ -118,6 +124,67 @@ impl ControlPlane {
     }
 }
 
+/// Every API server of the deployment; calls go to the one that answered
+/// last first.
+struct ControlPlanes {
+    servers: Vec<ControlPlane>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl ControlPlanes {
+    fn new(urls: &[String], token: &str) -> Result<ControlPlanes> {
+        let servers = urls
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+            .map(|u| ControlPlane::new(u, token))
+            .collect::<Result<Vec<_>>>()?;
+        anyhow::ensure!(!servers.is_empty(), "--api-url names no server");
+        Ok(ControlPlanes {
+            servers,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The first answer that is not a failure of the server itself (a
+    /// connection error, a timeout, a 5xx); the last failure if all fail.
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes)> {
+        use std::sync::atomic::Ordering;
+        let n = self.servers.len();
+        let start = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let at = (start + i) % n;
+            let server = &self.servers[at];
+            match server.call(method.clone(), path, body.clone()).await {
+                Ok((status, b)) if !status.is_server_error() => {
+                    if at != start {
+                        tracing::info!(server = %server.authority, "now reporting to this API server");
+                    }
+                    self.current.store(at, Ordering::Relaxed);
+                    return Ok((status, b));
+                }
+                Ok((status, b)) => {
+                    tracing::warn!(server = %server.authority, %status, "an API server failed; trying the next");
+                    last = Some(Ok((status, b)));
+                }
+                Err(e) => {
+                    if n > 1 {
+                        tracing::warn!(server = %server.authority, error = %e, "an API server is unreachable; trying the next");
+                    }
+                    last = Some(Err(e));
+                }
+            }
+        }
+        last.unwrap_or_else(|| Err(anyhow::anyhow!("no API server to call")))
+    }
+}
+
 fn message(body: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
@@ -127,7 +194,7 @@ fn message(body: &[u8]) -> String {
 
 pub fn run(args: RunnerArgs) -> Result<()> {
     crate::serve::init_logging();
-    let control = ControlPlane::new(&args.api_url, &args.token)?;
+    let control = ControlPlanes::new(&args.api_url, &args.token)?;
     let data_dir = crate::tenancy::private_data_dir(&args.data_dir)?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(
@@ -203,7 +270,7 @@ pub fn run(args: RunnerArgs) -> Result<()> {
 }
 
 /// Reports this runner's health and address every 10 s.
-async fn report_health(control: ControlPlane, runtime: Arc<dyn Runtime>, advertise: String) {
+async fn report_health(control: ControlPlanes, runtime: Arc<dyn Runtime>, advertise: String) {
     let mut interval = tokio::time::interval(atoll_api::runners::health_interval());
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
