@@ -177,6 +177,9 @@ impl S3Error {
 
 impl From<atoll_store::StoreError> for S3Error {
     fn from(e: atoll_store::StoreError) -> S3Error {
+        if let atoll_store::StoreError::Conflict(m) = &e {
+            return S3Error::new(StatusCode::CONFLICT, "NoSuchUpload", m.clone());
+        }
         if e.is_disk_full() {
             return S3Error::new(
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -884,17 +887,20 @@ async fn put_object(
     let etag = etag_of(&data);
     s.store.put_part(&id, 1, &etag, &data).await?;
     s.store
-        .complete_upload(&ObjectRecord {
-            organization_id: org.to_string(),
-            object_key: key.to_string(),
-            upload_id: id,
-            parts: vec![1],
-            size_bytes: data.len() as i64,
-            etag: etag.clone(),
-            sha256: hex::encode(Sha256::digest(&data)),
-            created_at: now,
-            last_used_at: now,
-        })
+        .complete_upload(
+            &ObjectRecord {
+                organization_id: org.to_string(),
+                object_key: key.to_string(),
+                upload_id: id,
+                parts: vec![1],
+                size_bytes: data.len() as i64,
+                etag: etag.clone(),
+                sha256: hex::encode(Sha256::digest(&data)),
+                created_at: now,
+                last_used_at: now,
+            },
+            &[(1, etag.clone())],
+        )
         .await?;
     Ok((StatusCode::OK, [(header::ETAG, etag)]).into_response())
 }
@@ -973,6 +979,7 @@ async fn complete(
     let stored = s.store.parts(&u.id).await?;
     let mut size = 0i64;
     let mut previous = 0;
+    let mut expected = Vec::new();
     for (number, etag) in &listed {
         if *number <= previous {
             return Err(S3Error::bad(
@@ -992,6 +999,7 @@ async fn complete(
                 )
             })?;
         size += part.size_bytes;
+        expected.push((*number, part.etag.clone()));
     }
     if size > MAX_OBJECT_BYTES {
         s.store.abort_upload(&u.id).await?;
@@ -1013,17 +1021,20 @@ async fn complete(
     let sha256 = hex::encode(hash.finalize());
     let etag = format!("\"{}-{}\"", &sha256[..32], numbers.len());
     s.store
-        .complete_upload(&ObjectRecord {
-            organization_id: org.to_string(),
-            object_key: key.to_string(),
-            upload_id: u.id.clone(),
-            parts: numbers,
-            size_bytes: size,
-            etag: etag.clone(),
-            sha256,
-            created_at: now,
-            last_used_at: now,
-        })
+        .complete_upload(
+            &ObjectRecord {
+                organization_id: org.to_string(),
+                object_key: key.to_string(),
+                upload_id: u.id.clone(),
+                parts: numbers,
+                size_bytes: size,
+                etag: etag.clone(),
+                sha256,
+                created_at: now,
+                last_used_at: now,
+            },
+            &expected,
+        )
         .await?;
     Ok(xml(
         StatusCode::OK,

@@ -79,6 +79,7 @@ impl Store {
         data: &[u8],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        lock_open_upload(&mut tx, upload_id).await?;
         sqlx::query("DELETE FROM object_parts WHERE upload_id = $1 AND part_number = $2")
             .bind(upload_id)
             .bind(number)
@@ -137,8 +138,32 @@ impl Store {
     /// Makes `o` (its upload's parts listed in `o.parts`) the object at its
     /// key, replacing any there; parts of the upload not listed, and the
     /// replaced object's, are deleted.
-    pub async fn complete_upload(&self, o: &ObjectRecord) -> Result<(), StoreError> {
+    /// Makes upload `o.upload_id` the object `o`, keeping its listed parts,
+    /// if they still have the etags `expected` (what `o.sha256` was
+    /// computed from): a part replaced meanwhile is a `Conflict`, as is an
+    /// upload already completed or aborted.
+    pub async fn complete_upload(
+        &self,
+        o: &ObjectRecord,
+        expected: &[(i64, String)],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        lock_open_upload(&mut tx, &o.upload_id).await?;
+        let rows = sqlx::query("SELECT part_number, etag FROM object_parts WHERE upload_id = $1")
+            .bind(&o.upload_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (number, etag) in expected {
+            let same = rows.iter().any(|r| {
+                r.try_get::<i64, _>(0).ok() == Some(*number)
+                    && r.try_get::<String, _>(1).ok().as_deref() == Some(etag.as_str())
+            });
+            if !same {
+                return Err(StoreError::Conflict(format!(
+                    "part {number} changed while the upload was completed"
+                )));
+            }
+        }
         let old = sqlx::query(
             "SELECT upload_id FROM objects WHERE organization_id = $1 AND object_key = $2",
         )
@@ -353,4 +378,24 @@ impl Store {
         tx.commit().await?;
         Ok((objects, uploads))
     }
+}
+
+/// Takes the row lock of an open upload for the rest of `tx` (a part and
+/// the upload's completion never interleave); `Conflict` if it is no
+/// longer open.
+async fn lock_open_upload(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    upload_id: &str,
+) -> Result<(), StoreError> {
+    let locked = sqlx::query("UPDATE object_uploads SET id = id WHERE id = $1")
+        .bind(upload_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if locked == 0 {
+        return Err(StoreError::Conflict(
+            "the upload was completed or aborted".into(),
+        ));
+    }
+    Ok(())
 }

@@ -696,7 +696,29 @@ async fn objects_are_assembled_from_listed_parts_replaced_and_collected() {
         created_at: 10,
         last_used_at: 10,
     };
-    store.complete_upload(&object).await.unwrap();
+    // Completing against a part that changed since it was hashed fails,
+    // and changes nothing.
+    let listed = [(1, "\"e1\"".to_string()), (2, "\"e2\"".to_string())];
+    assert!(matches!(
+        store
+            .complete_upload(&object, &[(1, "\"old\"".to_string())])
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.complete_upload(&object, &listed).await.unwrap();
+    // A completed upload takes no more parts, and completes no more.
+    assert!(matches!(
+        store.put_part("u1", 2, "\"late\"", b"late").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.complete_upload(&object, &listed).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        store.part_data("u1", 2).await.unwrap().as_deref(),
+        Some(&b"world"[..])
+    );
     assert_eq!(
         store.object("org-a", "org-a/h/context.tar").await.unwrap(),
         Some(object.clone())
@@ -745,12 +767,15 @@ async fn objects_are_assembled_from_listed_parts_replaced_and_collected() {
         .unwrap();
     store.put_part("u2", 1, "\"n\"", b"new").await.unwrap();
     store
-        .complete_upload(&ObjectRecord {
-            upload_id: "u2".into(),
-            parts: vec![1],
-            size_bytes: 3,
-            ..object.clone()
-        })
+        .complete_upload(
+            &ObjectRecord {
+                upload_id: "u2".into(),
+                parts: vec![1],
+                size_bytes: 3,
+                ..object.clone()
+            },
+            &[(1, "\"n\"".to_string())],
+        )
         .await
         .unwrap();
     assert_eq!(store.part_data("u1", 1).await.unwrap(), None);
