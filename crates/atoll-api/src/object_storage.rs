@@ -177,8 +177,13 @@ impl S3Error {
 
 impl From<atoll_store::StoreError> for S3Error {
     fn from(e: atoll_store::StoreError) -> S3Error {
+        // Raced by a completion or an abort: as S3 answers then.
         if let atoll_store::StoreError::Conflict(m) = &e {
-            return S3Error::new(StatusCode::CONFLICT, "NoSuchUpload", m.clone());
+            return if m.contains("changed") {
+                S3Error::bad("InvalidPart", m.clone())
+            } else {
+                S3Error::new(StatusCode::NOT_FOUND, "NoSuchUpload", m.clone())
+            };
         }
         if e.is_disk_full() {
             return S3Error::new(

@@ -210,9 +210,12 @@ enum Handle {
         file: File,
         append: bool,
     },
+    /// A directory being listed: `.` and `..` first, then its entries as
+    /// the kernel hands them out (never the whole listing in memory).
     Dir {
         path: PathBuf,
-        entries: Vec<OsString>,
+        dots: Vec<OsString>,
+        entries: fs::ReadDir,
     },
 }
 
@@ -241,7 +244,7 @@ fn ok() -> Reply {
 
 fn io_reply(e: &io::Error) -> Reply {
     let code = match e.kind() {
-        io::ErrorKind::NotFound => status::NO_SUCH_FILE,
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => status::NO_SUCH_FILE,
         io::ErrorKind::PermissionDenied => status::PERMISSION_DENIED,
         _ => status::FAILURE,
     };
@@ -351,6 +354,10 @@ impl Server {
         if self.handles.len() >= MAX_HANDLES {
             return status_reply(status::FAILURE, "too many open handles");
         }
+        // Never an id still in use, even once the counter wraps.
+        while self.handles.contains_key(&self.next_handle) {
+            self.next_handle = self.next_handle.wrapping_add(1).max(1);
+        }
         let id = self.next_handle;
         self.next_handle = self.next_handle.wrapping_add(1).max(1);
         self.handles.insert(id, h);
@@ -410,12 +417,25 @@ impl Server {
         }
         if let Some((atime, mtime)) = a.times {
             let t = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(s));
-            let times = fs::FileTimes::new()
-                .set_accessed(t(atime))
-                .set_modified(t(mtime));
             match file {
-                Some(f) => f.set_times(times)?,
-                None => File::options().write(true).open(path)?.set_times(times)?,
+                Some(f) => f.set_times(
+                    fs::FileTimes::new()
+                        .set_accessed(t(atime))
+                        .set_modified(t(mtime)),
+                )?,
+                // By path: directories too, and files the owner may not
+                // write.
+                None => {
+                    let ts = |s: u32| nix::sys::time::TimeSpec::new(i64::from(s), 0);
+                    nix::sys::stat::utimensat(
+                        nix::fcntl::AT_FDCWD,
+                        path,
+                        &ts(atime),
+                        &ts(mtime),
+                        nix::sys::stat::UtimensatFlags::FollowSymlink,
+                    )
+                    .map_err(io::Error::from)?
+                }
             }
         }
         Ok(())
@@ -518,21 +538,31 @@ impl Server {
             op::OPENDIR => {
                 let path = self.resolve(&r.path()?);
                 match fs::read_dir(&path) {
-                    Ok(rd) => {
-                        let mut entries: Vec<OsString> = vec![".".into(), "..".into()];
-                        entries.extend(rd.filter_map(|e| e.ok().map(|e| e.file_name())));
+                    Ok(entries) => self.add_handle(Handle::Dir {
+                        path,
                         // Served from the end.
-                        entries.reverse();
-                        self.add_handle(Handle::Dir { path, entries })
-                    }
+                        dots: vec!["..".into(), ".".into()],
+                        entries,
+                    }),
                     Err(e) => io_reply(&e),
                 }
             }
             op::READDIR => match self.handles.get_mut(&Self::handle_id(r)?) {
-                Some(Handle::Dir { path, entries }) => {
+                Some(Handle::Dir {
+                    path,
+                    dots,
+                    entries,
+                }) => {
                     let mut batch = Vec::new();
                     while batch.len() < DIR_BATCH {
-                        let Some(name) = entries.pop() else { break };
+                        let name = match dots.pop() {
+                            Some(d) => d,
+                            None => match entries.next() {
+                                Some(Ok(e)) => e.file_name(),
+                                Some(Err(_)) => continue,
+                                None => break,
+                            },
+                        };
                         let Ok(m) = fs::symlink_metadata(path.join(&name)) else {
                             continue; // gone since the listing
                         };
@@ -803,6 +833,19 @@ mod tests {
             .packet(&request(op::REMOVE, 13, &[&string(b"b.txt")]))
             .unwrap();
         assert_eq!(status_of(&r), status::OK);
+        // times of a directory, by path
+        fs::create_dir(dir.join("sub")).unwrap();
+        let times = [
+            ATTR_ACMODTIME.to_be_bytes(),
+            1_000_000u32.to_be_bytes(),
+            2_000_000u32.to_be_bytes(),
+        ]
+        .concat();
+        let r = s
+            .packet(&request(op::SETSTAT, 15, &[&string(b"sub"), &times]))
+            .unwrap();
+        assert_eq!(status_of(&r), status::OK);
+        assert_eq!(fs::metadata(dir.join("sub")).unwrap().mtime(), 2_000_000);
         // a truncated request is a bad message, not a crash
         let r = s.packet(&request(op::OPEN, 14, &[&[0, 0, 0, 9]])).unwrap();
         assert_eq!(status_of(&r), status::BAD_MESSAGE);

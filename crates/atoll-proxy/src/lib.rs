@@ -55,7 +55,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Joins an upgraded client connection to the upstream one that answered
 /// `101 Switching Protocols` (a WebSocket through a proxy): a raw byte pipe
-/// both ways, on a task of its own.
+/// both ways, on a task of its own. Each direction runs to its own end and
+/// then shuts its writer down: an error one way (the upstream gone while
+/// the client still sends) never cuts off what the other way still has to
+/// deliver, such as a command's last frames.
 pub fn splice_upgrade<B>(client: hyper::upgrade::OnUpgrade, upstream: &mut Response<B>) {
     let upstream = hyper::upgrade::on(upstream);
     tokio::spawn(async move {
@@ -66,9 +69,18 @@ pub fn splice_upgrade<B>(client: hyper::upgrade::OnUpgrade, upstream: &mut Respo
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+        use tokio::io::AsyncWriteExt;
+        let (mut client_read, mut client_write) = tokio::io::split(TokioIo::new(client));
+        let (mut up_read, mut up_write) = tokio::io::split(TokioIo::new(upstream));
+        let to_upstream = async {
+            let _ = tokio::io::copy(&mut client_read, &mut up_write).await;
+            let _ = up_write.shutdown().await;
+        };
+        let to_client = async {
+            let _ = tokio::io::copy(&mut up_read, &mut client_write).await;
+            let _ = client_write.shutdown().await;
+        };
+        tokio::join!(to_upstream, to_client);
     });
 }
 

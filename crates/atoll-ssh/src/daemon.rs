@@ -139,9 +139,11 @@ pub async fn run_channel(
                     percent_encoding::NON_ALPHANUMERIC
                 )
             );
-            let has_openssh = toolbox_call(&state, &sandbox, http::Method::GET, &info, None)
+            // Only a clear "no such file" picks the built-in one (a daemon
+            // from before it existed answers anything else).
+            let has_openssh = !toolbox_call(&state, &sandbox, http::Method::GET, &info, None)
                 .await
-                .is_ok_and(|s| s.is_success());
+                .is_ok_and(|s| s == http::StatusCode::NOT_FOUND);
             let start = if has_openssh {
                 serde_json::json!({ "command": format!("exec {}", crate::SFTP_SERVER), "envs": env })
             } else {

@@ -164,6 +164,16 @@ impl Store {
                 )));
             }
         }
+        // The key's current object locked before it is read: two uploads
+        // completing to one key replace it one after the other, and the
+        // replaced one's parts always go.
+        sqlx::query(
+            "UPDATE objects SET upload_id = upload_id WHERE organization_id = $1 AND object_key = $2",
+        )
+        .bind(&o.organization_id)
+        .bind(&o.object_key)
+        .execute(&mut *tx)
+        .await?;
         let old = sqlx::query(
             "SELECT upload_id FROM objects WHERE organization_id = $1 AND object_key = $2",
         )
@@ -224,6 +234,11 @@ impl Store {
     /// Drops an upload in progress and its parts.
     pub async fn abort_upload(&self, id: &str) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The upload row first, as a part's write takes it (no deadlock).
+        sqlx::query("UPDATE object_uploads SET id = id WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM object_parts WHERE upload_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -356,6 +371,11 @@ impl Store {
         stale_before: i64,
     ) -> Result<(u64, u64), StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Stale uploads' rows first, as a part's write takes them.
+        sqlx::query("UPDATE object_uploads SET id = id WHERE created_at < $1")
+            .bind(stale_before)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "DELETE FROM object_parts WHERE upload_id IN \
              (SELECT upload_id FROM objects WHERE last_used_at < $1) \

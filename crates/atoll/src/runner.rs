@@ -124,6 +124,18 @@ impl ControlPlane {
     }
 }
 
+/// How long one call to one API server may take in all.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Answers that say "not this server" rather than "not this request":
+/// its own failures, and what a misrouting proxy answers.
+fn fails_over(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::NOT_FOUND
+        || status == StatusCode::MISDIRECTED_REQUEST
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
 /// Every API server of the deployment; calls go to the one that answered
 /// last first.
 struct ControlPlanes {
@@ -161,8 +173,21 @@ impl ControlPlanes {
         for i in 0..n {
             let at = (start + i) % n;
             let server = &self.servers[at];
-            match server.call(method.clone(), path, body.clone()).await {
-                Ok((status, b)) if !status.is_server_error() => {
+            // The whole attempt is bounded (connect, TLS, answer): a server
+            // that accepts but never answers must not stall the reports.
+            let attempt = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                server.call(method.clone(), path, body.clone()),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "no answer within {} s",
+                    ATTEMPT_TIMEOUT.as_secs()
+                ))
+            });
+            match attempt {
+                Ok((status, b)) if !fails_over(status) => {
                     if at != start {
                         tracing::info!(server = %server.authority, "now reporting to this API server");
                     }

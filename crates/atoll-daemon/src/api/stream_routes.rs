@@ -43,6 +43,8 @@ use crate::process::ExecuteParams;
 const MAX_INPUT_MESSAGE: usize = 1 << 20;
 /// Largest output frame sent.
 const OUTPUT_CHUNK: usize = 32 * 1024;
+/// How long a finished command waits for the client's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// How long the client has to send its start frame.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -279,8 +281,13 @@ async fn serve(mut socket: WebSocket, st: Arc<AppState>) {
         }
         Err(_) => -1,
     };
-    input.abort();
     let body = serde_json::json!({"type": "exit", "exitCode": code}).to_string();
     let _ = sink.send(Message::Text(body.into())).await;
     let _ = sink.send(Message::Close(None)).await;
+    // The closing handshake: what the client still sends (its close
+    // frame, a late eof) is read, not left unread in a socket that then
+    // closes (which can cost the client the frames above).
+    if tokio::time::timeout(CLOSE_GRACE, &mut input).await.is_err() {
+        input.abort();
+    }
 }
