@@ -381,11 +381,14 @@ def test_the_endpoint_checks_signatures_keys_payloads_and_expiry(server, tmp_pat
     listing = f"{base}/?list-type=2&prefix=some-other-org%2F"
     status, xml = s3(server, "GET", listing, sign("GET", listing, access))
     assert status == 200 and b"<Contents>" not in xml
-    # Listings page: one key at a time, a continuation token to the next.
-    for h in ("a1", "a2"):
-        k = f"{base}/{access['organizationId']}/{h * 16}/context.tar"
+    # Listings page: one key at a time, a continuation token to the next
+    # (keys of their own prefix: other tests share the organization).
+    stem = secrets.token_hex(4)
+    mine = [stem + c * 24 for c in "12"]
+    for h in mine:
+        k = f"{base}/{access['organizationId']}/{h}/context.tar"
         assert s3(server, "PUT", k, sign("PUT", k, access, b"p"), b"p")[0] == 200
-    prefix = urllib.parse.quote(access['organizationId'] + '/a', safe='')
+    prefix = urllib.parse.quote(f"{access['organizationId']}/{stem}", safe='')
     seen, token = [], None
     for _ in range(5):
         q = f"{base}/?list-type=2&max-keys=1&prefix={prefix}"
@@ -399,7 +402,7 @@ def test_the_endpoint_checks_signatures_keys_payloads_and_expiry(server, tmp_pat
         if not more:
             break
         token = more.group(1).decode()
-    assert [k.decode().split("/")[1] for k in seen] == ["a1" * 16, "a2" * 16, "ab" * 16], seen
+    assert [k.decode().split("/")[1] for k in seen] == mine, seen
 
     # buildInfo naming a context nobody uploaded: 400 at create.
     status, body = api(server, "POST", "/snapshots", {"name": f"noctx-{secrets.token_hex(3)}", "buildInfo": {
