@@ -558,3 +558,55 @@ def test_the_cli_creates_sandboxes_from_an_image_and_a_dockerfile(atoll_bin, ser
     finally:
         for sid in made:
             atoll("sandbox", "delete", sid, check=False)
+
+
+@store_independent
+def test_a_config_claiming_another_organizations_layer_gets_nothing(server, registry):
+    """Layers are shared across organizations by diff id. An image whose
+    config names a layer another organization pulled, with other bytes
+    behind it, must not get that layer: the bytes are fetched and checked
+    first (containerd's isolated content policy)."""
+    import hashlib
+    import json
+    base = busybox_base().raw()
+    secret = Layer().file("secret.txt", f"org A's secret {secrets.token_hex(8)}\n").raw()
+    repo_a = unique("claims/a")
+    push_image(registry, repo_a, "1", [base, secret])
+    status, snap = api(server, "POST", "/snapshots", {"name": unique("a"), "imageName": f"{registry.host}/{repo_a}:1"})
+    assert status in (200, 201), snap
+    assert wait_snapshot(server, snap["id"])["state"] == "active"
+    # Organization B's image: its config claims A's layers, its blobs are
+    # its own.
+    status, org_b = api(server, "POST", "/admin/organizations", {"name": unique("claims-b")})
+    assert status == 200, org_b
+    as_b = {"Authorization": f"Bearer {org_b['apiKey']}"}
+    other = Layer().file("other.txt", "not the secret\n").raw()
+    repo_b = unique("claims/b")
+    push_image(registry, repo_b, "1", [base, other],
+               diff_ids=["sha256:" + hashlib.sha256(x).hexdigest() for x in (base, secret)])
+    status, snap_b = api(server, "POST", "/snapshots",
+                         {"name": unique("b"), "imageName": f"{registry.host}/{repo_b}:1"}, headers=as_b)
+    assert status in (200, 201), snap_b
+    deadline = time.time() + 120
+    while True:
+        status, got = api(server, "GET", f"/snapshots/{snap_b['id']}", headers=as_b)
+        assert status == 200, got
+        if got["state"] in ("active", "error", "build_failed") or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert got["state"] == "error", json.dumps(got)
+    assert "the config says" in (got.get("errorReason") or ""), got
+    # B's honest image of the same shared base still works (the base
+    # layer is fetched and checked once for B, then reused).
+    repo_c = unique("claims/c")
+    push_image(registry, repo_c, "1", [base, other])
+    status, snap_c = api(server, "POST", "/snapshots",
+                         {"name": unique("c"), "imageName": f"{registry.host}/{repo_c}:1"}, headers=as_b)
+    assert status in (200, 201), snap_c
+    deadline = time.time() + 120
+    while True:
+        status, got = api(server, "GET", f"/snapshots/{snap_c['id']}", headers=as_b)
+        if got["state"] in ("active", "error", "build_failed") or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    assert got["state"] == "active", got

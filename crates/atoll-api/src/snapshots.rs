@@ -591,6 +591,7 @@ impl AppState {
             reference: reference.clone(),
             username: creds.as_ref().map(|c| c.0.clone()),
             password: creds.map(|c| c.1),
+            scope: rec.organization_id.clone(),
         };
         let (log, writer) = self.log_writer(log_owner);
         let result = rt.pull_image(&pull, &log).await;

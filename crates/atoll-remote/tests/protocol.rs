@@ -332,6 +332,7 @@ async fn pulls_and_captures_stream_their_logs_and_outcome() {
         reference: "registry.test/app:1".into(),
         username: Some("u".into()),
         password: Some("p".into()),
+        scope: "org-1".into(),
     };
     let info = remote.pull_image(&pull, &log).await.unwrap();
     assert_eq!(info.name, "atoll/snapshots/s1");

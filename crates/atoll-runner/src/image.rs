@@ -671,6 +671,30 @@ impl ImageStore {
         Ok(Some(path))
     }
 
+    /// Whether `scope` (an organization) has shown it holds the bytes of
+    /// layer `digest`: pulled or imported them itself. Layers are shared
+    /// across scopes by diff id, so one scope naming another's diff id in
+    /// an image config must fetch and verify those bytes first, as
+    /// containerd's isolated content policy has it.
+    pub fn proven(&self, scope: &str, digest: &str) -> bool {
+        layer_hex(digest).is_ok_and(|hex| self.proof_path(scope, hex).exists())
+    }
+
+    /// Records that `scope` has shown it holds layer `digest`.
+    pub fn prove(&self, scope: &str, digest: &str) -> Result<(), ImageError> {
+        let path = self.proof_path(scope, layer_hex(digest)?);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(ImageError::io("creating", dir))?;
+        }
+        fs::write(&path, b"").map_err(ImageError::io("writing", &path))
+    }
+
+    fn proof_path(&self, scope: &str, hex: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let scope_hex = hex::encode(Sha256::digest(scope.as_bytes()));
+        self.root.join("proofs").join(&scope_hex[..32]).join(hex)
+    }
+
     /// Moves an unpacked layer into `layers/` as `digest`; if another pull
     /// stored it meanwhile, ours is dropped.
     pub fn commit_layer(&self, tmp: TmpBuild, digest: &str) -> Result<PathBuf, ImageError> {
@@ -2466,6 +2490,23 @@ mod tests {
         let layer = store.layer_path(hex);
         fs::create_dir_all(layer.join("etc")).unwrap();
         layer
+    }
+
+    #[test]
+    fn layer_proofs_are_per_scope() {
+        let t = TempDir::new("proofs");
+        let store = ImageStore::open(&t.0).unwrap();
+        let d = format!("sha256:{}", "ab".repeat(32));
+        assert!(!store.proven("org-a", &d));
+        store.prove("org-a", &d).unwrap();
+        assert!(store.proven("org-a", &d));
+        assert!(
+            !store.proven("org-b", &d),
+            "one scope's proof is not another's"
+        );
+        assert!(!store.proven("", &d));
+        assert!(!store.proven("org-a", "sha256:../../x"));
+        assert!(store.prove("org-a", "not-a-digest").is_err());
     }
 
     #[test]

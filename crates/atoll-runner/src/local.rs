@@ -369,6 +369,7 @@ impl Runtime for LocalRuntime {
             &pull.reference,
             &pull.name,
             creds.as_ref(),
+            &pull.scope,
             self.limits,
             log,
         )

@@ -255,6 +255,10 @@ pub struct ImagePull {
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// Whose pull this is (an organization): layers another scope stored
+    /// are fetched and verified before this one reuses them.
+    #[serde(default)]
+    pub scope: String,
 }
 
 /// Credentials for one registry (a build's `FROM`).
@@ -326,6 +330,7 @@ impl std::fmt::Debug for ImagePull {
             .field("reference", &self.reference)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("scope", &self.scope)
             .finish()
     }
 }

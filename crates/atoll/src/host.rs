@@ -279,6 +279,8 @@ pub fn pull_image(a: PullArgs) -> Result<()> {
             &a.reference,
             &a.name,
             creds.as_ref(),
+            // A host operator's pre-pull: the shared scope.
+            "",
             atoll_runner::oci::unpack::UnpackLimits::default(),
             &log,
         ))

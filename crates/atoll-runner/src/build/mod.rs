@@ -148,6 +148,7 @@ impl Builder {
                     base_ref,
                     &format!("atoll/build-base/{r}"),
                     creds.as_ref(),
+                    &b.cache_scope,
                     self.limits,
                     log,
                 )

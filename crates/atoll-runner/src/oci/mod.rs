@@ -154,13 +154,18 @@ fn layer_compression(media_type: &str) -> Option<Compression> {
 /// What a pull reports as it goes, one line at a time.
 pub type PullLog<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
-/// Pulls `reference` and stores it in `store` as `name`.
+/// Pulls `reference` and stores it in `store` as `name`, for `scope` (an
+/// organization): a layer stored already is reused without a download
+/// only if this scope fetched it before ([`ImageStore::proven`]);
+/// otherwise it is fetched and checked once more.
+#[allow(clippy::too_many_arguments)]
 pub async fn pull(
     store: &std::sync::Arc<ImageStore>,
     client: &RegistryClient,
     reference: &str,
     name: &str,
     creds: Option<&Credentials>,
+    scope: &str,
     limits: UnpackLimits,
     log: PullLog<'_>,
 ) -> Result<Image, PullError> {
@@ -232,9 +237,14 @@ pub async fn pull(
         layer_digests.push(diff_id.clone());
         let short = &desc.digest[7..19];
         if let Some(path) = store.layer(diff_id)? {
-            log(&format!("[{}/{total}] {short}: already present", i + 1));
-            size_bytes += crate::image::dir_size(&path);
-            continue;
+            if store.proven(scope, diff_id) {
+                log(&format!("[{}/{total}] {short}: already present", i + 1));
+                size_bytes += crate::image::dir_size(&path);
+                continue;
+            }
+            // Stored for another scope: this one fetches the bytes its
+            // config claims, and they must be that layer.
+            log(&format!("[{}/{total}] {short}: present, verifying", i + 1));
         }
         if jobs
             .iter()
@@ -284,9 +294,11 @@ pub async fn pull(
         // The first commit's syncfs makes every new layer durable before
         // any is stored (the later ones find little left to write).
         let store2 = store.clone();
+        let scope2 = scope.to_string();
         tokio::task::spawn_blocking(move || {
             for (scratch, diff_id, written) in fetched_layers {
                 store2.commit_layer(scratch, &diff_id)?;
+                store2.prove(&scope2, &diff_id)?;
                 size_bytes += written;
             }
             Ok::<_, ImageError>(size_bytes)
