@@ -416,10 +416,10 @@ def api(server, method: str, path: str, body=None, headers: dict | None = None):
         return status, raw.decode(errors="replace")
 
 
-def wait_snapshot(server, ident: str, timeout: float = 120) -> dict:
+def wait_snapshot(server, ident: str, timeout: float = 120, headers: dict | None = None) -> dict:
     deadline = time.time() + timeout
     while True:
-        status, snap = api(server, "GET", f"/snapshots/{ident}")
+        status, snap = api(server, "GET", f"/snapshots/{ident}", headers=headers)
         assert status == 200, snap
         if snap["state"] in ("active", "error", "build_failed"):
             return snap

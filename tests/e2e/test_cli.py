@@ -32,6 +32,25 @@ def cli(atoll_bin, server, tmp_path):
     return run
 
 
+def read_pty(fd: int, timeout: float = 30) -> bytes:
+    """Everything a program on the pty `fd` writes until it ends."""
+    import select
+    import time
+    seen = b""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.5)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
+
+
 def test_login_create_exec_and_delete(cli, server):
     # Not logged in: a clear message and exit code 1.
     p = cli("sandbox", "list", check=False)
@@ -178,7 +197,6 @@ def test_yaml_output_and_shell_completions(cli, server, tmp_path):
 def test_exec_streams_takes_stdin_and_runs_on_a_terminal(cli, server, atoll_bin, tmp_path):
     import fcntl
     import pty
-    import select
     import struct
     import termios
     import time
@@ -218,18 +236,7 @@ def test_exec_streams_takes_stdin_and_runs_on_a_terminal(cli, server, atoll_bin,
             fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 99, 0, 0))
             os.execve(str(atoll_bin), [str(atoll_bin), "exec", "-t", sb["id"], "--", "sh", "-c",
                                        "tty; stty size; exit 4"], env)
-        seen = b""
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.5)
-            if r:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
+        seen = read_pty(fd)
         _, status = os.waitpid(pid, 0)
         os.close(fd)
         assert b"/dev/pts/" in seen and b"33 99" in seen, seen
@@ -271,8 +278,6 @@ def test_logs_of_a_session_command(cli, server, daytona):
 
 def test_colour_on_a_terminal_only_and_never_with_no_color(cli, server, atoll_bin):
     import pty
-    import select
-    import time
 
     cli("login", "--api-url", server.api_url, "--api-key", server.api_key)
     env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
@@ -282,18 +287,7 @@ def test_colour_on_a_terminal_only_and_never_with_no_color(cli, server, atoll_bi
         pid, fd = pty.fork()
         if pid == 0:
             os.execve(str(atoll_bin), [str(atoll_bin), *args], {**env, **(extra or {})})
-        seen = b""
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            r, _, _ = select.select([fd], [], [], 0.5)
-            if r:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                seen += chunk
+        seen = read_pty(fd)
         os.waitpid(pid, 0)
         os.close(fd)
         return seen

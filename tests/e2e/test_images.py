@@ -587,13 +587,7 @@ def test_a_config_claiming_another_organizations_layer_gets_nothing(server, regi
     status, snap_b = api(server, "POST", "/snapshots",
                          {"name": unique("b"), "imageName": f"{registry.host}/{repo_b}:1"}, headers=as_b)
     assert status in (200, 201), snap_b
-    deadline = time.time() + 120
-    while True:
-        status, got = api(server, "GET", f"/snapshots/{snap_b['id']}", headers=as_b)
-        assert status == 200, got
-        if got["state"] in ("active", "error", "build_failed") or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    got = wait_snapshot(server, snap_b["id"], headers=as_b)
     assert got["state"] == "error", json.dumps(got)
     assert "the config says" in (got.get("errorReason") or ""), got
     # B's honest image of the same shared base still works (the base
@@ -603,10 +597,5 @@ def test_a_config_claiming_another_organizations_layer_gets_nothing(server, regi
     status, snap_c = api(server, "POST", "/snapshots",
                          {"name": unique("c"), "imageName": f"{registry.host}/{repo_c}:1"}, headers=as_b)
     assert status in (200, 201), snap_c
-    deadline = time.time() + 120
-    while True:
-        status, got = api(server, "GET", f"/snapshots/{snap_c['id']}", headers=as_b)
-        if got["state"] in ("active", "error", "build_failed") or time.time() > deadline:
-            break
-        time.sleep(0.2)
+    got = wait_snapshot(server, snap_c["id"], headers=as_b)
     assert got["state"] == "active", got

@@ -235,9 +235,16 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Checks that the archive's file of `layer` has its blob digest (when
-/// the archive names one) and decodes to its diff id, unpacking nothing.
-fn verify_layer(root: &OwnedFd, layer: &LayerFile, limits: UnpackLimits) -> Result<(), PullError> {
+/// Reads the archive's file of `layer` through the hostile-layer
+/// unpacker, into `dest` (`None`: decoded and hashed, nothing written),
+/// and checks it has its blob digest (when the archive names one) and
+/// decodes to its diff id; the bytes of files written.
+fn read_layer(
+    root: &OwnedFd,
+    layer: &LayerFile,
+    limits: UnpackLimits,
+    dest: Option<&Path>,
+) -> Result<u64, PullError> {
     let mut file = open_file(root, &layer.path)?;
     let compression = match layer.compression {
         Some(c) => c,
@@ -247,12 +254,22 @@ fn verify_layer(root: &OwnedFd, layer: &LayerFile, limits: UnpackLimits) -> Resu
         inner: file,
         hash: Sha256::new(),
     };
-    let diff_id = unpack::diff_id_of(&mut reader, compression, limits).map_err(|source| {
-        PullError::Unpack {
-            digest: layer.diff_id.clone(),
-            source,
+    let unpack_error = |source| PullError::Unpack {
+        digest: layer.diff_id.clone(),
+        source,
+    };
+    let (diff_id, written) = match dest {
+        Some(dest) => {
+            let stats = unpack::unpack_layer(&mut reader, compression, dest, limits, &mut |_| {})
+                .map_err(unpack_error)?;
+            (stats.diff_id, stats.file_bytes)
         }
-    })?;
+        None => (
+            unpack::diff_id_of(&mut reader, compression, limits).map_err(unpack_error)?,
+            0,
+        ),
+    };
+    // Whatever follows the tar's end still counts in the blob.
     std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
     if let Some(want) = &layer.blob_digest {
         let got = format!("sha256:{}", hex::encode(reader.hash.finalize()));
@@ -266,7 +283,7 @@ fn verify_layer(root: &OwnedFd, layer: &LayerFile, limits: UnpackLimits) -> Resu
             layer.path, layer.diff_id
         )));
     }
-    Ok(())
+    Ok(written)
 }
 
 /// Imports the archive unpacked at `archive` as the image `name`.
@@ -304,7 +321,7 @@ pub async fn import(
             // archive's own bytes prove they are that layer, so claiming
             // a diff id is never a way to another's layer.
             let root2 = root.clone();
-            tokio::task::spawn_blocking(move || verify_layer(&root2, &layer, limits))
+            tokio::task::spawn_blocking(move || read_layer(&root2, &layer, limits, None))
                 .await
                 .map_err(|e| bad(format!("import task: {e}")))??;
             log(&format!("[{}/{total}] {short}: already present", i + 1));
@@ -314,38 +331,10 @@ pub async fn import(
         let (store2, root2) = (store.clone(), root.clone());
         let started = std::time::Instant::now();
         let written = tokio::task::spawn_blocking(move || -> Result<u64, PullError> {
-            let mut file = open_file(&root2, &layer.path)?;
-            let compression = match layer.compression {
-                Some(c) => c,
-                None => sniff(&mut file)?,
-            };
             let scratch = store2.scratch()?;
-            let mut reader = Hashing {
-                inner: file,
-                hash: Sha256::new(),
-            };
-            let stats =
-                unpack::unpack_layer(&mut reader, compression, &scratch.path, limits, &mut |_| {})
-                    .map_err(|source| PullError::Unpack {
-                        digest: layer.diff_id.clone(),
-                        source,
-                    })?;
-            // Whatever follows the tar's end still counts in the blob.
-            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
-            if let Some(want) = &layer.blob_digest {
-                let got = format!("sha256:{}", hex::encode(reader.hash.finalize()));
-                if &got != want {
-                    return Err(bad(format!("layer blob {want} hashes to {got}")));
-                }
-            }
-            if stats.diff_id != layer.diff_id {
-                return Err(bad(format!(
-                    "layer {} unpacks to {}, the config says {}",
-                    layer.path, stats.diff_id, layer.diff_id
-                )));
-            }
+            let written = read_layer(&root2, &layer, limits, Some(&scratch.path))?;
             store2.commit_layer(scratch, &layer.diff_id)?;
-            Ok(stats.file_bytes)
+            Ok(written)
         })
         .await
         .map_err(|e| bad(format!("import task: {e}")))??;
