@@ -246,7 +246,8 @@ def test_exec_stream_refuses_a_bad_start_frame(ssh_server, box):
     url = ssh_server.url.replace("http", "ws", 1) + f"/toolbox/{sb.id}/process/exec-stream"
     headers = [f"Authorization: Bearer {ssh_server.api_key}"]
     for first in ("not json", json.dumps({"command": "touch /tmp/ran", "rm": "-rf"}),
-                  json.dumps({"cmd": "touch /tmp/ran"})):
+                  json.dumps({"cmd": "touch /tmp/ran"}), json.dumps({"builtin": "sh"}),
+                  json.dumps({"command": "touch /tmp/ran", "builtin": "sftp"}), json.dumps({})):
         ws = websocket.create_connection(url, header=headers, timeout=10)
         try:
             ws.send(first)
